@@ -1,0 +1,1 @@
+"""The `moonflower` command line, one module per command group."""

@@ -1,0 +1,57 @@
+"""`moonflower coordinator serve`: run the coordinator's HTTP and WebSocket server."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import uvicorn
+
+from moonflower.cli import logs
+from moonflower.coordinator.app import create_app
+from moonflower.settings import CoordinatorSettings
+
+app = typer.Typer(help="Run the coordinator.", no_args_is_help=True)
+
+
+def coordinator_settings(
+    host: str | None, port: int | None, data_dir: Path | None, database_url: str | None
+) -> CoordinatorSettings:
+    overrides = {
+        "host": host,
+        "port": port,
+        "data_dir": data_dir,
+        "database_url": database_url,
+    }
+    return CoordinatorSettings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def uvicorn_server(settings: CoordinatorSettings, app: object) -> uvicorn.Server:
+    config = uvicorn.Config(
+        app,  # type: ignore[arg-type]
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        ws_max_size=16 * 1024 * 1024,
+        timeout_graceful_shutdown=5,
+    )
+    return uvicorn.Server(config)
+
+
+@app.command("serve")
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Where the SQLite database lives.")] = None,
+    database_url: Annotated[
+        str | None, typer.Option(help="SQLAlchemy async URL, e.g. postgresql+asyncpg://…")
+    ] = None,
+) -> None:
+    """Serve the OpenAI-compatible API and the provider WebSocket."""
+    settings = coordinator_settings(host, port, data_dir, database_url)
+    logs.configure(settings.log_level)
+    server = uvicorn_server(settings, create_app(settings))
+    asyncio.run(server.serve())

@@ -1,0 +1,23 @@
+"""The `moonflower` entry point: assembles the command groups; each lives in its own module."""
+
+from __future__ import annotations
+
+import typer
+
+from moonflower.cli import chat, coordinator, keys, provider, up
+
+app = typer.Typer(
+    name="moonflower",
+    help="Moonflower: a private, decentralized LLM inference network.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(coordinator.app, name="coordinator")
+app.add_typer(provider.app, name="provider")
+app.add_typer(keys.app, name="keys")
+app.command("up")(up.up)
+app.command("chat")(chat.chat)
+
+
+def run() -> None:
+    app()

@@ -1,0 +1,68 @@
+"""`moonflower provider serve`: load a model and serve it to a coordinator."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from moonflower.cli import logs
+from moonflower.provider.agent import ProviderAgent
+from moonflower.provider.engines import load_engine
+from moonflower.provider.engines.base import Engine
+from moonflower.provider.hardware import detect_hardware
+from moonflower.provider.models import resolve_model
+from moonflower.settings import ProviderSettings
+
+app = typer.Typer(help="Run a provider.", no_args_is_help=True)
+
+
+def load(settings: ProviderSettings) -> Engine:
+    """Resolve and load the model, telling the person at the terminal what is happening."""
+    t0 = time.monotonic()
+    source = resolve_model(settings.model)
+    logs.progress(f"model {source.id} at {source.path}")
+    engine = load_engine(
+        settings.engine, source, context_length=settings.context_length, progress=logs.progress
+    )
+    card = engine.card
+    logs.progress(
+        f"{card.id} ready ({card.engine}, context {card.context_length}, "
+        f"sha256 {card.sha256[:12]}…) in {time.monotonic() - t0:.1f}s"
+    )
+    return engine
+
+
+@app.command("serve")
+def serve(
+    coordinator: Annotated[
+        str | None, typer.Option(help="The coordinator's base URL, e.g. http://127.0.0.1:8000.")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="'default', 'gemma3-270m' or a path to a .gguf file.")
+    ] = None,
+    engine: Annotated[str | None, typer.Option(help="Inference engine.")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="The provider's data directory.")] = None,
+    context_length: Annotated[int | None, typer.Option(help="Context window to load.")] = None,
+) -> None:
+    """Connect out to a coordinator and run the jobs it sends."""
+    overrides = {
+        "coordinator": coordinator,
+        "model": model,
+        "engine": engine,
+        "data_dir": data_dir,
+        "context_length": context_length,
+    }
+    settings = ProviderSettings(**{k: v for k, v in overrides.items() if v is not None})
+    logs.configure(settings.log_level)
+    loaded = load(settings)
+    agent = ProviderAgent(settings, loaded, detect_hardware())
+    try:
+        asyncio.run(agent.run())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        loaded.close()

@@ -1,0 +1,93 @@
+"""`moonflower up`: a whole local network in one process — coordinator, one provider with the
+default model, and a fresh API key — printed as lines to paste into a shell."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from moonflower.cli import logs
+from moonflower.cli.coordinator import coordinator_settings, uvicorn_server
+from moonflower.cli.provider import load
+from moonflower.coordinator.app import build_services, create_app
+from moonflower.ledger import keys
+from moonflower.provider.agent import ProviderAgent
+from moonflower.provider.engines.base import Engine
+from moonflower.provider.hardware import detect_hardware
+from moonflower.settings import CoordinatorSettings, ProviderSettings
+
+READY_TIMEOUT_S = 60.0
+
+
+def up(
+    port: Annotated[int, typer.Option(help="Port for the coordinator.")] = 8000,
+    data_dir: Annotated[Path | None, typer.Option(help="Where state is kept.")] = None,
+    model: Annotated[str, typer.Option(help="Model for the local provider.")] = "default",
+) -> None:
+    """Run coordinator + provider + default model, and print a ready API key."""
+    settings = coordinator_settings("127.0.0.1", port, data_dir, None)
+    logs.configure("warning")
+    base = f"http://127.0.0.1:{settings.port}"
+    provider_settings = ProviderSettings(coordinator=base, model=model, data_dir=settings.data_dir)
+    engine = load(provider_settings)
+    try:
+        asyncio.run(run_network(settings, provider_settings, engine))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        engine.close()
+    logs.progress("stopped")
+
+
+async def run_network(
+    settings: CoordinatorSettings, provider_settings: ProviderSettings, engine: Engine
+) -> None:
+    services = await build_services(settings)
+    server = uvicorn_server(settings, create_app(settings, services))
+    agent = ProviderAgent(provider_settings, engine, detect_hardware())
+    serving = asyncio.create_task(server.serve())
+    providing: asyncio.Task[None] | None = None
+    try:
+        while not server.started:
+            if serving.done():
+                return  # uvicorn could not bind; it already said why
+            await asyncio.sleep(0.05)
+        providing = asyncio.create_task(agent.run())
+        await asyncio.wait_for(agent.is_connected.wait(), READY_TIMEOUT_S)
+        created = await keys.create_key(services.db, account_name="local", name="moonflower up")
+        print_ready(settings.port, created.key, engine.card.id)
+        await serving
+    finally:
+        if providing is not None:
+            providing.cancel()
+            await asyncio.gather(providing, return_exceptions=True)
+        server.should_exit = True
+        await asyncio.gather(serving, return_exceptions=True)
+        await services.db.close()
+
+
+def print_ready(port: int, key: str, model: str) -> None:
+    base = f"http://127.0.0.1:{port}"
+    lines = [
+        "",
+        "Moonflower is up. Paste these into a shell:",
+        "",
+        f"export OPENAI_BASE_URL={base}/v1",
+        f"export OPENAI_API_KEY={key}",
+        f"export ANTHROPIC_BASE_URL={base}",
+        f"export ANTHROPIC_API_KEY={key}",
+        "",
+        "Then try:",
+        "",
+        f'curl {base}/v1/chat/completions -H "Authorization: Bearer $OPENAI_API_KEY" '
+        "-H 'Content-Type: application/json' "
+        f"""-d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello!"}}]}}'""",
+        "",
+        "Press Ctrl-C to stop.",
+    ]
+    print("\n".join(lines), flush=True)
+    sys.stdout.flush()

@@ -1,0 +1,1 @@
+"""The coordinator: HTTP dialects for consumers, a WebSocket for providers, dispatch between."""

@@ -1,0 +1,106 @@
+"""`create_app`: builds the coordinator's parts and wires routes and error handling.
+
+Wiring only. The database is opened (and migrated) in the lifespan, before the first
+request, unless the caller hands in services it built itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from moonflower import __version__, errors
+from moonflower.coordinator.dialects import openai_errors
+from moonflower.coordinator.dispatch import Dispatcher
+from moonflower.coordinator.registry import Registry
+from moonflower.coordinator.routes import inference, providers, public
+from moonflower.coordinator.services import Services, json_response
+from moonflower.ledger.database import Database, default_database_url
+from moonflower.settings import CoordinatorSettings
+
+log = logging.getLogger(__name__)
+
+
+async def build_services(settings: CoordinatorSettings) -> Services:
+    url = settings.database_url or default_database_url(settings.data_dir)
+    db = await Database.open(url)
+    registry = Registry()
+    return Services(
+        settings=settings,
+        db=db,
+        registry=registry,
+        dispatcher=Dispatcher(registry, db, settings),
+        started_at=int(time.time()),
+    )
+
+
+def create_app(settings: CoordinatorSettings, services: Services | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        built = services or await build_services(settings)
+        app.state.services = built
+        try:
+            yield
+        finally:
+            if services is None:
+                await built.db.close()
+
+    app = FastAPI(title="Moonflower coordinator", version=__version__, lifespan=lifespan)
+    app.include_router(inference.router)
+    app.include_router(public.router)
+    app.include_router(providers.router)
+    install_error_handlers(app)
+
+    @app.api_route(
+        "/v1/{path:path}",
+        methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+        include_in_schema=False,
+    )
+    async def unknown_route(request: Request) -> Response:
+        raise errors.RouteNotFound(f"Unknown request URL: {request.method} {request.url.path}.")
+
+    return app
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(errors.MoonflowerError)
+    async def domain_error(request: Request, exc: errors.MoonflowerError) -> Response:
+        return render_error(request, exc)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        if exc.status_code == 404:
+            return render_error(
+                request, errors.RouteNotFound(f"Unknown request URL: {request.url.path}.")
+            )
+        status = exc.status_code
+        return json_response(
+            openai_errors.body(str(exc.detail), "invalid_request_error", param=None, code=None),
+            status_code=status,
+            headers=dict(exc.headers or {}),
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        return render_error(request, errors.InvalidRequest("The request is invalid.", param=None))
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return json_response(
+            openai_errors.body("Internal server error.", "server_error", param=None, code=None),
+            status_code=500,
+        )
+
+
+def render_error(request: Request, exc: errors.MoonflowerError) -> Response:
+    status, body = openai_errors.status_and_body(exc)
+    return json_response(body, status_code=status)

@@ -1,0 +1,1 @@
+"""HTTP dialects: each parses its wire shape into a GenerationRequest and renders events back."""

@@ -1,0 +1,233 @@
+"""OpenAI Chat Completions: parse a request body into a `GenerationRequest`, render events back.
+
+Parsing validates every field the endpoint honours and names the field in errors; unknown
+fields are ignored (their names, never their values, are logged at debug level). Rendering
+produces `chat.completion` bodies and `chat.completion.chunk` SSE frames. This module does
+not dispatch, frame SSE bytes itself, or choose HTTP status codes.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from moonflower import errors
+from moonflower.coordinator import sse
+from moonflower.coordinator.dialects import openai_errors
+from moonflower.coordinator.dispatch import failure_to_error
+from moonflower.generation import (
+    Failed,
+    Finished,
+    GenerationRequest,
+    Message,
+    Role,
+    SamplingParams,
+    TextDelta,
+    Usage,
+)
+
+log = logging.getLogger(__name__)
+
+_ROLES: dict[str, Role] = {
+    "system": "system",
+    "developer": "system",
+    "user": "user",
+    "assistant": "assistant",
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow", frozen=True)
+
+
+class _TextPart(_Strict):
+    type: Literal["text"]
+    text: str
+
+
+class _ChatMessage(_Strict):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[_TextPart] | None = None
+    name: str | None = None
+
+
+class _StreamOptions(_Strict):
+    include_usage: bool = False
+
+
+Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
+
+
+class ChatCompletionBody(_Strict):
+    model: str = Field(min_length=1)
+    messages: list[_ChatMessage] = Field(min_length=1)
+    stream: bool | None = None
+    stream_options: _StreamOptions | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    stop: str | list[Annotated[str, Field(min_length=1)]] | None = Field(default=None)
+    seed: int | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    user: str | None = None
+    n: int | None = Field(default=None, ge=1, le=128)
+
+
+@dataclass(frozen=True, slots=True)
+class ChatCall:
+    """A parsed chat request: the neutral request plus what only this dialect needs."""
+
+    request: GenerationRequest
+    is_stream: bool
+    include_usage: bool
+
+
+def parse(payload: Any) -> ChatCall:
+    if not isinstance(payload, dict):
+        raise errors.InvalidRequest("The request body must be a JSON object.", param=None)
+    try:
+        body = ChatCompletionBody.model_validate(payload)
+    except ValidationError as exc:
+        raise openai_errors.from_validation_error(exc) from None
+    if body.model_extra:
+        log.debug("ignoring unknown chat completion fields: %s", sorted(body.model_extra))
+    if body.n not in (None, 1):
+        raise errors.InvalidRequest("Only n=1 is supported.", param="n", code="unsupported_value")
+    if body.stream_options is not None and not body.stream:
+        raise errors.InvalidRequest(
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+            param="stream_options",
+        )
+    stops = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+    if len(stops) > 4 or any(not s for s in stops):
+        raise errors.InvalidRequest(
+            "'stop' takes up to 4 non-empty sequences.", param="stop", code="invalid_value"
+        )
+    request = GenerationRequest(
+        model=body.model,
+        messages=tuple(_message(m) for m in body.messages),
+        max_tokens=body.max_completion_tokens or body.max_tokens,
+        sampling=SamplingParams(
+            temperature=body.temperature,
+            top_p=body.top_p,
+            seed=body.seed,
+            presence_penalty=body.presence_penalty,
+            frequency_penalty=body.frequency_penalty,
+        ),
+        stop=stops,
+    )
+    include_usage = body.stream_options is not None and body.stream_options.include_usage
+    return ChatCall(request=request, is_stream=bool(body.stream), include_usage=include_usage)
+
+
+def _message(message: _ChatMessage) -> Message:
+    content = message.content
+    text = "\n".join(part.text for part in content) if isinstance(content, list) else content or ""
+    return Message(role=_ROLES[message.role], content=text)
+
+
+class ChatRenderer:
+    """Renders one job's events as OpenAI chat completion objects."""
+
+    def __init__(self, *, model: str, fingerprint: str, prompt_tokens: int) -> None:
+        self.id = "chatcmpl-" + secrets.token_urlsafe(18)
+        self.created = int(time.time())
+        self.model = model
+        self.fingerprint = fingerprint
+        self.prompt_tokens = prompt_tokens
+
+    def completion(self, text: str, finished: Finished) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": self.fingerprint,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text, "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": finish_reason(finished),
+                }
+            ],
+            "usage": usage(finished.usage),
+        }
+
+    def chunk(self, delta: dict[str, Any], finish: str | None, *, with_usage: bool) -> bytes:
+        body: dict[str, Any] = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": self.fingerprint,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        }
+        if with_usage:
+            body["usage"] = None
+        return sse.frame(body)
+
+    def usage_chunk(self, finished: Finished) -> bytes:
+        return sse.frame(
+            {
+                "id": self.id,
+                "object": "chat.completion.chunk",
+                "created": self.created,
+                "model": self.model,
+                "system_fingerprint": self.fingerprint,
+                "choices": [],
+                "usage": usage(finished.usage),
+            }
+        )
+
+    async def stream(
+        self, events: AsyncIterator[TextDelta | Finished | Failed], *, include_usage: bool
+    ) -> AsyncIterator[bytes]:
+        yield self.chunk({"role": "assistant", "content": ""}, None, with_usage=include_usage)
+        async for event in events:
+            if isinstance(event, TextDelta):
+                yield self.chunk({"content": event.text}, None, with_usage=include_usage)
+            elif isinstance(event, Finished) and event.reason in ("stop", "length"):
+                yield self.chunk({}, finish_reason(event), with_usage=include_usage)
+                if include_usage:
+                    yield self.usage_chunk(event)
+            else:
+                yield sse.frame(stream_error(event))
+        yield sse.DONE
+
+
+def stream_error(event: Finished | Failed) -> dict[str, Any]:
+    failure = (
+        event
+        if isinstance(event, Failed)
+        else Failed(code="engine_error", message="The provider stopped the generation.")
+    )
+    _status, body = openai_errors.status_and_body(failure_to_error(failure))
+    return body
+
+
+def finish_reason(finished: Finished) -> str:
+    return "length" if finished.reason == "length" else "stop"
+
+
+def usage(u: Usage) -> dict[str, Any]:
+    return {
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.total_tokens,
+        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": 0,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
+    }

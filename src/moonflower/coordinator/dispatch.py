@@ -1,0 +1,234 @@
+"""Dispatch: pick a provider, send it the job, relay its events, cancel and record the job.
+
+`Dispatcher.start` returns only once the provider has accepted the prompt (or raises a
+domain error), so a dialect can still answer with a clean 4xx/5xx before it commits to a
+200 and a stream. `Job.close` is idempotent and always runs: it cancels the provider's work
+if the job has not ended, and writes the job's metadata (never its text) to the ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+from moonflower import errors, wire
+from moonflower.coordinator.registry import ProviderSession, Registry
+from moonflower.generation import (
+    Failed,
+    Finished,
+    GenerationEvent,
+    GenerationRequest,
+    Started,
+    TextDelta,
+    Usage,
+)
+from moonflower.ledger import jobs as job_ledger
+from moonflower.ledger.database import Database
+from moonflower.ledger.keys import Caller
+from moonflower.settings import CoordinatorSettings
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 3
+"""A job whose provider vanishes before accepting it is retried on another provider."""
+
+
+class Job:
+    """One accepted generation on one provider."""
+
+    def __init__(
+        self,
+        *,
+        job_id: str,
+        request: GenerationRequest,
+        provider: ProviderSession,
+        card: wire.ModelCard,
+        caller: Caller,
+        queue: asyncio.Queue[GenerationEvent],
+        started: Started,
+        dispatcher: Dispatcher,
+        created_at: datetime,
+        t0: float,
+    ) -> None:
+        self.id = job_id
+        self.request = request
+        self.provider = provider
+        self.card = card
+        self.caller = caller
+        self.prompt_tokens = started.prompt_tokens
+        self.created_at = created_at
+        self.outcome: Finished | Failed | None = None
+        self._queue = queue
+        self._dispatcher = dispatcher
+        self._t0 = t0
+        self._first_token_ms: int | None = None
+        self._is_closed = False
+
+    async def events(self) -> AsyncIterator[TextDelta | Finished | Failed]:
+        """Text deltas, then exactly one terminal event."""
+        idle = self._dispatcher.settings.idle_timeout_s
+        while self.outcome is None:
+            try:
+                event = await asyncio.wait_for(self._queue.get(), idle)
+            except TimeoutError:
+                event = Failed(code="timeout", message="The provider stopped responding.")
+            if isinstance(event, Started):
+                continue
+            if isinstance(event, TextDelta):
+                if self._first_token_ms is None:
+                    self._first_token_ms = _elapsed_ms(self._t0)
+                yield event
+                continue
+            self.outcome = event
+            yield event
+
+    async def close(self) -> None:
+        if self._is_closed:
+            return
+        self._is_closed = True
+        if self.outcome is None:
+            await self.provider.cancel_job(self.id)
+        await self._dispatcher.record(self)
+
+    def record(self) -> job_ledger.JobRecord:
+        outcome = self.outcome
+        usage = outcome.usage if isinstance(outcome, Finished) else Usage(self.prompt_tokens, 0)
+        if isinstance(outcome, Finished):
+            status = "cancelled" if outcome.reason == "cancelled" else "completed"
+        else:
+            status = "cancelled" if outcome is None else "failed"
+        return job_ledger.JobRecord(
+            id=self.id,
+            account_id=self.caller.account_id,
+            key_id=self.caller.key_id,
+            model=self.request.model,
+            provider_id=self.provider.id,
+            status=status,
+            finish_reason=outcome.reason if isinstance(outcome, Finished) else None,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            created_at=self.created_at,
+            first_token_ms=self._first_token_ms,
+            duration_ms=_elapsed_ms(self._t0),
+            error_code=outcome.code if isinstance(outcome, Failed) else None,
+        )
+
+
+class Dispatcher:
+    def __init__(self, registry: Registry, db: Database, settings: CoordinatorSettings) -> None:
+        self.registry = registry
+        self.db = db
+        self.settings = settings
+
+    async def start(self, request: GenerationRequest, caller: Caller) -> Job:
+        """Send `request` to a provider and wait until it accepts the prompt."""
+        tried: set[str] = set()
+        for _attempt in range(MAX_ATTEMPTS):
+            provider = self._pick(request.model, tried)
+            if provider is None:
+                break
+            tried.add(provider.id)
+            job = await self._try(provider, request, caller)
+            if job is not None:
+                return job
+        if tried:
+            raise errors.ProviderFailed("Every provider tried for this request went away.")
+        if await job_ledger.has_been_served(self.db, request.model):
+            raise errors.NoProviderAvailable(request.model)
+        raise errors.ModelNotFound(request.model)
+
+    def _pick(self, model: str, tried: set[str]) -> ProviderSession | None:
+        provider = self.registry.pick(model)
+        if provider is None or provider.id in tried:
+            rest = [p for p in self.registry.serving(model) if p.id not in tried]
+            return min(rest, key=lambda p: p.load) if rest else None
+        return provider
+
+    async def _try(
+        self, provider: ProviderSession, request: GenerationRequest, caller: Caller
+    ) -> Job | None:
+        card = provider.card(request.model)
+        assert card is not None
+        if request.max_tokens is None:
+            bound = min(self.settings.default_max_tokens, card.context_length)
+            request = dataclasses.replace(request, max_tokens=bound)
+        job_id = uuid.uuid4().hex
+        created_at, t0 = datetime.now(UTC), time.monotonic()
+        try:
+            queue = await provider.start_job(job_id, request)
+        except Exception:
+            log.warning("could not send job %s to provider %s", job_id, provider.id)
+            return None
+        try:
+            first = await asyncio.wait_for(queue.get(), self.settings.first_event_timeout_s)
+        except TimeoutError:
+            await provider.cancel_job(job_id)
+            raise errors.UpstreamTimeout("The provider did not start the job in time.") from None
+        except asyncio.CancelledError:
+            await provider.cancel_job(job_id)
+            raise
+        if isinstance(first, Started):
+            log.info("job %s started on provider %s", job_id, provider.id)
+            return Job(
+                job_id=job_id,
+                request=request,
+                provider=provider,
+                card=card,
+                caller=caller,
+                queue=queue,
+                started=first,
+                dispatcher=self,
+                created_at=created_at,
+                t0=t0,
+            )
+        failure = first if isinstance(first, Failed) else _unexpected(first)
+        if failure.code == "provider_gone":
+            return None
+        await self.record(
+            Job(
+                job_id=job_id,
+                request=request,
+                provider=provider,
+                card=card,
+                caller=caller,
+                queue=queue,
+                started=Started(prompt_tokens=0),
+                dispatcher=self,
+                created_at=created_at,
+                t0=t0,
+            ),
+            outcome=failure,
+        )
+        raise failure_to_error(failure)
+
+    async def record(self, job: Job, outcome: Failed | None = None) -> None:
+        if outcome is not None:
+            job.outcome = outcome
+        try:
+            await job_ledger.record_job(self.db, job.record())
+        except Exception:
+            log.exception("could not record job %s", job.id)
+
+
+def failure_to_error(failure: Failed) -> errors.MoonflowerError:
+    """Translate a provider's failure event into the coordinator's exception tree."""
+    if failure.code == "context_length_exceeded":
+        return errors.ContextLengthExceeded(failure.message, param=failure.param or "messages")
+    if failure.code == "invalid_request":
+        return errors.InvalidRequest(failure.message, param=failure.param)
+    if failure.code == "timeout":
+        return errors.UpstreamTimeout(failure.message)
+    return errors.ProviderFailed(failure.message)
+
+
+def _unexpected(event: GenerationEvent) -> Failed:
+    return Failed(code="engine_error", message=f"The provider sent {event.kind} before started.")
+
+
+def _elapsed_ms(t0: float) -> int:
+    return int((time.monotonic() - t0) * 1000)

@@ -1,0 +1,132 @@
+"""Live providers: who is connected, what they serve, and which one takes the next job.
+
+The registry holds one `ProviderSession` per open provider WebSocket. A session owns the
+per-job event queues of that connection, so a provider that disappears fails exactly its
+own jobs. The registry must not do I/O beyond the `send` callable each session is given,
+and knows nothing of HTTP dialects or storage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+
+from moonflower import wire
+from moonflower.generation import Failed, GenerationEvent, GenerationRequest
+
+log = logging.getLogger(__name__)
+
+SendFrame = Callable[[str], Awaitable[None]]
+
+
+@dataclass(eq=False)
+class ProviderSession:
+    """One connected provider, for the life of its WebSocket."""
+
+    id: str
+    registration: wire.Register
+    send_frame: SendFrame
+    connected_at: float = field(default_factory=time.monotonic)
+    last_seen: float = field(default_factory=time.monotonic)
+    jobs_served: int = 0
+    tokens_generated: int = 0
+    _jobs: dict[str, asyncio.Queue[GenerationEvent]] = field(default_factory=dict)
+    _is_closed: bool = False
+
+    @property
+    def active_jobs(self) -> int:
+        return len(self._jobs)
+
+    @property
+    def load(self) -> float:
+        return len(self._jobs) / self.registration.max_concurrent_jobs
+
+    def card(self, model: str) -> wire.ModelCard | None:
+        return next((m for m in self.registration.models if m.id == model), None)
+
+    async def start_job(
+        self, job_id: str, request: GenerationRequest
+    ) -> asyncio.Queue[GenerationEvent]:
+        queue: asyncio.Queue[GenerationEvent] = asyncio.Queue()
+        self._jobs[job_id] = queue
+        try:
+            await self.send_frame(wire.encode(wire.JobRequest(job_id=job_id, request=request)))
+        except Exception:
+            self._jobs.pop(job_id, None)
+            raise
+        return queue
+
+    def deliver(self, job_id: str, event: GenerationEvent) -> None:
+        queue = self._jobs.get(job_id)
+        if queue is None:
+            # Late events of a job already finished or cancelled: nothing waits for them.
+            log.debug("provider %s sent an event for unknown job %s", self.id, job_id)
+            return
+        queue.put_nowait(event)
+        if event.kind in ("finished", "failed"):
+            del self._jobs[job_id]
+
+    async def cancel_job(self, job_id: str) -> None:
+        if self._jobs.pop(job_id, None) is None or self._is_closed:
+            return
+        try:
+            await self.send_frame(wire.encode(wire.JobCancel(job_id=job_id)))
+        except Exception:  # the socket is going away; its jobs end with it
+            log.debug("could not send cancel for job %s to provider %s", job_id, self.id)
+
+    def close(self) -> None:
+        """Fail every job still running on this connection."""
+        self._is_closed = True
+        gone = Failed(code="provider_gone", message="The provider disconnected mid-job.")
+        for queue in self._jobs.values():
+            queue.put_nowait(gone)
+        self._jobs.clear()
+
+
+class Registry:
+    """The set of live provider sessions."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[str, ProviderSession] = {}
+        self._turn = itertools.count()
+
+    def add(self, session: ProviderSession) -> None:
+        self._sessions[session.id] = session
+
+    def remove(self, session_id: str) -> None:
+        session = self._sessions.pop(session_id, None)
+        if session is not None:
+            session.close()
+
+    def __iter__(self) -> Iterator[ProviderSession]:
+        return iter(list(self._sessions.values()))
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def serving(self, model: str) -> list[ProviderSession]:
+        return [s for s in self._sessions.values() if s.card(model) is not None]
+
+    def pick(self, model: str) -> ProviderSession | None:
+        """The least-loaded provider serving `model`; ties rotate so load spreads evenly."""
+        candidates = self.serving(model)
+        if not candidates:
+            return None
+        turn = next(self._turn)
+        ranked = sorted(
+            enumerate(candidates),
+            key=lambda ic: (ic[1].load, (ic[0] - turn) % len(candidates)),
+        )
+        return ranked[0][1]
+
+    def models(self) -> dict[str, list[wire.ModelCard]]:
+        """Every model served right now, with the cards of the providers serving it."""
+        served: dict[str, list[wire.ModelCard]] = {}
+        for session in self._sessions.values():
+            for card in session.registration.models:
+                served.setdefault(card.id, []).append(card)
+        return served

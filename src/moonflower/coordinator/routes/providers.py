@@ -1,0 +1,116 @@
+"""The provider WebSocket: registration, heartbeats and job events for one connection.
+
+Owns the life of a `ProviderSession`: it exists from a valid `register` until the socket
+closes or falls silent for longer than the heartbeat timeout, and every job still running on
+it fails when it goes. Frames are validated by `wire`; an invalid frame closes the socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+
+from fastapi import APIRouter
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from moonflower import errors, wire
+from moonflower.coordinator.registry import ProviderSession
+from moonflower.coordinator.services import Services
+from moonflower.ledger import jobs as job_ledger
+
+log = logging.getLogger(__name__)
+
+router = APIRouter()
+
+REGISTER_TIMEOUT_S = 30.0
+CLOSE_PROTOCOL_ERROR = 1002
+CLOSE_POLICY_VIOLATION = 1008
+
+
+@router.websocket("/ws/provider")
+async def provider_socket(websocket: WebSocket) -> None:
+    services = Services.of(websocket)
+    await websocket.accept()
+    send_lock = asyncio.Lock()
+
+    async def send_frame(frame: str) -> None:
+        async with send_lock:
+            await websocket.send_text(frame)
+
+    try:
+        registration = await receive_registration(websocket)
+    except (errors.ProtocolError, TimeoutError, WebSocketDisconnect) as exc:
+        log.warning("provider registration failed: %s", exc)
+        await reject(websocket, str(exc))
+        return
+    session = ProviderSession(
+        id="prov_" + uuid.uuid4().hex[:16], registration=registration, send_frame=send_frame
+    )
+    await job_ledger.note_models_served(services.db, [m.id for m in registration.models])
+    services.registry.add(session)
+    log.info(
+        "provider %s connected serving %s",
+        session.id,
+        ", ".join(m.id for m in registration.models),
+    )
+    try:
+        await send_frame(
+            wire.encode(
+                wire.Registered(
+                    provider_id=session.id, heartbeat_interval_s=wire.HEARTBEAT_INTERVAL_S
+                )
+            )
+        )
+        await serve_session(websocket, session, services.settings.heartbeat_timeout_s)
+    except (errors.ProtocolError, TimeoutError) as exc:
+        log.warning("closing provider %s: %s", session.id, exc)
+        await close_quietly(websocket, CLOSE_PROTOCOL_ERROR)
+    except WebSocketDisconnect:
+        pass
+    finally:
+        services.registry.remove(session.id)
+        log.info("provider %s disconnected", session.id)
+
+
+async def receive_registration(websocket: WebSocket) -> wire.Register:
+    frame = await asyncio.wait_for(websocket.receive_text(), REGISTER_TIMEOUT_S)
+    message = wire.decode_from_provider(frame)
+    if not isinstance(message, wire.Register):
+        raise errors.ProtocolError(f"expected register, got {message.type}")
+    if message.protocol_version != wire.PROTOCOL_VERSION:
+        raise errors.ProtocolError(
+            f"protocol version {message.protocol_version} is not supported; "
+            f"this coordinator speaks version {wire.PROTOCOL_VERSION}"
+        )
+    return message
+
+
+async def serve_session(websocket: WebSocket, session: ProviderSession, silence_s: float) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        frame = await asyncio.wait_for(websocket.receive_text(), silence_s)
+        session.last_seen = loop.time()
+        message = wire.decode_from_provider(frame)
+        if isinstance(message, wire.JobEvent):
+            session.deliver(message.job_id, message.event)
+        elif isinstance(message, wire.Heartbeat):
+            session.jobs_served = message.jobs_served
+            session.tokens_generated = message.tokens_generated
+        else:
+            raise errors.ProtocolError("register sent twice on one connection")
+
+
+async def reject(websocket: WebSocket, reason: str) -> None:
+    try:
+        await websocket.send_text(wire.encode(wire.Rejected(reason=reason)))
+    except Exception:  # the peer may already be gone
+        log.debug("could not send rejection")
+    await close_quietly(websocket, CLOSE_POLICY_VIOLATION)
+
+
+async def close_quietly(websocket: WebSocket, code: int) -> None:
+    try:
+        await websocket.close(code)
+    except Exception:
+        log.debug("socket already closed")

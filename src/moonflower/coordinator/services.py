@@ -1,0 +1,44 @@
+"""The coordinator's long-lived parts, built once in `create_app` and reached from requests.
+
+Holds references only; it owns no behaviour beyond building JSON responses with orjson.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from starlette.requests import HTTPConnection
+from starlette.responses import Response
+
+from moonflower.coordinator.dispatch import Dispatcher
+from moonflower.coordinator.registry import Registry
+from moonflower.ledger.database import Database
+from moonflower.settings import CoordinatorSettings
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    settings: CoordinatorSettings
+    db: Database
+    registry: Registry
+    dispatcher: Dispatcher
+    started_at: int
+    """Unix time the coordinator started (the `created` of the models it lists)."""
+
+    @staticmethod
+    def of(connection: HTTPConnection) -> Services:
+        services: Services = connection.app.state.services
+        return services
+
+
+def json_response(
+    content: Any, *, status_code: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(
+        orjson.dumps(content),
+        status_code=status_code,
+        media_type="application/json",
+        headers=headers,
+    )

@@ -1,0 +1,142 @@
+"""The provider agent: an outbound WebSocket to the coordinator, kept alive for as long as
+the process runs.
+
+It registers (protocol version, hardware, models, capacity), sends heartbeats, hands job
+requests to the `JobRunner` and cancels them on request, and reconnects with capped
+exponential backoff whenever the coordinator goes away. No inbound port is ever opened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from urllib.parse import urlsplit, urlunsplit
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidHandshake, InvalidURI, WebSocketException
+
+from moonflower import __version__, errors, wire
+from moonflower.provider.engines.base import Engine
+from moonflower.provider.jobs import JobRunner, SendFrame
+from moonflower.settings import ProviderSettings
+
+log = logging.getLogger(__name__)
+
+REGISTER_REPLY_TIMEOUT_S = 30.0
+
+
+class RegistrationRejected(errors.MoonflowerError):
+    """The coordinator refused this provider; retrying the same registration is pointless."""
+
+
+def websocket_url(coordinator: str) -> str:
+    """`http://host:port[/base]` → `ws://host:port[/base]/ws/provider` (https → wss)."""
+    parts = urlsplit(coordinator)
+    scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme)
+    if scheme is None or not parts.netloc:
+        raise errors.InvalidRequest(
+            f"The coordinator URL must look like http://host:port, got {coordinator!r}.",
+            param="coordinator",
+        )
+    path = parts.path.rstrip("/")
+    if not path.endswith("/ws/provider"):
+        path += "/ws/provider"
+    return urlunsplit((scheme, parts.netloc, path, "", ""))
+
+
+class ProviderAgent:
+    def __init__(self, settings: ProviderSettings, engine: Engine, hardware: wire.Hardware) -> None:
+        self.settings = settings
+        self.url = websocket_url(settings.coordinator)
+        self.engine = engine
+        self.hardware = hardware
+        self.runner = JobRunner(engine)
+        self.provider_id: str | None = None
+        self.is_connected = asyncio.Event()
+
+    def registration(self) -> wire.Register:
+        return wire.Register(
+            protocol_version=wire.PROTOCOL_VERSION,
+            agent_version=__version__,
+            hardware=self.hardware,
+            models=(self.engine.card,),
+            max_concurrent_jobs=self.engine.max_concurrent_jobs,
+        )
+
+    async def run(self) -> None:
+        """Stay connected until cancelled; raises only if the coordinator rejects us."""
+        backoff = self.settings.backoff_initial_s
+        try:
+            while True:
+                try:
+                    async with connect(
+                        self.url,
+                        max_size=wire.MAX_FRAME_BYTES,
+                        ping_interval=10,
+                        ping_timeout=30,
+                        open_timeout=10,
+                    ) as socket:
+                        await self._session(socket)
+                        backoff = self.settings.backoff_initial_s
+                except RegistrationRejected:
+                    raise
+                except (OSError, TimeoutError, WebSocketException, errors.ProtocolError) as exc:
+                    if isinstance(exc, InvalidURI | InvalidHandshake):
+                        log.warning("cannot connect to %s: %s", self.url, exc)
+                    else:
+                        log.info("coordinator unreachable (%s)", type(exc).__name__)
+                finally:
+                    self.is_connected.clear()
+                    self.runner.cancel_all()
+                delay = backoff * random.uniform(0.8, 1.2)
+                log.info("reconnecting in %.1fs", delay)
+                await asyncio.sleep(delay)
+                backoff = min(backoff * 2, self.settings.backoff_max_s)
+        finally:
+            await self.runner.drain()
+
+    async def _session(self, socket: ClientConnection) -> None:
+        send_lock = asyncio.Lock()
+
+        async def send(frame: str) -> None:
+            async with send_lock:
+                await socket.send(frame)
+
+        await send(wire.encode(self.registration()))
+        reply = wire.decode_from_coordinator(
+            await asyncio.wait_for(socket.recv(), REGISTER_REPLY_TIMEOUT_S)
+        )
+        if isinstance(reply, wire.Rejected):
+            raise RegistrationRejected(f"the coordinator rejected this provider: {reply.reason}")
+        if not isinstance(reply, wire.Registered):
+            raise errors.ProtocolError(f"expected registered, got {reply.type}")
+        self.provider_id = reply.provider_id
+        self.is_connected.set()
+        log.info("registered with %s as %s", self.url, reply.provider_id)
+        heartbeats = asyncio.create_task(self._heartbeats(send, reply.heartbeat_interval_s))
+        try:
+            async for frame in socket:
+                message = wire.decode_from_coordinator(frame)
+                if isinstance(message, wire.JobRequest):
+                    self.runner.submit(message.job_id, message.request, send)
+                elif isinstance(message, wire.JobCancel):
+                    self.runner.cancel(message.job_id)
+                else:
+                    raise errors.ProtocolError(f"unexpected {message.type} mid-session")
+        finally:
+            heartbeats.cancel()
+        log.info("coordinator closed the connection")
+
+    async def _heartbeats(self, send: SendFrame, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            beat = wire.Heartbeat(
+                active_jobs=self.runner.active_jobs,
+                jobs_served=self.runner.jobs_served,
+                tokens_generated=self.runner.tokens_generated,
+            )
+            try:
+                await send(wire.encode(beat))
+            except WebSocketException:
+                return

@@ -1,0 +1,144 @@
+"""Runs jobs on the provider's engine and streams their events to the coordinator.
+
+The engine's blocking `generate` runs on a worker thread; its events cross into asyncio
+through a queue and leave as `job_event` frames. Cancelling a job sets the event the engine
+checks before every token, so generation stops within one token. This module never logs
+prompt or completion text: only ids, reasons and token counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from moonflower import wire
+from moonflower.generation import (
+    Failed,
+    Finished,
+    GenerationEvent,
+    GenerationRequest,
+    Usage,
+)
+from moonflower.provider.engines.base import Engine
+
+log = logging.getLogger(__name__)
+
+SendFrame = Callable[[str], Awaitable[None]]
+
+
+class JobRunner:
+    """Every job of one provider process, whichever connection asked for it."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._slots = asyncio.Semaphore(engine.max_concurrent_jobs)
+        self._executor = ThreadPoolExecutor(
+            max_workers=engine.max_concurrent_jobs, thread_name_prefix="engine"
+        )
+        self._cancels: dict[str, threading.Event] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.jobs_served = 0
+        self.tokens_generated = 0
+
+    @property
+    def active_jobs(self) -> int:
+        return len(self._cancels)
+
+    def submit(self, job_id: str, request: GenerationRequest, send: SendFrame) -> None:
+        if job_id in self._cancels:
+            log.warning("ignoring a second request for job %s", job_id)
+            return
+        cancel = threading.Event()
+        self._cancels[job_id] = cancel
+        task = asyncio.create_task(self._run(job_id, request, cancel, send))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def cancel(self, job_id: str) -> None:
+        cancel = self._cancels.get(job_id)
+        if cancel is not None:
+            log.info("job %s: cancel received", job_id)
+            cancel.set()
+
+    def cancel_all(self) -> None:
+        for cancel in self._cancels.values():
+            cancel.set()
+
+    async def drain(self) -> None:
+        """Cancel everything and wait for the workers to stop."""
+        self.cancel_all()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._executor.shutdown(wait=True)
+
+    async def _run(
+        self, job_id: str, request: GenerationRequest, cancel: threading.Event, send: SendFrame
+    ) -> None:
+        try:
+            async with self._slots:
+                if cancel.is_set():
+                    await self._send(job_id, _cancelled_before_start(), send, cancel)
+                    return
+                await self._generate(job_id, request, cancel, send)
+        finally:
+            self._cancels.pop(job_id, None)
+
+    async def _generate(
+        self, job_id: str, request: GenerationRequest, cancel: threading.Event, send: SendFrame
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[GenerationEvent | None] = asyncio.Queue()
+
+        def work() -> None:
+            try:
+                for event in self._engine.generate(request, cancel):
+                    loop.call_soon_threadsafe(queue.put_nowait, event)
+            except Exception as exc:  # a broken engine must not take the provider down
+                failure = Failed(
+                    code="engine_error", message=f"engine failed: {type(exc).__name__}"
+                )
+                loop.call_soon_threadsafe(queue.put_nowait, failure)
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, None)
+
+        worker = loop.run_in_executor(self._executor, work)
+        try:
+            while (event := await queue.get()) is not None:
+                await self._send(job_id, event, send, cancel)
+        finally:
+            cancel.set()  # stops the worker if we leave early (connection lost, shutdown)
+            await asyncio.shield(worker)
+
+    async def _send(
+        self, job_id: str, event: GenerationEvent, send: SendFrame, cancel: threading.Event
+    ) -> None:
+        if isinstance(event, Finished | Failed):
+            self._note_end(job_id, event)
+        if cancel.is_set() and not isinstance(event, Finished | Failed):
+            return  # the coordinator no longer wants text for this job
+        try:
+            await send(wire.encode(wire.JobEvent(job_id=job_id, event=event)))
+        except Exception:
+            log.info("job %s: connection lost, stopping", job_id)
+            cancel.set()
+
+    def _note_end(self, job_id: str, event: Finished | Failed) -> None:
+        self.jobs_served += 1
+        if isinstance(event, Finished):
+            self.tokens_generated += event.usage.completion_tokens
+            log.info(
+                "job %s ended: reason=%s prompt_tokens=%d completion_tokens=%d",
+                job_id,
+                event.reason,
+                event.usage.prompt_tokens,
+                event.usage.completion_tokens,
+            )
+        else:
+            log.info("job %s failed: code=%s", job_id, event.code)
+
+
+def _cancelled_before_start() -> Finished:
+    return Finished(reason="cancelled", usage=Usage(prompt_tokens=0, completion_tokens=0))

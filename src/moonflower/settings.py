@@ -1,0 +1,48 @@
+"""Settings for each Moonflower process; the only module that reads environment variables.
+
+Every field can be set as `MOONFLOWER_<FIELD>` in the environment; CLI flags override them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MAX_TOKENS = 8192
+
+
+def default_data_dir() -> Path:
+    return Path.home() / ".moonflower"
+
+
+class CoordinatorSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MOONFLOWER_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    data_dir: Path = Field(default_factory=default_data_dir)
+    database_url: str | None = None
+    """SQLAlchemy async URL; defaults to SQLite inside `data_dir`."""
+    default_max_tokens: int = Field(default=DEFAULT_MAX_TOKENS, gt=0)
+    first_event_timeout_s: float = Field(default=120.0, gt=0)
+    """How long a job may wait for its first event (queueing, prompt processing)."""
+    idle_timeout_s: float = Field(default=600.0, gt=0)
+    """Longest silence between two events of a running job."""
+    heartbeat_timeout_s: float = Field(default=30.0, gt=0)
+    log_level: str = "info"
+
+
+class ProviderSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MOONFLOWER_PROVIDER_", extra="ignore")
+
+    coordinator: str = "http://127.0.0.1:8000"
+    model: str = "default"
+    engine: str = "llama_cpp"
+    data_dir: Path = Field(default_factory=default_data_dir)
+    context_length: int | None = Field(default=None, gt=0)
+    heartbeat_interval_s: float = Field(default=5.0, gt=0)
+    backoff_initial_s: float = Field(default=0.5, gt=0)
+    backoff_max_s: float = Field(default=5.0, gt=0)
+    log_level: str = "info"

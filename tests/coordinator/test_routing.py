@@ -1,0 +1,113 @@
+"""Routing, cancellation and failure handling through the real coordinator and real provider
+agents over loopback, with scripted engines (these tests say nothing about inference)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+import pytest
+
+from moonflower.ledger import jobs as job_ledger
+from tests.support.fake_engine import ScriptedEngine
+from tests.support.inprocess import inprocess_network
+
+
+def chat(model: str, **extra: object) -> dict[str, object]:
+    return {"model": model, "messages": [{"role": "user", "content": "hi"}], **extra}
+
+
+async def test_each_request_reaches_the_provider_serving_its_model(tmp_path: Path) -> None:
+    alpha = ScriptedEngine(model_id="alpha", script="from alpha")
+    beta = ScriptedEngine(model_id="beta", script="from beta")
+    async with inprocess_network(tmp_path, [alpha, beta]) as net, httpx.AsyncClient(
+        base_url=net.base_url, headers=net.headers
+    ) as client:
+        models = (await client.get("/v1/models")).json()
+        assert [m["id"] for m in models["data"]] == ["alpha", "beta"]
+        for model in ("alpha", "beta", "alpha"):
+            body = (await client.post("/v1/chat/completions", json=chat(model))).json()
+            assert body["choices"][0]["message"]["content"] == f"from {model}"
+            assert body["model"] == model
+    assert len(alpha.endings) == 2
+    assert len(beta.endings) == 1
+
+
+async def test_load_spreads_over_providers_of_the_same_model(tmp_path: Path) -> None:
+    engines = [ScriptedEngine(model_id="m", script="x") for _ in range(2)]
+    async with inprocess_network(tmp_path, engines) as net, httpx.AsyncClient(
+        base_url=net.base_url, headers=net.headers
+    ) as client:
+        for _ in range(4):
+            assert (await client.post("/v1/chat/completions", json=chat("m"))).status_code == 200
+    assert [len(e.endings) for e in engines] == [2, 2]
+
+
+async def test_client_disconnect_mid_stream_cancels_the_provider_job(tmp_path: Path) -> None:
+    engine = ScriptedEngine(script=" ".join(["word"] * 500), token_delay_s=0.01)
+    async with inprocess_network(tmp_path, [engine]) as net:
+        async with httpx.AsyncClient(base_url=net.base_url, headers=net.headers) as client:
+            async with client.stream(
+                "POST", "/v1/chat/completions", json=chat("fake-model", stream=True)
+            ) as response:
+                assert response.status_code == 200
+                lines = response.aiter_lines()
+                for _ in range(6):
+                    await anext(lines)
+        async with asyncio.timeout(5):
+            while not engine.endings:
+                await asyncio.sleep(0.02)
+        ending = engine.endings[0]
+        assert ending.kind == "finished" and ending.reason == "cancelled"
+        assert ending.usage.completion_tokens < 50
+        async with asyncio.timeout(5):
+            while not (recorded := await job_ledger.list_jobs(net.services.db)):
+                await asyncio.sleep(0.02)
+        assert recorded[0].status == "cancelled"
+
+
+async def test_client_disconnect_before_a_whole_answer_cancels_the_job(tmp_path: Path) -> None:
+    engine = ScriptedEngine(script=" ".join(["word"] * 500), token_delay_s=0.01)
+    async with inprocess_network(tmp_path, [engine]) as net:
+        async with httpx.AsyncClient(base_url=net.base_url, headers=net.headers) as client:
+            with pytest.raises(httpx.ReadTimeout):
+                await client.post("/v1/chat/completions", json=chat("fake-model"), timeout=0.3)
+        async with asyncio.timeout(5):
+            while not engine.endings:
+                await asyncio.sleep(0.02)
+        assert engine.endings[0].kind == "finished"
+        assert engine.endings[0].reason == "cancelled"
+
+
+async def test_provider_vanishing_mid_job_fails_the_request_cleanly(tmp_path: Path) -> None:
+    engine = ScriptedEngine(script=" ".join(["word"] * 500), token_delay_s=0.01)
+    async with inprocess_network(tmp_path, [engine]) as net, httpx.AsyncClient(
+        base_url=net.base_url, headers=net.headers
+    ) as client:
+        request = asyncio.create_task(client.post("/v1/chat/completions", json=chat("fake-model")))
+        await asyncio.sleep(0.3)
+        await net.stop_provider(net.agents[0])
+        response = await request
+        assert response.status_code == 502
+        assert response.json()["error"]["type"] == "server_error"
+        # The model was served before, so it is unavailable now rather than unknown.
+        response = await client.post("/v1/chat/completions", json=chat("fake-model"))
+        assert response.status_code == 503
+        assert response.json()["error"]["code"] == "no_provider_available"
+        response = await client.post("/v1/chat/completions", json=chat("never-served"))
+        assert response.status_code == 404
+        assert response.json()["error"]["code"] == "model_not_found"
+
+
+async def test_provider_failure_before_start_maps_to_a_400(tmp_path: Path) -> None:
+    engine = ScriptedEngine(context_length=4)
+    async with inprocess_network(tmp_path, [engine]) as net, httpx.AsyncClient(
+        base_url=net.base_url, headers=net.headers
+    ) as client:
+        body = chat("fake-model")
+        body["messages"] = [{"role": "user", "content": "a b c d e f"}]
+        response = await client.post("/v1/chat/completions", json=body)
+        assert response.status_code == 400
+        assert response.json()["error"]["code"] == "context_length_exceeded"
+        assert response.json()["error"]["param"] == "messages"

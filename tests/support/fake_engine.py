@@ -1,0 +1,84 @@
+"""A scripted engine for routing, queueing and failure tests — never proof that inference works.
+
+It "generates" the words of a fixed script, one word per token, optionally sleeping between
+tokens, and honours cancel exactly as the Engine protocol asks. It records what happened so
+tests can assert from the provider's side.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from moonflower.generation import (
+    Failed,
+    Finished,
+    GenerationEvent,
+    GenerationRequest,
+    Started,
+    TextDelta,
+    Usage,
+)
+from moonflower.wire import ModelCard
+
+
+@dataclass
+class ScriptedEngine:
+    model_id: str = "fake-model"
+    script: str = "one two three four five six seven eight nine ten"
+    token_delay_s: float = 0.0
+    context_length: int = 512
+    endings: list[Finished | Failed] = field(default_factory=list)
+
+    @property
+    def card(self) -> ModelCard:
+        return ModelCard(
+            id=self.model_id,
+            sha256="0" * 64,
+            context_length=self.context_length,
+            quantization=None,
+            engine="scripted",
+            size_bytes=0,
+        )
+
+    @property
+    def max_concurrent_jobs(self) -> int:
+        return 2
+
+    def generate(
+        self, request: GenerationRequest, cancel: threading.Event
+    ) -> Iterator[GenerationEvent]:
+        prompt_tokens = sum(len(m.content.split()) for m in request.messages) or 1
+        if prompt_tokens >= self.context_length:
+            ending: Finished | Failed = Failed(
+                code="context_length_exceeded", message="too long", param="messages"
+            )
+            self.endings.append(ending)
+            yield ending
+            return
+        yield Started(prompt_tokens=prompt_tokens)
+        words = self.script.split()
+        limit = request.max_tokens or len(words)
+        produced = 0
+        reason = "stop"
+        while True:
+            if cancel.is_set():
+                reason = "cancelled"
+                break
+            if produced >= limit:
+                reason = "length"
+                break
+            if produced >= len(words):
+                break
+            if self.token_delay_s:
+                time.sleep(self.token_delay_s)
+            yield TextDelta(text=("" if produced == 0 else " ") + words[produced])
+            produced += 1
+        ending = Finished(reason=reason, usage=Usage(prompt_tokens, produced))  # type: ignore[arg-type]
+        self.endings.append(ending)
+        yield ending
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,85 @@
+"""A coordinator and providers in the test's own event loop, on a real loopback socket.
+
+The coordinator is the real app served by uvicorn; providers are real `ProviderAgent`s
+speaking the real wire protocol — only their engines are scripted. Used for routing,
+cancellation and failure tests that need to be fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from moonflower import wire
+from moonflower.cli.coordinator import uvicorn_server
+from moonflower.coordinator.app import build_services, create_app
+from moonflower.coordinator.services import Services
+from moonflower.ledger import keys
+from moonflower.provider.agent import ProviderAgent
+from moonflower.settings import CoordinatorSettings, ProviderSettings
+from tests.support.fake_engine import ScriptedEngine
+from tests.support.network import free_port
+
+HARDWARE = wire.Hardware(cpu="test cpu", cpu_cores=1, memory_bytes=1 << 30, os="test")
+
+
+@dataclass
+class InProcessNetwork:
+    base_url: str
+    key: str
+    services: Services
+    agents: list[ProviderAgent]
+    agent_tasks: list[asyncio.Task[None]]
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+    def add_provider(self, engine: ScriptedEngine) -> ProviderAgent:
+        settings = ProviderSettings(
+            coordinator=self.base_url, backoff_initial_s=0.05, backoff_max_s=0.2
+        )
+        agent = ProviderAgent(settings, engine, HARDWARE)
+        self.agents.append(agent)
+        self.agent_tasks.append(asyncio.create_task(agent.run()))
+        return agent
+
+    async def stop_provider(self, agent: ProviderAgent) -> None:
+        task = self.agent_tasks[self.agents.index(agent)]
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+@asynccontextmanager
+async def inprocess_network(
+    tmp_path: Path, engines: list[ScriptedEngine], **settings_overrides: object
+) -> AsyncIterator[InProcessNetwork]:
+    settings = CoordinatorSettings(
+        port=free_port(),
+        data_dir=tmp_path,
+        **settings_overrides,  # type: ignore[arg-type]
+    )
+    services = await build_services(settings)
+    server = uvicorn_server(settings, create_app(settings, services))
+    serving = asyncio.create_task(server.serve())
+    async with asyncio.timeout(10):
+        while not server.started:
+            await asyncio.sleep(0.01)
+    key = (await keys.create_key(services.db)).key
+    network = InProcessNetwork(f"http://127.0.0.1:{settings.port}", key, services, [], [])
+    try:
+        for engine in engines:
+            agent = network.add_provider(engine)
+            async with asyncio.timeout(10):
+                await agent.is_connected.wait()
+        yield network
+    finally:
+        for task in network.agent_tasks:
+            task.cancel()
+        await asyncio.gather(*network.agent_tasks, return_exceptions=True)
+        server.should_exit = True
+        await asyncio.gather(serving, return_exceptions=True)
+        await services.db.close()
