@@ -1,0 +1,115 @@
+"""Finished jobs and the models the network has ever served.
+
+Owns writing and reading job records (who asked, who served, token counts, timings, outcome)
+and the served-models register that lets callers tell "no such model" from "nobody serving
+it right now". Must never receive or store prompt or completion text: a `JobRecord` has no
+field that could hold it. Money is not handled here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+
+from moonflower.ledger.database import Database
+from moonflower.ledger.tables import Job, ServedModel
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    id: str
+    account_id: str
+    key_id: str
+    model: str
+    provider_id: str
+    status: str
+    """"completed" | "cancelled" | "failed" (the database refuses anything else)."""
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    created_at: datetime
+    first_token_ms: int | None
+    duration_ms: int
+    error_code: str | None
+
+
+async def record_job(db: Database, record: JobRecord) -> None:
+    """Store one finished job; `created_at` must be timezone-aware."""
+    async with db.sessions.begin() as session:
+        session.add(
+            Job(
+                id=record.id,
+                account_id=record.account_id,
+                key_id=record.key_id,
+                model=record.model,
+                provider_id=record.provider_id,
+                status=record.status,
+                finish_reason=record.finish_reason,
+                prompt_tokens=record.prompt_tokens,
+                completion_tokens=record.completion_tokens,
+                created_at=record.created_at,
+                first_token_ms=record.first_token_ms,
+                duration_ms=record.duration_ms,
+                error_code=record.error_code,
+            )
+        )
+
+
+async def list_jobs(
+    db: Database, *, limit: int = 100, account_id: str | None = None
+) -> list[JobRecord]:
+    """The newest `limit` jobs, newest first; only `account_id`'s if given."""
+    if limit < 1:
+        raise ValueError("limit must be at least 1")
+    query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+    if account_id is not None:
+        query = query.where(Job.account_id == account_id)
+    async with db.sessions() as session:
+        jobs = (await session.execute(query)).scalars().all()
+    return [
+        JobRecord(
+            id=job.id,
+            account_id=job.account_id,
+            key_id=job.key_id,
+            model=job.model,
+            provider_id=job.provider_id,
+            status=job.status,
+            finish_reason=job.finish_reason,
+            prompt_tokens=job.prompt_tokens,
+            completion_tokens=job.completion_tokens,
+            created_at=job.created_at,
+            first_token_ms=job.first_token_ms,
+            duration_ms=job.duration_ms,
+            error_code=job.error_code,
+        )
+        for job in jobs
+    ]
+
+
+async def note_models_served(db: Database, model_ids: Iterable[str]) -> None:
+    """Record that these models are being served now: first sighting or a fresh last_seen_at."""
+    # Sorted and unique: PostgreSQL refuses to update one row twice in a statement, and a
+    # fixed order keeps two concurrent registrations from deadlocking each other.
+    unique_ids = sorted(set(model_ids))
+    if not unique_ids:
+        return
+    now = datetime.now(UTC)
+    insert = db.insert_on_conflict(ServedModel).values(
+        [{"model_id": m, "first_seen_at": now, "last_seen_at": now} for m in unique_ids]
+    )
+    upsert = insert.on_conflict_do_update(
+        index_elements=[ServedModel.model_id],
+        set_={"last_seen_at": insert.excluded.last_seen_at},
+    )
+    async with db.sessions.begin() as session:
+        await session.execute(upsert)
+
+
+async def has_been_served(db: Database, model_id: str) -> bool:
+    """Whether any provider has ever registered `model_id`."""
+    query = select(ServedModel.model_id).where(ServedModel.model_id == model_id)
+    async with db.sessions() as session:
+        return (await session.execute(query)).first() is not None
