@@ -21,9 +21,10 @@ def chat(model: str, **extra: object) -> dict[str, object]:
 async def test_each_request_reaches_the_provider_serving_its_model(tmp_path: Path) -> None:
     alpha = ScriptedEngine(model_id="alpha", script="from alpha")
     beta = ScriptedEngine(model_id="beta", script="from beta")
-    async with inprocess_network(tmp_path, [alpha, beta]) as net, httpx.AsyncClient(
-        base_url=net.base_url, headers=net.headers
-    ) as client:
+    async with (
+        inprocess_network(tmp_path, [alpha, beta]) as net,
+        httpx.AsyncClient(base_url=net.base_url, headers=net.headers) as client,
+    ):
         models = (await client.get("/v1/models")).json()
         assert [m["id"] for m in models["data"]] == ["alpha", "beta"]
         for model in ("alpha", "beta", "alpha"):
@@ -36,9 +37,10 @@ async def test_each_request_reaches_the_provider_serving_its_model(tmp_path: Pat
 
 async def test_load_spreads_over_providers_of_the_same_model(tmp_path: Path) -> None:
     engines = [ScriptedEngine(model_id="m", script="x") for _ in range(2)]
-    async with inprocess_network(tmp_path, engines) as net, httpx.AsyncClient(
-        base_url=net.base_url, headers=net.headers
-    ) as client:
+    async with (
+        inprocess_network(tmp_path, engines) as net,
+        httpx.AsyncClient(base_url=net.base_url, headers=net.headers) as client,
+    ):
         for _ in range(4):
             assert (await client.post("/v1/chat/completions", json=chat("m"))).status_code == 200
     assert [len(e.endings) for e in engines] == [2, 2]
@@ -47,14 +49,16 @@ async def test_load_spreads_over_providers_of_the_same_model(tmp_path: Path) -> 
 async def test_client_disconnect_mid_stream_cancels_the_provider_job(tmp_path: Path) -> None:
     engine = ScriptedEngine(script=" ".join(["word"] * 500), token_delay_s=0.01)
     async with inprocess_network(tmp_path, [engine]) as net:
-        async with httpx.AsyncClient(base_url=net.base_url, headers=net.headers) as client:
-            async with client.stream(
+        async with (
+            httpx.AsyncClient(base_url=net.base_url, headers=net.headers) as client,
+            client.stream(
                 "POST", "/v1/chat/completions", json=chat("fake-model", stream=True)
-            ) as response:
-                assert response.status_code == 200
-                lines = response.aiter_lines()
-                for _ in range(6):
-                    await anext(lines)
+            ) as response,
+        ):
+            assert response.status_code == 200
+            lines = response.aiter_lines()
+            for _ in range(6):
+                await anext(lines)
         async with asyncio.timeout(5):
             while not engine.endings:
                 await asyncio.sleep(0.02)
@@ -82,9 +86,10 @@ async def test_client_disconnect_before_a_whole_answer_cancels_the_job(tmp_path:
 
 async def test_provider_vanishing_mid_job_fails_the_request_cleanly(tmp_path: Path) -> None:
     engine = ScriptedEngine(script=" ".join(["word"] * 500), token_delay_s=0.01)
-    async with inprocess_network(tmp_path, [engine]) as net, httpx.AsyncClient(
-        base_url=net.base_url, headers=net.headers
-    ) as client:
+    async with (
+        inprocess_network(tmp_path, [engine]) as net,
+        httpx.AsyncClient(base_url=net.base_url, headers=net.headers) as client,
+    ):
         request = asyncio.create_task(client.post("/v1/chat/completions", json=chat("fake-model")))
         await asyncio.sleep(0.3)
         await net.stop_provider(net.agents[0])
@@ -102,12 +107,29 @@ async def test_provider_vanishing_mid_job_fails_the_request_cleanly(tmp_path: Pa
 
 async def test_provider_failure_before_start_maps_to_a_400(tmp_path: Path) -> None:
     engine = ScriptedEngine(context_length=4)
-    async with inprocess_network(tmp_path, [engine]) as net, httpx.AsyncClient(
-        base_url=net.base_url, headers=net.headers
-    ) as client:
+    async with (
+        inprocess_network(tmp_path, [engine]) as net,
+        httpx.AsyncClient(base_url=net.base_url, headers=net.headers) as client,
+    ):
         body = chat("fake-model")
         body["messages"] = [{"role": "user", "content": "a b c d e f"}]
         response = await client.post("/v1/chat/completions", json=body)
         assert response.status_code == 400
         assert response.json()["error"]["code"] == "context_length_exceeded"
         assert response.json()["error"]["param"] == "messages"
+
+
+async def test_missing_max_tokens_gets_the_default_bounded_by_the_context(tmp_path: Path) -> None:
+    small = ScriptedEngine(model_id="small", context_length=512)
+    large = ScriptedEngine(model_id="large", context_length=100_000)
+    async with (
+        inprocess_network(tmp_path, [small, large]) as net,
+        httpx.AsyncClient(base_url=net.base_url, headers=net.headers) as client,
+    ):
+        for model in ("small", "large"):
+            assert (await client.post("/v1/chat/completions", json=chat(model))).status_code == 200
+        explicit = chat("large", max_completion_tokens=7, max_tokens=9)
+        assert (await client.post("/v1/chat/completions", json=explicit)).status_code == 200
+    assert small.requests[0].max_tokens == 512
+    assert large.requests[0].max_tokens == 8192
+    assert large.requests[1].max_tokens == 7

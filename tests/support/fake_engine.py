@@ -31,6 +31,7 @@ class ScriptedEngine:
     token_delay_s: float = 0.0
     context_length: int = 512
     endings: list[Finished | Failed] = field(default_factory=list)
+    requests: list[GenerationRequest] = field(default_factory=list)
 
     @property
     def card(self) -> ModelCard:
@@ -50,6 +51,7 @@ class ScriptedEngine:
     def generate(
         self, request: GenerationRequest, cancel: threading.Event
     ) -> Iterator[GenerationEvent]:
+        self.requests.append(request)
         prompt_tokens = sum(len(m.content.split()) for m in request.messages) or 1
         if prompt_tokens >= self.context_length:
             ending: Finished | Failed = Failed(

@@ -29,6 +29,21 @@ def chat(
     key = api_key or os.environ.get("OPENAI_API_KEY") or os.environ.get("MOONFLOWER_API_KEY")
     if not key:
         raise typer.BadParameter("pass --api-key or set OPENAI_API_KEY", param_hint="--api-key")
+    try:
+        converse(url, key, prompt, model, system, max_tokens)
+    except httpx.HTTPError as exc:
+        typer.echo(f"cannot talk to {url}: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+def converse(
+    url: str,
+    key: str,
+    prompt: str | None,
+    model: str | None,
+    system: str | None,
+    max_tokens: int | None,
+) -> None:
     with httpx.Client(
         base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=600
     ) as client:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 import uvicorn
@@ -19,7 +19,7 @@ app = typer.Typer(help="Run the coordinator.", no_args_is_help=True)
 def coordinator_settings(
     host: str | None, port: int | None, data_dir: Path | None, database_url: str | None
 ) -> CoordinatorSettings:
-    overrides = {
+    overrides: dict[str, Any] = {
         "host": host,
         "port": port,
         "data_dir": data_dir,

@@ -9,9 +9,9 @@ from typing import Annotated, TypeVar
 
 import typer
 
+from moonflower.cli.coordinator import coordinator_settings
 from moonflower.ledger import keys
 from moonflower.ledger.database import Database, default_database_url
-from moonflower.settings import CoordinatorSettings
 
 app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 
@@ -24,8 +24,8 @@ DatabaseUrl = Annotated[str | None, typer.Option(help="The coordinator's databas
 def with_database(
     data_dir: Path | None, database_url: str | None, work: Callable[[Database], Awaitable[T]]
 ) -> T:
-    settings = CoordinatorSettings(**({"data_dir": data_dir} if data_dir else {}))
-    url = database_url or settings.database_url or default_database_url(settings.data_dir)
+    settings = coordinator_settings(None, None, data_dir, database_url)
+    url = settings.database_url or default_database_url(settings.data_dir)
 
     async def main() -> T:
         db = await Database.open(url)

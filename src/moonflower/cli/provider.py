@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -49,7 +49,7 @@ def serve(
     context_length: Annotated[int | None, typer.Option(help="Context window to load.")] = None,
 ) -> None:
     """Connect out to a coordinator and run the jobs it sends."""
-    overrides = {
+    overrides: dict[str, Any] = {
         "coordinator": coordinator,
         "model": model,
         "engine": engine,
