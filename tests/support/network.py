@@ -140,8 +140,16 @@ class LocalNetwork:
 
     def create_key(self, account: str = "default") -> str:
         result = subprocess.run(
-            [sys.executable, "-m", "moonflower", "keys", "create", "--account", account,
-             *self.db_args()],
+            [
+                sys.executable,
+                "-m",
+                "moonflower",
+                "keys",
+                "create",
+                "--account",
+                account,
+                *self.db_args(),
+            ],
             capture_output=True,
             env=self.env(),
             timeout=60,

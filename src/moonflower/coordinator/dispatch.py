@@ -39,7 +39,7 @@ MAX_ATTEMPTS = 3
 
 
 class Job:
-    """One accepted generation on one provider."""
+    """One generation on one provider, from the moment it is sent until it is recorded."""
 
     def __init__(
         self,
@@ -50,33 +50,48 @@ class Job:
         card: wire.ModelCard,
         caller: Caller,
         queue: asyncio.Queue[GenerationEvent],
-        started: Started,
         dispatcher: Dispatcher,
-        created_at: datetime,
-        t0: float,
     ) -> None:
         self.id = job_id
         self.request = request
         self.provider = provider
         self.card = card
         self.caller = caller
-        self.prompt_tokens = started.prompt_tokens
-        self.created_at = created_at
+        self.prompt_tokens = 0
+        self.created_at = datetime.now(UTC)
         self.outcome: Finished | Failed | None = None
         self._queue = queue
         self._dispatcher = dispatcher
-        self._t0 = t0
+        self._t0 = time.monotonic()
         self._first_token_ms: int | None = None
+        self._is_ended_by_provider = False
         self._is_closed = False
+
+    async def _next(self, wait_s: float) -> GenerationEvent:
+        try:
+            event = await asyncio.wait_for(self._queue.get(), wait_s)
+        except TimeoutError:
+            return Failed(code="timeout", message="The provider did not answer in time.")
+        if isinstance(event, Finished | Failed):
+            self._is_ended_by_provider = True
+        return event
+
+    async def wait_started(self) -> bool:
+        """Wait until the provider accepts the prompt. False if the provider vanished first
+        (the job may be retried elsewhere); a refusal raises the matching domain error."""
+        first = await self._next(self._dispatcher.settings.first_event_timeout_s)
+        if isinstance(first, Started):
+            self.prompt_tokens = first.prompt_tokens
+            return True
+        self.outcome = first if isinstance(first, Failed) else _unexpected(first)
+        if self.outcome.code == "provider_gone":
+            return False
+        raise failure_to_error(self.outcome)
 
     async def events(self) -> AsyncIterator[TextDelta | Finished | Failed]:
         """Text deltas, then exactly one terminal event."""
-        idle = self._dispatcher.settings.idle_timeout_s
         while self.outcome is None:
-            try:
-                event = await asyncio.wait_for(self._queue.get(), idle)
-            except TimeoutError:
-                event = Failed(code="timeout", message="The provider stopped responding.")
+            event = await self._next(self._dispatcher.settings.idle_timeout_s)
             if isinstance(event, Started):
                 continue
             if isinstance(event, TextDelta):
@@ -88,10 +103,11 @@ class Job:
             yield event
 
     async def close(self) -> None:
+        """Cancel the provider's work unless it already ended, and record the job once."""
         if self._is_closed:
             return
         self._is_closed = True
-        if self.outcome is None:
+        if not self._is_ended_by_provider:
             await self.provider.cancel_job(self.id)
         await self._dispatcher.record(self)
 
@@ -158,57 +174,31 @@ class Dispatcher:
             bound = min(self.settings.default_max_tokens, card.context_length)
             request = dataclasses.replace(request, max_tokens=bound)
         job_id = uuid.uuid4().hex
-        created_at, t0 = datetime.now(UTC), time.monotonic()
         try:
             queue = await provider.start_job(job_id, request)
         except Exception:
             log.warning("could not send job %s to provider %s", job_id, provider.id)
             return None
-        try:
-            first = await asyncio.wait_for(queue.get(), self.settings.first_event_timeout_s)
-        except TimeoutError:
-            await provider.cancel_job(job_id)
-            raise errors.UpstreamTimeout("The provider did not start the job in time.") from None
-        except asyncio.CancelledError:
-            await provider.cancel_job(job_id)
-            raise
-        if isinstance(first, Started):
-            log.info("job %s started on provider %s", job_id, provider.id)
-            return Job(
-                job_id=job_id,
-                request=request,
-                provider=provider,
-                card=card,
-                caller=caller,
-                queue=queue,
-                started=first,
-                dispatcher=self,
-                created_at=created_at,
-                t0=t0,
-            )
-        failure = first if isinstance(first, Failed) else _unexpected(first)
-        if failure.code == "provider_gone":
-            return None
-        await self.record(
-            Job(
-                job_id=job_id,
-                request=request,
-                provider=provider,
-                card=card,
-                caller=caller,
-                queue=queue,
-                started=Started(prompt_tokens=0),
-                dispatcher=self,
-                created_at=created_at,
-                t0=t0,
-            ),
-            outcome=failure,
+        job = Job(
+            job_id=job_id,
+            request=request,
+            provider=provider,
+            card=card,
+            caller=caller,
+            queue=queue,
+            dispatcher=self,
         )
-        raise failure_to_error(failure)
+        try:
+            if await job.wait_started():
+                log.info("job %s started on provider %s", job_id, provider.id)
+                return job
+        except BaseException:
+            await job.close()
+            raise
+        await job.close()
+        return None
 
-    async def record(self, job: Job, outcome: Failed | None = None) -> None:
-        if outcome is not None:
-            job.outcome = outcome
+    async def record(self, job: Job) -> None:
         try:
             await job_ledger.record_job(self.db, job.record())
         except Exception:

@@ -38,8 +38,12 @@ def body(message: str, kind: str, *, param: str | None, code: str | None) -> dic
 
 
 def from_validation_error(exc: ValidationError) -> errors.InvalidRequest:
-    """The first problem pydantic found, phrased the way OpenAI names fields."""
-    first = exc.errors()[0]
+    """The most specific problem pydantic found, phrased the way OpenAI names fields.
+
+    A value that matches no branch of a union yields one error per branch; the deepest one
+    (e.g. `messages[0].content[0].type` rather than `messages[0].content`) says most.
+    """
+    first = max(exc.errors(), key=lambda err: len(field_path(err["loc"])))
     param = field_path(first["loc"])
     if first["type"] == "missing":
         return errors.InvalidRequest(
@@ -52,13 +56,16 @@ def from_validation_error(exc: ValidationError) -> errors.InvalidRequest:
     )
 
 
+_UNION_BRANCHES = {"str", "int", "float", "bool", "none", "dict", "list"}
+
+
 def field_path(loc: tuple[int | str, ...]) -> str:
-    """`("messages", 0, "content")` → `messages[0].content`; union branch names dropped."""
+    """`("messages", 0, "content")` → `messages[0].content`; union branch tags are dropped."""
     path = ""
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif part.startswith(("function-", "list[", "str", "int", "float", "bool", "literal[")):
+        elif "[" in part or part in _UNION_BRANCHES or part.startswith("_"):
             continue
         else:
             path += f".{part}" if path else part
