@@ -133,3 +133,20 @@ async def test_missing_max_tokens_gets_the_default_bounded_by_the_context(tmp_pa
     assert small.requests[0].max_tokens == 512
     assert large.requests[0].max_tokens == 8192
     assert large.requests[1].max_tokens == 7
+
+
+async def test_a_provider_that_never_starts_times_out_with_a_504(tmp_path: Path) -> None:
+    engine = ScriptedEngine(start_delay_s=1.0, token_delay_s=0.01)
+    async with inprocess_network(tmp_path, [engine], first_event_timeout_s=0.2) as net:
+        async with httpx.AsyncClient(base_url=net.base_url, headers=net.headers) as client:
+            response = await client.post("/v1/chat/completions", json=chat("fake-model"))
+        assert response.status_code == 504
+        assert response.json()["error"]["code"] == "timeout"
+        async with asyncio.timeout(5):
+            while not engine.endings:
+                await asyncio.sleep(0.02)
+        # The provider was told to stop: it ends the job at its first token check.
+        assert engine.endings[0].kind == "finished"
+        assert engine.endings[0].reason == "cancelled"
+        recorded = await job_ledger.list_jobs(net.services.db)
+        assert [(j.status, j.error_code) for j in recorded] == [("failed", "timeout")]

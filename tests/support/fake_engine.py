@@ -29,6 +29,7 @@ class ScriptedEngine:
     model_id: str = "fake-model"
     script: str = "one two three four five six seven eight nine ten"
     token_delay_s: float = 0.0
+    start_delay_s: float = 0.0
     context_length: int = 512
     endings: list[Finished | Failed] = field(default_factory=list)
     requests: list[GenerationRequest] = field(default_factory=list)
@@ -60,6 +61,7 @@ class ScriptedEngine:
             self.endings.append(ending)
             yield ending
             return
+        time.sleep(self.start_delay_s)
         yield Started(prompt_tokens=prompt_tokens)
         words = self.script.split()
         limit = request.max_tokens or len(words)

@@ -1,0 +1,1 @@
+"""Tests for the provider: engines, model discovery and hardware detection."""

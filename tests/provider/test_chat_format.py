@@ -1,0 +1,155 @@
+"""Chat prompts are rendered the way the model was trained: its own template, or Gemma's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from moonflower.errors import InvalidRequest
+from moonflower.generation import Message
+from moonflower.provider.engines.chat_format import (
+    ChatTemplateMissing,
+    ChatTemplateRejected,
+    GemmaTurnFormat,
+    JinjaChatFormat,
+    NoChatFormat,
+    chat_format_for,
+    strip_leading_bos,
+)
+from moonflower.provider.models import resolve_model
+
+CONVERSATIONS = [
+    (Message("user", "Hello!"),),
+    (Message("system", "You are terse."), Message("user", "Name a colour.")),
+    (
+        Message("system", "Answer in French."),
+        Message("user", "Hi"),
+        Message("assistant", "Bonjour !"),
+        Message("user", "  How are you? 🌍 \n"),
+    ),
+]
+
+
+def test_gemma_puts_the_system_prompt_into_the_first_user_turn() -> None:
+    rendered = GemmaTurnFormat().render(
+        [
+            Message("system", "Be brief."),
+            Message("user", "Hi "),
+            Message("assistant", "Hello."),
+            Message("user", "Bye"),
+        ]
+    )
+    assert rendered == (
+        "<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n"
+        "<start_of_turn>model\nHello.<end_of_turn>\n"
+        "<start_of_turn>user\nBye<end_of_turn>\n"
+        "<start_of_turn>model\n"
+    )
+
+
+def test_gemma_without_a_system_prompt() -> None:
+    assert GemmaTurnFormat().render([Message("user", "Hi")]) == (
+        "<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n"
+    )
+
+
+def test_gemma_with_only_a_system_prompt_still_sends_it() -> None:
+    assert GemmaTurnFormat().render([Message("system", "Say hello.")]) == (
+        "<start_of_turn>user\nSay hello.<end_of_turn>\n<start_of_turn>model\n"
+    )
+
+
+def test_a_late_system_message_becomes_a_user_turn() -> None:
+    rendered = GemmaTurnFormat().render([Message("user", "a"), Message("system", "b")])
+    assert "<start_of_turn>user\nb<end_of_turn>\n" in rendered
+
+
+def test_the_models_own_template_wins() -> None:
+    chosen = chat_format_for(
+        {"tokenizer.chat_template": "x", "general.architecture": "gemma3"},
+        bos_token="<s>",
+        eos_token="</s>",
+    )
+    assert isinstance(chosen, JinjaChatFormat)
+
+
+def test_gemma_without_a_template_gets_gemma_turns() -> None:
+    chosen = chat_format_for({"general.architecture": "gemma3"}, bos_token="", eos_token="")
+    assert isinstance(chosen, GemmaTurnFormat)
+
+
+def test_other_models_without_a_template_refuse_chats_clearly() -> None:
+    chosen = chat_format_for({"general.architecture": "llama"}, bos_token="", eos_token="")
+    assert isinstance(chosen, NoChatFormat)
+    with pytest.raises(ChatTemplateMissing, match="no chat template") as caught:
+        chosen.render([Message("user", "hi")])
+    assert isinstance(caught.value, InvalidRequest)
+    assert caught.value.param == "messages"
+
+
+def test_a_template_that_does_not_compile_refuses_chats() -> None:
+    chosen = chat_format_for({"tokenizer.chat_template": "{% for %}"}, bos_token="", eos_token="")
+    with pytest.raises(ChatTemplateMissing, match="not valid Jinja"):
+        chosen.render([Message("user", "hi")])
+
+
+def test_raise_exception_in_a_template_is_a_rejection_with_its_message() -> None:
+    template = (
+        "{% if messages[0]['role'] != 'user' %}{{ raise_exception('user first') }}{% endif %}"
+    )
+    chat = JinjaChatFormat(template, bos_token="", eos_token="")
+    with pytest.raises(ChatTemplateRejected, match="user first"):
+        chat.render([Message("assistant", "secret words")])
+
+
+def test_template_errors_never_quote_message_content() -> None:
+    chat = JinjaChatFormat("{{ messages[0]['content'] + 1 }}", bos_token="", eos_token="")
+    with pytest.raises(ChatTemplateRejected) as caught:
+        chat.render([Message("user", "secret words")])
+    assert "secret" not in caught.value.message
+
+
+def test_templates_get_tokens_tojson_loopcontrols_and_generation_tags() -> None:
+    template = (
+        "{{ bos_token }}{% for m in messages %}{% if loop.index > 1 %}{% break %}{% endif %}"
+        "{% generation %}{{ m | tojson }}{% endgeneration %}{% endfor %}"
+        "{% if add_generation_prompt %}{{ eos_token }}{% endif %}"
+    )
+    chat = JinjaChatFormat(template, bos_token="<s>", eos_token="</s>")
+    rendered = chat.render([Message("user", "é <b>"), Message("user", "dropped")])
+    assert rendered == '<s>{"role": "user", "content": "é <b>"}</s>'
+
+
+def test_a_leading_bos_written_by_the_template_is_dropped() -> None:
+    assert strip_leading_bos("<bos><start_of_turn>", "<bos>") == "<start_of_turn>"
+    assert strip_leading_bos("<start_of_turn>", "<bos>") == "<start_of_turn>"
+    assert strip_leading_bos("text", "") == "text"
+
+
+@pytest.fixture(scope="module")
+def smollm2_vocab() -> Any:
+    """SmolLM2's tokenizer and metadata only (no weights), straight from llama-cpp-python."""
+    from llama_cpp import Llama
+
+    llama = Llama(str(resolve_model("default").path), vocab_only=True, verbose=False)
+    yield llama
+    llama.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("messages", CONVERSATIONS)
+def test_smollm2_template_renders_as_llama_cpp_python_renders_it(
+    smollm2_vocab: Any, messages: tuple[Message, ...]
+) -> None:
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    template = smollm2_vocab.metadata["tokenizer.chat_template"]
+    bos = smollm2_vocab._model.token_get_text(smollm2_vocab.token_bos())
+    eos = smollm2_vocab._model.token_get_text(smollm2_vocab.token_eos())
+    reference = Jinja2ChatFormatter(template=template, bos_token=bos, eos_token=eos)
+    expected = reference(messages=[{"role": m.role, "content": m.content} for m in messages])
+    ours = chat_format_for(smollm2_vocab.metadata, bos_token=bos, eos_token=eos)
+    assert isinstance(ours, JinjaChatFormat)
+    assert ours.render(messages) == expected.prompt
+    assert ours.render(messages).endswith("<|im_start|>assistant\n")
