@@ -30,9 +30,7 @@ MESSAGES: list[Any] = [
 
 def direct_rate(llama: Any, max_tokens: int) -> tuple[float, int]:
     t0 = time.perf_counter()
-    result = llama.create_chat_completion(
-        messages=MESSAGES, temperature=0, max_tokens=max_tokens
-    )
+    result = llama.create_chat_completion(messages=MESSAGES, temperature=0, max_tokens=max_tokens)
     elapsed = time.perf_counter() - t0
     tokens = int(result["usage"]["completion_tokens"])
     return tokens / elapsed, tokens

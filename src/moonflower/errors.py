@@ -5,14 +5,20 @@ wire shapes: each dialect owns exactly one mapping from these to its own error b
 
     MoonflowerError
     ├── InvalidRequest            the caller's input is wrong (names the field in `param`)
-    │   └── ContextLengthExceeded the prompt does not fit the model's context window
+    │   ├── ContextLengthExceeded the prompt does not fit the model's context window
+    │   ├── ChatTemplateMissing   the model cannot format chat messages at all
+    │   └── ChatTemplateRejected  the model's own template refused the conversation
     ├── AuthenticationFailed      missing, unknown or revoked API key
     ├── RouteNotFound             no such endpoint
     ├── ModelNotFound             no provider has ever served this model
     ├── NoProviderAvailable       the model is known but nobody serving it is connected
     ├── ProviderFailed            the provider broke or went away mid-job
     ├── UpstreamTimeout           the provider did not answer in time
-    └── ProtocolError             a peer sent a message the wire protocol does not allow
+    ├── ProtocolError             a peer sent a message the wire protocol does not allow
+    └── ProviderSetupError        a provider cannot start as asked
+        ├── ModelSourceError      the model spec names nothing loadable
+        ├── EngineUnavailable     unknown engine, or its library is not installed
+        └── RegistrationRejected  the coordinator refused this provider
 
 Messages never quote prompt or completion text.
 """
@@ -83,3 +89,48 @@ class UpstreamTimeout(MoonflowerError):
 
 class ProtocolError(MoonflowerError):
     code = "protocol_error"
+
+
+class ChatTemplateMissing(InvalidRequest):
+    """The model has no chat template we can apply, so it only serves raw completions."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            f"This model cannot format chat messages ({reason}); "
+            "send a raw text prompt to the completions endpoint instead.",
+            param="messages",
+        )
+
+
+class ChatTemplateRejected(InvalidRequest):
+    """The model's own template refused the conversation (e.g. roles that do not alternate).
+
+    The message is the one the template author wrote; it never quotes message content.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            f"The model's chat template rejected the messages: {reason}", param="messages"
+        )
+
+
+class ProviderSetupError(MoonflowerError):
+    code = "provider_setup"
+
+
+class ModelSourceError(ProviderSetupError):
+    """A model spec names nothing we can load (no such file, or a missing weights package)."""
+
+    code = "model_source_invalid"
+
+
+class EngineUnavailable(ProviderSetupError):
+    """The named engine does not exist or cannot run on this machine."""
+
+    code = "engine_unavailable"
+
+
+class RegistrationRejected(ProviderSetupError):
+    """The coordinator refused this provider; retrying the same registration is pointless."""
+
+    code = "registration_rejected"

