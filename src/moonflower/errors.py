@@ -6,6 +6,7 @@ wire shapes: each dialect owns exactly one mapping from these to its own error b
     MoonflowerError
     ├── InvalidRequest            the caller's input is wrong (names the field in `param`)
     │   ├── ContextLengthExceeded the prompt does not fit the model's context window
+    │   ├── BodyTooLarge          the request body exceeds the coordinator's limit
     │   ├── ChatTemplateMissing   the model cannot format chat messages at all
     │   └── ChatTemplateRejected  the model's own template refused the conversation
     ├── AuthenticationFailed      missing, unknown or revoked API key
@@ -48,6 +49,10 @@ class InvalidRequest(MoonflowerError):
 
 class ContextLengthExceeded(InvalidRequest):
     code = "context_length_exceeded"
+
+
+class BodyTooLarge(InvalidRequest):
+    code = "request_too_large"
 
 
 class AuthenticationFailed(MoonflowerError):

@@ -115,6 +115,12 @@ def test_body_that_is_not_a_json_object_is_a_400(http: httpx.Client, raw: bytes)
     assert error["type"] == "invalid_request_error"
 
 
+def test_body_over_the_size_limit_is_a_413(http: httpx.Client) -> None:
+    huge = body(messages=[{"role": "user", "content": "x" * (9 * 1024 * 1024)}])
+    error = assert_openai_error(http.post("/v1/chat/completions", json=huge), 413)
+    assert error["code"] == "request_too_large"
+
+
 def test_prompt_longer_than_the_context_is_a_400(http: httpx.Client) -> None:
     long_prompt = "lighthouse " * 9000
     for stream in (False, True):

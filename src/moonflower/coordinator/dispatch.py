@@ -176,6 +176,8 @@ class Dispatcher:
         job_id = uuid.uuid4().hex
         try:
             queue = await provider.start_job(job_id, request)
+        except errors.MoonflowerError:
+            raise
         except Exception:
             log.warning("could not send job %s to provider %s", job_id, provider.id)
             return None

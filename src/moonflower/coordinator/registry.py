@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
-from moonflower import wire
+from moonflower import errors, wire
 from moonflower.generation import Failed, GenerationEvent, GenerationRequest
 
 log = logging.getLogger(__name__)
@@ -51,10 +51,13 @@ class ProviderSession:
     async def start_job(
         self, job_id: str, request: GenerationRequest
     ) -> asyncio.Queue[GenerationEvent]:
+        frame = wire.encode(wire.JobRequest(job_id=job_id, request=request))
+        if len(frame) > wire.MAX_FRAME_BYTES:
+            raise errors.BodyTooLarge("The request is too large to send to a provider.")
         queue: asyncio.Queue[GenerationEvent] = asyncio.Queue()
         self._jobs[job_id] = queue
         try:
-            await self.send_frame(wire.encode(wire.JobRequest(job_id=job_id, request=request)))
+            await self.send_frame(frame)
         except Exception:
             self._jobs.pop(job_id, None)
             raise

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from moonflower import errors
 
 _STATUS_AND_TYPE: list[tuple[type[errors.MoonflowerError], int, str]] = [
+    (errors.BodyTooLarge, 413, "invalid_request_error"),
     (errors.InvalidRequest, 400, "invalid_request_error"),
     (errors.AuthenticationFailed, 401, "invalid_request_error"),
     (errors.RouteNotFound, 404, "invalid_request_error"),

@@ -49,8 +49,22 @@ async def chat_completions(request: Request) -> Response:
     return json_response(renderer.completion(text, finished), headers=headers)
 
 
+MAX_BODY_BYTES = 8 * 1024 * 1024
+"""Larger bodies are refused before parsing; a job must also fit one wire frame."""
+
+
 async def read_json(request: Request) -> Any:
-    raw = await request.body()
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise _too_large()
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise _too_large()
+        chunks.append(chunk)
+    raw = b"".join(chunks)
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -59,6 +73,13 @@ async def read_json(request: Request) -> Any:
             param=None,
             code="invalid_json",
         ) from None
+
+
+def _too_large() -> errors.BodyTooLarge:
+    return errors.BodyTooLarge(
+        f"The request body is larger than the {MAX_BODY_BYTES // (1024 * 1024)} MiB limit.",
+        param=None,
+    )
 
 
 def job_headers(job: Job) -> dict[str, str]:
