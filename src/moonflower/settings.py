@@ -43,6 +43,8 @@ class ProviderSettings(BaseSettings):
     data_dir: Path = Field(default_factory=default_data_dir)
     context_length: int | None = Field(default=None, gt=0)
     heartbeat_interval_s: float = Field(default=5.0, gt=0)
+    stream_batch_interval_s: float = Field(default=0.02, ge=0)
+    """Text generated within this interval of the last frame sent is joined into one frame."""
     backoff_initial_s: float = Field(default=0.5, gt=0)
     backoff_max_s: float = Field(default=5.0, gt=0)
     log_level: str = "info"

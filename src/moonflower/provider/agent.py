@@ -47,7 +47,7 @@ class ProviderAgent:
         self.url = websocket_url(settings.coordinator)
         self.engine = engine
         self.hardware = hardware
-        self.runner = JobRunner(engine)
+        self.runner = JobRunner(engine, batch_interval_s=settings.stream_batch_interval_s)
         self.provider_id: str | None = None
         self.is_connected = asyncio.Event()
 
