@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
 
+from moonflower.provider import models
 from moonflower.provider.models import (
     ModelSource,
     ModelSourceError,
@@ -85,3 +87,28 @@ def test_sha256_of_an_empty_file(tmp_path: Path) -> None:
     path = tmp_path / "empty.gguf"
     path.write_bytes(b"")
     assert sha256_file(path) == hashlib.sha256(b"").hexdigest()
+
+
+def test_weight_hash_is_computed_once_per_file_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    weights = tmp_path / "tiny-Q8_0.gguf"
+    weights.write_bytes(b"GGUF" + bytes(range(256)) * 100)
+    source = models.resolve_model(str(weights))
+    data_dir = tmp_path / "data"
+
+    first = models.with_weight_hash(source, data_dir)
+    assert first.sha256 == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert (data_dir / "weight-hashes.json").is_file()
+
+    def must_not_hash(*_args: object, **_kwargs: object) -> str:
+        raise AssertionError("the remembered hash should have been used")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(models, "sha256_file", must_not_hash)
+        assert models.with_weight_hash(source, data_dir).sha256 == first.sha256
+
+    weights.write_bytes(b"GGUF changed")
+    os.utime(weights, ns=(1, 1))
+    changed = models.with_weight_hash(source, data_dir)
+    assert changed.sha256 == hashlib.sha256(b"GGUF changed").hexdigest()

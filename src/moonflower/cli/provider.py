@@ -14,7 +14,7 @@ from moonflower.provider.agent import ProviderAgent
 from moonflower.provider.engines import load_engine
 from moonflower.provider.engines.base import Engine
 from moonflower.provider.hardware import detect_hardware
-from moonflower.provider.models import resolve_model
+from moonflower.provider.models import resolve_model, with_weight_hash
 from moonflower.settings import ProviderSettings
 
 app = typer.Typer(help="Run a provider.", no_args_is_help=True)
@@ -25,6 +25,7 @@ def load(settings: ProviderSettings) -> Engine:
     t0 = time.monotonic()
     source = resolve_model(settings.model)
     logs.progress(f"model {source.id} at {source.path}")
+    source = with_weight_hash(source, settings.data_dir, logs.progress)
     engine = load_engine(
         settings.engine, source, context_length=settings.context_length, progress=logs.progress
     )

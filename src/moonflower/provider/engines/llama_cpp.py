@@ -100,8 +100,10 @@ class LlamaCppEngine:
             raise ValueError("context_length must be positive")
         report = progress or _ignore
         size_bytes = source.path.stat().st_size
-        report(f"hashing weights ({size_bytes / 1e6:.0f} MB)")
-        sha256 = sha256_file(source.path)
+        sha256 = source.sha256
+        if sha256 is None:
+            report(f"hashing weights ({size_bytes / 1e6:.0f} MB)")
+            sha256 = sha256_file(source.path)
         wanted = context_length or DEFAULT_CONTEXT_LENGTH
         threads = n_threads or os.cpu_count() or 1
         report(f"loading model {source.id} with llama.cpp")
