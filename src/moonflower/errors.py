@@ -26,6 +26,11 @@ Messages never quote prompt or completion text.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from moonflower.generation import Failed
+
 
 class MoonflowerError(Exception):
     """Base of every error Moonflower raises on purpose."""
@@ -139,3 +144,14 @@ class RegistrationRejected(ProviderSetupError):
     """The coordinator refused this provider; retrying the same registration is pointless."""
 
     code = "registration_rejected"
+
+
+def from_failure(failure: Failed) -> MoonflowerError:
+    """Translate a provider's failure event into this tree."""
+    if failure.code == "context_length_exceeded":
+        return ContextLengthExceeded(failure.message, param=failure.param or "messages")
+    if failure.code == "invalid_request":
+        return InvalidRequest(failure.message, param=failure.param)
+    if failure.code == "timeout":
+        return UpstreamTimeout(failure.message)
+    return ProviderFailed(failure.message)

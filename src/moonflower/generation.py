@@ -11,23 +11,65 @@ These are plain frozen dataclasses: pydantic validates them where they cross a b
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-Role = Literal["system", "user", "assistant"]
-FinishReason = Literal["stop", "length", "cancelled", "error"]
+Role = Literal["system", "user", "assistant", "tool"]
+FinishReason = Literal["stop", "length", "tool_calls", "cancelled"]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A function call the assistant made: `arguments` is JSON text (an object)."""
+
+    id: str
+    name: str
+    arguments: str
 
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """One turn of the conversation, already flattened to text.
+    """One turn of the conversation, flattened to text.
 
-    Dialects map their own roles onto these three (OpenAI's `developer` becomes `system`).
+    Dialects map their own roles onto these four (OpenAI's `developer` becomes `system`).
+    An assistant turn may carry `tool_calls`; a `tool` turn is the result of the call named
+    by `tool_call_id` (its function's name in `name`).
     """
 
     role: Role
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Tool:
+    """A function the model may call; `parameters` is a JSON Schema for its arguments."""
+
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] = field(default_factory=lambda: {"type": "object"})
+
+
+@dataclass(frozen=True, slots=True)
+class ToolChoice:
+    """`auto`: the model decides; `none`: never call; `required`: call one of the tools;
+    `function`: call the tool named `name`. Forced calls are grammar-constrained."""
+
+    mode: Literal["auto", "none", "required", "function"] = "auto"
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseFormat:
+    """`json_object`: any JSON object; `json_schema`: JSON valid against `schema`.
+    Both are enforced by constrained generation, not by asking nicely."""
+
+    kind: Literal["json_object", "json_schema"]
+    schema: dict[str, Any] | None = None
+    name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +100,12 @@ class GenerationRequest:
     prompt: str | None = None
     sampling: SamplingParams = field(default_factory=SamplingParams)
     stop: tuple[str, ...] = ()
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice = field(default_factory=ToolChoice)
+    response_format: ResponseFormat | None = None
+    logprobs: int | None = None
+    """When set, each text delta carries the chosen tokens' log-probabilities and up to this
+    many alternatives per token (0 = only the chosen token's)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,13 +123,44 @@ class Started:
     """The engine accepted the prompt; sent once before any text."""
 
     prompt_tokens: int
+    starts_in_reasoning: bool = False
+    """True when the prompt itself opened a `<think>` block (some chat templates do), so
+    the output begins as reasoning until `</think>`."""
     kind: Literal["started"] = "started"
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class TextDelta:
     text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
     kind: Literal["text"] = "text"
+
+
+@dataclass(frozen=True, slots=True)
+class ReasoningDelta:
+    """Text the model produced inside `<think>…</think>`: split off by the coordinator."""
+
+    text: str
+    kind: Literal["reasoning"] = "reasoning"
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """A piece of tool call number `index`. The first piece of each call carries `id` and
+    `name`; `arguments` pieces concatenate to the call's JSON arguments."""
+
+    index: int
+    arguments: str = ""
+    id: str | None = None
+    name: str | None = None
+    kind: Literal["tool_call"] = "tool_call"
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,5 +195,10 @@ class Failed:
     kind: Literal["failed"] = "failed"
 
 
-GenerationEvent = Annotated[Started | TextDelta | Finished | Failed, Field(discriminator="kind")]
+GenerationEvent = Annotated[
+    Started | TextDelta | ReasoningDelta | ToolCallDelta | Finished | Failed,
+    Field(discriminator="kind"),
+]
+OutputEvent = TextDelta | ReasoningDelta | ToolCallDelta | Finished | Failed
+"""What a dialect renders: everything after `Started`."""
 TerminalEvent = Finished | Failed

@@ -18,10 +18,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from moonflower import __version__, errors
-from moonflower.coordinator.dialects import openai_errors
+from moonflower.coordinator.dialects import anthropic_errors, openai_errors
 from moonflower.coordinator.dispatch import Dispatcher
 from moonflower.coordinator.registry import Registry
-from moonflower.coordinator.routes import inference, providers, public
+from moonflower.coordinator.routes import chat, completions, messages, providers, public, responses
 from moonflower.coordinator.services import Services, json_response
 from moonflower.ledger.database import Database, default_database_url
 from moonflower.settings import CoordinatorSettings
@@ -54,7 +54,10 @@ def create_app(settings: CoordinatorSettings, services: Services | None = None) 
                 await built.db.close()
 
     app = FastAPI(title="Moonflower coordinator", version=__version__, lifespan=lifespan)
-    app.include_router(inference.router)
+    app.include_router(chat.router)
+    app.include_router(completions.router)
+    app.include_router(responses.router)
+    app.include_router(messages.router)
     app.include_router(public.router)
     app.include_router(providers.router)
     install_error_handlers(app)
@@ -81,12 +84,10 @@ def install_error_handlers(app: FastAPI) -> None:
             return render_error(
                 request, errors.RouteNotFound(f"Unknown request URL: {request.url.path}.")
             )
-        status = exc.status_code
-        return json_response(
-            openai_errors.body(str(exc.detail), "invalid_request_error", param=None, code=None),
-            status_code=status,
-            headers=dict(exc.headers or {}),
-        )
+        response = render_error(request, errors.InvalidRequest(str(exc.detail), param=None))
+        response.status_code = exc.status_code
+        response.headers.update(dict(exc.headers or {}))
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
@@ -95,12 +96,17 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return json_response(
-            openai_errors.body("Internal server error.", "server_error", param=None, code=None),
-            status_code=500,
-        )
+        return render_error(request, errors.MoonflowerError("Internal server error."))
 
 
 def render_error(request: Request, exc: errors.MoonflowerError) -> Response:
-    status, body = openai_errors.status_and_body(exc)
+    """Render `exc` in the dialect of the route that was called."""
+    if is_anthropic_route(request.url.path):
+        status, body = anthropic_errors.status_and_body(exc)
+    else:
+        status, body = openai_errors.status_and_body(exc)
     return json_response(body, status_code=status)
+
+
+def is_anthropic_route(path: str) -> bool:
+    return path == "/v1/messages" or path.startswith("/v1/messages/")

@@ -17,14 +17,15 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 from moonflower import errors, wire
+from moonflower.coordinator.reasoning import split_reasoning
 from moonflower.coordinator.registry import ProviderSession, Registry
 from moonflower.generation import (
     Failed,
     Finished,
     GenerationEvent,
     GenerationRequest,
+    OutputEvent,
     Started,
-    TextDelta,
     Usage,
 )
 from moonflower.ledger import jobs as job_ledger
@@ -58,6 +59,7 @@ class Job:
         self.card = card
         self.caller = caller
         self.prompt_tokens = 0
+        self.starts_in_reasoning = False
         self.created_at = datetime.now(UTC)
         self.outcome: Finished | Failed | None = None
         self._queue = queue
@@ -82,24 +84,29 @@ class Job:
         first = await self._next(self._dispatcher.settings.first_event_timeout_s)
         if isinstance(first, Started):
             self.prompt_tokens = first.prompt_tokens
+            self.starts_in_reasoning = first.starts_in_reasoning
             return True
         self.outcome = first if isinstance(first, Failed) else _unexpected(first)
         if self.outcome.code == "provider_gone":
             return False
-        raise failure_to_error(self.outcome)
+        raise errors.from_failure(self.outcome)
 
-    async def events(self) -> AsyncIterator[TextDelta | Finished | Failed]:
-        """Text deltas, then exactly one terminal event."""
+    def events(self) -> AsyncIterator[OutputEvent]:
+        """What the provider generated — text (with `<think>` blocks split off as
+        reasoning), tool calls — then exactly one terminal event."""
+        return split_reasoning(
+            self._provider_events(), starts_in_reasoning=self.starts_in_reasoning
+        )
+
+    async def _provider_events(self) -> AsyncIterator[OutputEvent]:
         while self.outcome is None:
             event = await self._next(self._dispatcher.settings.idle_timeout_s)
             if isinstance(event, Started):
                 continue
-            if isinstance(event, TextDelta):
-                if self._first_token_ms is None:
-                    self._first_token_ms = _elapsed_ms(self._t0)
-                yield event
-                continue
-            self.outcome = event
+            if isinstance(event, Finished | Failed):
+                self.outcome = event
+            elif self._first_token_ms is None:
+                self._first_token_ms = _elapsed_ms(self._t0)
             yield event
 
     async def close(self) -> None:
@@ -205,17 +212,6 @@ class Dispatcher:
             await job_ledger.record_job(self.db, job.record())
         except Exception:
             log.exception("could not record job %s", job.id)
-
-
-def failure_to_error(failure: Failed) -> errors.MoonflowerError:
-    """Translate a provider's failure event into the coordinator's exception tree."""
-    if failure.code == "context_length_exceeded":
-        return errors.ContextLengthExceeded(failure.message, param=failure.param or "messages")
-    if failure.code == "invalid_request":
-        return errors.InvalidRequest(failure.message, param=failure.param)
-    if failure.code == "timeout":
-        return errors.UpstreamTimeout(failure.message)
-    return errors.ProviderFailed(failure.message)
 
 
 def _unexpected(event: GenerationEvent) -> Failed:

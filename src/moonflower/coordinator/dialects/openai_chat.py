@@ -9,27 +9,18 @@ not dispatch, frame SSE bytes itself, or choose HTTP status codes.
 from __future__ import annotations
 
 import logging
-import secrets
-import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from moonflower import errors
-from moonflower.coordinator import sse
 from moonflower.coordinator.dialects import openai_errors
-from moonflower.coordinator.dispatch import failure_to_error
 from moonflower.generation import (
-    Failed,
-    Finished,
     GenerationRequest,
     Message,
     Role,
     SamplingParams,
-    TextDelta,
-    Usage,
 )
 
 log = logging.getLogger(__name__)
@@ -132,102 +123,3 @@ def _message(message: _ChatMessage) -> Message:
     content = message.content
     text = "\n".join(part.text for part in content) if isinstance(content, list) else content or ""
     return Message(role=_ROLES[message.role], content=text)
-
-
-class ChatRenderer:
-    """Renders one job's events as OpenAI chat completion objects."""
-
-    def __init__(self, *, model: str, fingerprint: str, prompt_tokens: int) -> None:
-        self.id = "chatcmpl-" + secrets.token_urlsafe(18)
-        self.created = int(time.time())
-        self.model = model
-        self.fingerprint = fingerprint
-        self.prompt_tokens = prompt_tokens
-
-    def completion(self, text: str, finished: Finished) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "object": "chat.completion",
-            "created": self.created,
-            "model": self.model,
-            "system_fingerprint": self.fingerprint,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text, "refusal": None},
-                    "logprobs": None,
-                    "finish_reason": finish_reason(finished),
-                }
-            ],
-            "usage": usage(finished.usage),
-        }
-
-    def chunk(self, delta: dict[str, Any], finish: str | None, *, with_usage: bool) -> bytes:
-        body: dict[str, Any] = {
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "system_fingerprint": self.fingerprint,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-        }
-        if with_usage:
-            body["usage"] = None
-        return sse.frame(body)
-
-    def usage_chunk(self, finished: Finished) -> bytes:
-        return sse.frame(
-            {
-                "id": self.id,
-                "object": "chat.completion.chunk",
-                "created": self.created,
-                "model": self.model,
-                "system_fingerprint": self.fingerprint,
-                "choices": [],
-                "usage": usage(finished.usage),
-            }
-        )
-
-    async def stream(
-        self, events: AsyncIterator[TextDelta | Finished | Failed], *, include_usage: bool
-    ) -> AsyncIterator[bytes]:
-        yield self.chunk({"role": "assistant", "content": ""}, None, with_usage=include_usage)
-        async for event in events:
-            if isinstance(event, TextDelta):
-                yield self.chunk({"content": event.text}, None, with_usage=include_usage)
-            elif isinstance(event, Finished) and event.reason in ("stop", "length"):
-                yield self.chunk({}, finish_reason(event), with_usage=include_usage)
-                if include_usage:
-                    yield self.usage_chunk(event)
-            else:
-                yield sse.frame(stream_error(event))
-        yield sse.DONE
-
-
-def stream_error(event: Finished | Failed) -> dict[str, Any]:
-    failure = (
-        event
-        if isinstance(event, Failed)
-        else Failed(code="engine_error", message="The provider stopped the generation.")
-    )
-    _status, body = openai_errors.status_and_body(failure_to_error(failure))
-    return body
-
-
-def finish_reason(finished: Finished) -> str:
-    return "length" if finished.reason == "length" else "stop"
-
-
-def usage(u: Usage) -> dict[str, Any]:
-    return {
-        "prompt_tokens": u.prompt_tokens,
-        "completion_tokens": u.completion_tokens,
-        "total_tokens": u.total_tokens,
-        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-        "completion_tokens_details": {
-            "reasoning_tokens": 0,
-            "audio_tokens": 0,
-            "accepted_prediction_tokens": 0,
-            "rejected_prediction_tokens": 0,
-        },
-    }

@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from moonflower import errors
+from moonflower.generation import Failed, Finished
 
 _STATUS_AND_TYPE: list[tuple[type[errors.MoonflowerError], int, str]] = [
     (errors.BodyTooLarge, 413, "invalid_request_error"),
@@ -71,3 +72,14 @@ def field_path(loc: tuple[int | str, ...]) -> str:
         else:
             path += f".{part}" if path else part
     return path
+
+
+def stream_error(event: Finished | Failed) -> dict[str, Any]:
+    """The `data:` payload that reports a job's failure inside an OpenAI stream."""
+    failure = (
+        event
+        if isinstance(event, Failed)
+        else Failed(code="engine_error", message="The provider stopped the generation.")
+    )
+    _status, error_body = status_and_body(errors.from_failure(failure))
+    return error_body

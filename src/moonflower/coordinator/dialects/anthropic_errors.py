@@ -1,0 +1,59 @@
+"""The one mapping from Moonflower's exception tree to Anthropic's error body and status.
+
+Anthropic's shape is `{"type": "error", "error": {"type", "message"}}` with its own type
+names; `/v1/messages` routes and the Anthropic SSE `error` event use this module only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from moonflower import errors
+from moonflower.coordinator.dialects.openai_errors import field_path
+from moonflower.generation import Failed, Finished
+
+_STATUS_AND_TYPE: list[tuple[type[errors.MoonflowerError], int, str]] = [
+    (errors.BodyTooLarge, 413, "request_too_large"),
+    (errors.InvalidRequest, 400, "invalid_request_error"),
+    (errors.AuthenticationFailed, 401, "authentication_error"),
+    (errors.RouteNotFound, 404, "not_found_error"),
+    (errors.ModelNotFound, 404, "not_found_error"),
+    (errors.NoProviderAvailable, 503, "overloaded_error"),
+    (errors.UpstreamTimeout, 504, "api_error"),
+    (errors.ProviderFailed, 502, "api_error"),
+]
+
+
+def status_and_body(exc: errors.MoonflowerError) -> tuple[int, dict[str, Any]]:
+    status, kind = next(
+        ((s, k) for cls, s, k in _STATUS_AND_TYPE if isinstance(exc, cls)), (500, "api_error")
+    )
+    return status, body(exc.message, kind)
+
+
+def body(message: str, kind: str) -> dict[str, Any]:
+    return {"type": "error", "error": {"type": kind, "message": message}}
+
+
+def from_validation_error(exc: ValidationError) -> errors.InvalidRequest:
+    """The most specific problem pydantic found, naming the field as Anthropic does
+    (`messages.0.content: Field required`)."""
+    first = max(exc.errors(), key=lambda err: len(field_path(err["loc"])))
+    param = field_path(first["loc"])
+    dotted = param.replace("[", ".").replace("]", "")
+    if first["type"] == "missing":
+        return errors.InvalidRequest(f"{dotted}: Field required", param=param)
+    return errors.InvalidRequest(f"{dotted}: {first['msg']}", param=param)
+
+
+def stream_error(event: Finished | Failed) -> dict[str, Any]:
+    """The payload of the `error` event that reports a job's failure inside a stream."""
+    failure = (
+        event
+        if isinstance(event, Failed)
+        else Failed(code="engine_error", message="The provider stopped the generation.")
+    )
+    _status, error_body = status_and_body(errors.from_failure(failure))
+    return error_body

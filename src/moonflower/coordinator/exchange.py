@@ -1,0 +1,154 @@
+"""What every inference route shares: reading the JSON body, the job's response headers,
+and gathering a job's events into one `Completion` for non-streaming answers.
+
+Dialect-neutral: nothing here knows a wire shape. Errors are raised as domain errors for
+the app's one exception handler to render in the caller's dialect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+
+from moonflower import errors
+from moonflower.coordinator.dispatch import Job
+from moonflower.generation import (
+    Failed,
+    Finished,
+    ReasoningDelta,
+    TextDelta,
+    TokenLogprob,
+    ToolCall,
+    ToolCallDelta,
+)
+
+MAX_BODY_BYTES = 8 * 1024 * 1024
+"""Larger bodies are refused before parsing; a job must also fit one wire frame."""
+
+
+async def read_json(request: Request) -> Any:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise _too_large()
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise _too_large()
+        chunks.append(chunk)
+    try:
+        return orjson.loads(b"".join(chunks))
+    except orjson.JSONDecodeError:
+        raise errors.InvalidRequest(
+            "We could not parse the JSON body of your request: it must be a valid JSON object.",
+            param=None,
+            code="invalid_json",
+        ) from None
+
+
+def _too_large() -> errors.BodyTooLarge:
+    return errors.BodyTooLarge(
+        f"The request body is larger than the {MAX_BODY_BYTES // (1024 * 1024)} MiB limit.",
+        param=None,
+    )
+
+
+def job_headers(job: Job) -> dict[str, str]:
+    return {"x-moonflower-job-id": job.id, "x-moonflower-provider-id": job.provider.id}
+
+
+@dataclass
+class _CallParts:
+    id: str = ""
+    name: str = ""
+    arguments: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Completion:
+    """Everything one job produced, gathered for a non-streaming answer."""
+
+    text: str
+    reasoning: str
+    tool_calls: list[ToolCall]
+    logprobs: list[TokenLogprob]
+    finished: Finished
+
+
+class CompletionBuilder:
+    """Accumulates output events; dialects that stream also use it to know the totals."""
+
+    def __init__(self) -> None:
+        self.text: list[str] = []
+        self.reasoning: list[str] = []
+        self.logprobs: list[TokenLogprob] = []
+        self.calls: dict[int, _CallParts] = {}
+
+    def add(self, event: TextDelta | ReasoningDelta | ToolCallDelta) -> None:
+        if isinstance(event, TextDelta):
+            self.text.append(event.text)
+            self.logprobs.extend(event.logprobs)
+        elif isinstance(event, ReasoningDelta):
+            self.reasoning.append(event.text)
+        else:
+            parts = self.calls.setdefault(event.index, _CallParts())
+            parts.id = event.id or parts.id
+            parts.name = event.name or parts.name
+            parts.arguments.append(event.arguments)
+
+    def tool_calls(self) -> list[ToolCall]:
+        return [
+            ToolCall(id=p.id, name=p.name, arguments="".join(p.arguments))
+            for _index, p in sorted(self.calls.items())
+        ]
+
+    def build(self, finished: Finished) -> Completion:
+        return Completion(
+            text="".join(self.text),
+            reasoning="".join(self.reasoning),
+            tool_calls=self.tool_calls(),
+            logprobs=self.logprobs,
+            finished=finished,
+        )
+
+
+async def collect(job: Job, request: Request) -> Completion:
+    """The whole completion; stops early (the caller's `job.close()` then cancels the
+    provider's work) if the client hangs up before it is ready."""
+
+    async def gather() -> Completion:
+        builder = CompletionBuilder()
+        async for event in job.events():
+            if isinstance(event, Failed):
+                raise errors.from_failure(event)
+            if isinstance(event, Finished):
+                if event.reason == "cancelled":
+                    raise errors.ProviderFailed("The provider stopped the generation.")
+                return builder.build(event)
+            builder.add(event)
+        raise errors.ProviderFailed("The provider's stream ended without a result.")
+
+    gathering = asyncio.create_task(gather())
+    hangup = asyncio.create_task(wait_for_disconnect(request))
+    try:
+        done, _ = await asyncio.wait({gathering, hangup}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        hangup.cancel()
+        if not gathering.done():
+            gathering.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await gathering
+    if gathering not in done:
+        raise errors.ProviderFailed("The client disconnected before the answer was ready.")
+    return gathering.result()
+
+
+async def wait_for_disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass

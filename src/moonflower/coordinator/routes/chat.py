@@ -1,0 +1,43 @@
+"""OpenAI chat completions route: authenticate, parse with the dialect, dispatch, render.
+
+Each inference route is a few lines of wiring; parsing and rendering belong to the dialect,
+provider choice and cancellation to the dispatcher, body reading and gathering to
+`exchange`. Errors raised here are rendered by the app's one exception handler in the
+caller's dialect.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from moonflower.coordinator import sse
+from moonflower.coordinator.auth import authenticate
+from moonflower.coordinator.dialects import openai_chat, openai_chat_render
+from moonflower.coordinator.exchange import collect, job_headers, read_json
+from moonflower.coordinator.services import Services, json_response
+
+router = APIRouter()
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    services = Services.of(request)
+    caller = await authenticate(request, services.db)
+    call = openai_chat.parse(await read_json(request))
+    job = await services.dispatcher.start(call.request, caller)
+    renderer = openai_chat_render.ChatRenderer(
+        model=call.request.model,
+        fingerprint="fp_" + job.card.sha256[:12],
+        prompt_tokens=job.prompt_tokens,
+    )
+    headers = job_headers(job)
+    if call.is_stream:
+        body = renderer.stream(job.events(), include_usage=call.include_usage)
+        return sse.EventStreamResponse(body, on_close=job.close, headers=headers)
+    try:
+        completion = await collect(job, request)
+    finally:
+        await job.close()
+    return json_response(renderer.completion(completion), headers=headers)

@@ -1,0 +1,7 @@
+"""Route module for /v1/completions (being built)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter()
