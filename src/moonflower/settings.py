@@ -26,6 +26,9 @@ class CoordinatorSettings(BaseSettings):
     database_url: str | None = None
     """SQLAlchemy async URL; defaults to SQLite inside `data_dir`."""
     default_max_tokens: int = Field(default=DEFAULT_MAX_TOKENS, gt=0)
+    model_aliases: dict[str, str] = Field(default_factory=dict)
+    """Public model names mapped to served model ids, e.g. {"gpt-4o-mini": "smollm2-135m-instruct"}
+    (as JSON in MOONFLOWER_MODEL_ALIASES), for clients that hard-code a model name."""
     first_event_timeout_s: float = Field(default=120.0, gt=0)
     """How long a job may wait for its first event (queueing, prompt processing)."""
     idle_timeout_s: float = Field(default=600.0, gt=0)

@@ -150,3 +150,21 @@ async def test_a_provider_that_never_starts_times_out_with_a_504(tmp_path: Path)
         assert engine.endings[0].reason == "cancelled"
         recorded = await job_ledger.list_jobs(net.services.db)
         assert [(j.status, j.error_code) for j in recorded] == [("failed", "timeout")]
+
+
+async def test_an_alias_serves_its_target_and_is_listed(tmp_path: Path) -> None:
+    alpha = ScriptedEngine(model_id="alpha", script="from alpha")
+    aliases = {"gpt-4o-mini": "alpha", "claude-haiku": "not-served"}
+    async with (
+        inprocess_network(tmp_path, [alpha], model_aliases=aliases) as net,
+        httpx.AsyncClient(base_url=net.base_url, headers=net.headers) as client,
+    ):
+        listed = {m["id"]: m for m in (await client.get("/v1/models")).json()["data"]}
+        assert set(listed) == {"alpha", "gpt-4o-mini"}
+        assert listed["gpt-4o-mini"]["alias_of"] == "alpha"
+        body = (await client.post("/v1/chat/completions", json=chat("gpt-4o-mini"))).json()
+        assert body["model"] == "gpt-4o-mini"
+        assert body["choices"][0]["message"]["content"] == "from alpha"
+        response = await client.post("/v1/chat/completions", json=chat("claude-haiku"))
+        assert response.status_code == 404
+    assert [r.model for r in alpha.requests] == ["alpha"]

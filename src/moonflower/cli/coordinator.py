@@ -17,15 +17,30 @@ app = typer.Typer(help="Run the coordinator.", no_args_is_help=True)
 
 
 def coordinator_settings(
-    host: str | None, port: int | None, data_dir: Path | None, database_url: str | None
+    host: str | None,
+    port: int | None,
+    data_dir: Path | None,
+    database_url: str | None,
+    aliases: list[str] | None = None,
 ) -> CoordinatorSettings:
     overrides: dict[str, Any] = {
         "host": host,
         "port": port,
         "data_dir": data_dir,
         "database_url": database_url,
+        "model_aliases": parse_aliases(aliases) if aliases else None,
     }
     return CoordinatorSettings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def parse_aliases(pairs: list[str]) -> dict[str, str]:
+    aliases: dict[str, str] = {}
+    for pair in pairs:
+        alias, separator, target = pair.partition("=")
+        if not separator or not alias.strip() or not target.strip():
+            raise typer.BadParameter(f"expected NAME=MODEL, got {pair!r}", param_hint="--alias")
+        aliases[alias.strip()] = target.strip()
+    return aliases
 
 
 def uvicorn_server(settings: CoordinatorSettings, app: object) -> uvicorn.Server:
@@ -49,9 +64,13 @@ def serve(
     database_url: Annotated[
         str | None, typer.Option(help="SQLAlchemy async URL, e.g. postgresql+asyncpg://…")
     ] = None,
+    alias: Annotated[
+        list[str] | None,
+        typer.Option(help="Serve MODEL under another public NAME (NAME=MODEL; repeatable)."),
+    ] = None,
 ) -> None:
-    """Serve the OpenAI-compatible API and the provider WebSocket."""
-    settings = coordinator_settings(host, port, data_dir, database_url)
+    """Serve the OpenAI- and Anthropic-compatible API and the provider WebSocket."""
+    settings = coordinator_settings(host, port, data_dir, database_url, alias)
     logs.configure(settings.log_level)
     server = uvicorn_server(settings, create_app(settings))
     asyncio.run(server.serve())

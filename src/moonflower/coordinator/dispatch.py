@@ -149,7 +149,13 @@ class Dispatcher:
         self.settings = settings
 
     async def start(self, request: GenerationRequest, caller: Caller) -> Job:
-        """Send `request` to a provider and wait until it accepts the prompt."""
+        """Send `request` to a provider and wait until it accepts the prompt.
+
+        A model alias is resolved here: the provider is asked for the served model, while
+        the dialects keep answering with the name the caller used."""
+        served = self.settings.model_aliases.get(request.model, request.model)
+        if served != request.model:
+            request = dataclasses.replace(request, model=served)
         tried: set[str] = set()
         for _attempt in range(MAX_ATTEMPTS):
             provider = self._pick(request.model, tried)

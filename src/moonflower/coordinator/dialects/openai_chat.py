@@ -19,8 +19,12 @@ from moonflower.coordinator.dialects import openai_errors
 from moonflower.generation import (
     GenerationRequest,
     Message,
+    ResponseFormat,
     Role,
     SamplingParams,
+    Tool,
+    ToolCall,
+    ToolChoice,
 )
 
 log = logging.getLogger(__name__)
@@ -30,6 +34,7 @@ _ROLES: dict[str, Role] = {
     "developer": "system",
     "user": "user",
     "assistant": "assistant",
+    "tool": "tool",
 }
 
 
@@ -42,14 +47,60 @@ class _TextPart(_Strict):
     text: str
 
 
+class _FunctionCall(_Strict):
+    name: str = Field(min_length=1)
+    arguments: str
+
+
+class _ToolCall(_Strict):
+    id: str = Field(min_length=1)
+    type: Literal["function"] = "function"
+    function: _FunctionCall
+
+
 class _ChatMessage(_Strict):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[_TextPart] | None = None
     name: str | None = None
+    tool_calls: list[_ToolCall] | None = None
+    tool_call_id: str | None = None
 
 
 class _StreamOptions(_Strict):
     include_usage: bool = False
+
+
+class _FunctionDefinition(_Strict):
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class _Tool(_Strict):
+    type: Literal["function"]
+    function: _FunctionDefinition
+
+
+class _NamedFunction(_Strict):
+    name: str
+
+
+class _NamedToolChoice(_Strict):
+    type: Literal["function"]
+    function: _NamedFunction
+
+
+class _JsonSchemaFormat(_Strict):
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class _ResponseFormat(_Strict):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: _JsonSchemaFormat | None = None
 
 
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
@@ -70,6 +121,12 @@ class ChatCompletionBody(_Strict):
     frequency_penalty: Penalty | None = None
     user: str | None = None
     n: int | None = Field(default=None, ge=1, le=128)
+    tools: list[_Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | _NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: _ResponseFormat | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,21 +147,12 @@ def parse(payload: Any) -> ChatCall:
         raise openai_errors.from_validation_error(exc) from None
     if body.model_extra:
         log.debug("ignoring unknown chat completion fields: %s", sorted(body.model_extra))
-    if body.n not in (None, 1):
-        raise errors.InvalidRequest("Only n=1 is supported.", param="n", code="unsupported_value")
-    if body.stream_options is not None and not body.stream:
-        raise errors.InvalidRequest(
-            "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
-            param="stream_options",
-        )
+    _check_combinations(body)
     stops = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
-    if len(stops) > 4 or any(not s for s in stops):
-        raise errors.InvalidRequest(
-            "'stop' takes up to 4 non-empty sequences.", param="stop", code="invalid_value"
-        )
+    tools = tuple(_tool(t) for t in body.tools or ())
     request = GenerationRequest(
         model=body.model,
-        messages=tuple(_message(m) for m in body.messages),
+        messages=tuple(_message(m, i) for i, m in enumerate(body.messages)),
         max_tokens=body.max_completion_tokens or body.max_tokens,
         sampling=SamplingParams(
             temperature=body.temperature,
@@ -114,12 +162,97 @@ def parse(payload: Any) -> ChatCall:
             frequency_penalty=body.frequency_penalty,
         ),
         stop=stops,
+        tools=tools,
+        tool_choice=_tool_choice(body.tool_choice, tools),
+        response_format=_response_format(body.response_format),
+        logprobs=(body.top_logprobs or 0) if body.logprobs else None,
     )
     include_usage = body.stream_options is not None and body.stream_options.include_usage
     return ChatCall(request=request, is_stream=bool(body.stream), include_usage=include_usage)
 
 
-def _message(message: _ChatMessage) -> Message:
+def _check_combinations(body: ChatCompletionBody) -> None:
+    if body.n not in (None, 1):
+        raise errors.InvalidRequest("Only n=1 is supported.", param="n", code="unsupported_value")
+    if body.stream_options is not None and not body.stream:
+        raise errors.InvalidRequest(
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+            param="stream_options",
+        )
+    if body.stop == "" or (isinstance(body.stop, list) and len(body.stop) > 4):
+        raise errors.InvalidRequest(
+            "'stop' takes up to 4 non-empty sequences.", param="stop", code="invalid_value"
+        )
+    if body.top_logprobs is not None and not body.logprobs:
+        raise errors.InvalidRequest(
+            "'top_logprobs' requires 'logprobs' to be true.", param="top_logprobs"
+        )
+
+
+def _message(message: _ChatMessage, index: int) -> Message:
     content = message.content
     text = "\n".join(part.text for part in content) if isinstance(content, list) else content or ""
-    return Message(role=_ROLES[message.role], content=text)
+    param = f"messages[{index}]"
+    if message.role == "tool" and not message.tool_call_id:
+        raise errors.InvalidRequest(
+            f"Missing required parameter: '{param}.tool_call_id'.",
+            param=f"{param}.tool_call_id",
+            code="missing_required_parameter",
+        )
+    if message.tool_calls and message.role != "assistant":
+        raise errors.InvalidRequest(
+            "Only assistant messages can carry tool_calls.", param=f"{param}.tool_calls"
+        )
+    calls = tuple(
+        ToolCall(id=c.id, name=c.function.name, arguments=c.function.arguments)
+        for c in message.tool_calls or ()
+    )
+    return Message(
+        role=_ROLES[message.role],
+        content=text,
+        tool_calls=calls,
+        tool_call_id=message.tool_call_id,
+        name=message.name,
+    )
+
+
+def _tool(tool: _Tool) -> Tool:
+    parameters = tool.function.parameters or {"type": "object", "properties": {}}
+    return Tool(
+        name=tool.function.name, description=tool.function.description, parameters=parameters
+    )
+
+
+def _tool_choice(choice: str | _NamedToolChoice | None, tools: tuple[Tool, ...]) -> ToolChoice:
+    if choice is None or choice == "auto":
+        return ToolChoice("auto")
+    if choice == "none":
+        return ToolChoice("none")
+    if not tools:
+        raise errors.InvalidRequest(
+            "'tool_choice' requires 'tools' to be given.", param="tool_choice"
+        )
+    if choice == "required":
+        return ToolChoice("required")
+    assert isinstance(choice, _NamedToolChoice)
+    if choice.function.name not in {t.name for t in tools}:
+        raise errors.InvalidRequest(
+            f"'tool_choice' names a function that is not in 'tools': {choice.function.name}.",
+            param="tool_choice",
+        )
+    return ToolChoice("function", choice.function.name)
+
+
+def _response_format(requested: _ResponseFormat | None) -> ResponseFormat | None:
+    if requested is None or requested.type == "text":
+        return None
+    if requested.type == "json_object":
+        return ResponseFormat("json_object")
+    spec = requested.json_schema
+    if spec is None:
+        raise errors.InvalidRequest(
+            "Missing required parameter: 'response_format.json_schema'.",
+            param="response_format.json_schema",
+            code="missing_required_parameter",
+        )
+    return ResponseFormat("json_schema", schema=spec.schema_ or {}, name=spec.name)

@@ -31,6 +31,7 @@ async def chat_completions(request: Request) -> Response:
         model=call.request.model,
         fingerprint="fp_" + job.card.sha256[:12],
         prompt_tokens=job.prompt_tokens,
+        has_logprobs=call.request.logprobs is not None,
     )
     headers = job_headers(job)
     if call.is_stream:

@@ -31,19 +31,34 @@ async def retrieve_model(model_id: str, request: Request) -> Response:
 
 
 def model_objects(services: Services) -> list[dict[str, object]]:
+    """The models served right now, then every alias whose target is served right now."""
     served = services.registry.models()
-    created = services.started_at
-    return [
+    objects: list[dict[str, object]] = [
         {
             "id": model_id,
             "object": "model",
-            "created": created,
+            "created": services.started_at,
             "owned_by": "moonflower",
             "context_length": max(card.context_length for card in cards),
             "providers": len(cards),
         }
         for model_id, cards in sorted(served.items())
     ]
+    aliases = services.settings.model_aliases
+    for alias, target in sorted(aliases.items()):
+        if target in served and alias not in served:
+            objects.append(
+                {
+                    "id": alias,
+                    "object": "model",
+                    "created": services.started_at,
+                    "owned_by": "moonflower",
+                    "alias_of": target,
+                    "context_length": max(card.context_length for card in served[target]),
+                    "providers": len(served[target]),
+                }
+            )
+    return objects
 
 
 @router.get("/health")
