@@ -180,3 +180,20 @@ def test_models_lists_the_served_model(client: openai.OpenAI) -> None:
     assert [m.id for m in models.data] == [MODEL]
     assert models.data[0].object == "model"
     assert client.models.retrieve(MODEL).id == MODEL
+
+
+def test_sdk_stream_helper_gives_the_final_completion(client: openai.OpenAI) -> None:
+    # The SDK's helper refuses a length-cut answer, so ask for one that ends by itself.
+    short: list[Any] = [{"role": "user", "content": "Say hello."}]
+    whole = client.chat.completions.create(
+        model=MODEL, messages=short, temperature=0, max_tokens=200
+    )
+    assert whole.choices[0].finish_reason == "stop"
+    with client.chat.completions.stream(
+        model=MODEL, messages=short, temperature=0, max_tokens=200
+    ) as stream:
+        deltas = [e.delta for e in stream if e.type == "content.delta"]
+        final = stream.get_final_completion()
+    assert "".join(deltas) == whole.choices[0].message.content
+    assert final.choices[0].message.content == whole.choices[0].message.content
+    assert final.choices[0].finish_reason == whole.choices[0].finish_reason
