@@ -7,6 +7,7 @@ request, unless the caller hands in services it built itself.
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -103,6 +104,7 @@ def render_error(request: Request, exc: errors.MoonflowerError) -> Response:
     """Render `exc` in the dialect of the route that was called."""
     if is_anthropic_route(request.url.path):
         status, body = anthropic_errors.status_and_body(exc)
+        body["request_id"] = "req_" + secrets.token_hex(12)
     else:
         status, body = openai_errors.status_and_body(exc)
     return json_response(body, status_code=status)
