@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from moonflower.generation import Finished, GenerationEvent, Started, TextDelta, Usage
+from moonflower.generation import (
+    Finished,
+    GenerationEvent,
+    Started,
+    TextDelta,
+    TokenLogprob,
+    Usage,
+)
 from moonflower.provider.jobs import DeltaBatcher
 
 
@@ -38,3 +45,16 @@ def test_pending_text_is_flushed_before_any_other_event() -> None:
     finished = Finished(reason="length", usage=Usage(1, 2))
     sent = run([TextDelta("x"), TextDelta("y"), finished], interval_s=60.0)
     assert sent == [TextDelta("x"), TextDelta("y"), finished]
+
+
+def test_joined_deltas_keep_their_logprobs_in_order() -> None:
+    a, b, c = TokenLogprob("a", -0.1), TokenLogprob("b", -0.2), TokenLogprob("c", -0.3)
+    events: list[GenerationEvent] = [
+        TextDelta("a", logprobs=(a,)),
+        TextDelta("b", logprobs=(b,)),
+        TextDelta("c", logprobs=(c,)),
+    ]
+    assert run(events, interval_s=60.0) == [
+        TextDelta("a", logprobs=(a,)),
+        TextDelta("bc", logprobs=(b, c)),
+    ]

@@ -1,8 +1,9 @@
 """A scripted engine for routing, queueing and failure tests — never proof that inference works.
 
-It "generates" the words of a fixed script, one word per token, optionally sleeping between
-tokens, and honours cancel exactly as the Engine protocol asks. It records what happened so
-tests can assert from the provider's side.
+It "generates" the words of a fixed script, one word per token (or, when `pieces` is set,
+exactly those text pieces, one per token), optionally sleeping between tokens, and honours
+cancel exactly as the Engine protocol asks. It records what happened so tests can assert
+from the provider's side.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ class ScriptedEngine:
     context_length: int = 512
     endings: list[Finished | Failed] = field(default_factory=list)
     requests: list[GenerationRequest] = field(default_factory=list)
+    pieces: list[str] | None = None
+    starts_in_reasoning: bool = False
 
     @property
     def card(self) -> ModelCard:
@@ -62,9 +65,11 @@ class ScriptedEngine:
             yield ending
             return
         time.sleep(self.start_delay_s)
-        yield Started(prompt_tokens=prompt_tokens)
-        words = self.script.split()
-        limit = request.max_tokens or len(words)
+        yield Started(prompt_tokens=prompt_tokens, starts_in_reasoning=self.starts_in_reasoning)
+        tokens = self.pieces
+        if tokens is None:
+            tokens = [("" if i == 0 else " ") + word for i, word in enumerate(self.script.split())]
+        limit = request.max_tokens or len(tokens)
         produced = 0
         reason = "stop"
         while True:
@@ -74,11 +79,11 @@ class ScriptedEngine:
             if produced >= limit:
                 reason = "length"
                 break
-            if produced >= len(words):
+            if produced >= len(tokens):
                 break
             if self.token_delay_s:
                 time.sleep(self.token_delay_s)
-            yield TextDelta(text=("" if produced == 0 else " ") + words[produced])
+            yield TextDelta(text=tokens[produced])
             produced += 1
         ending = Finished(reason=reason, usage=Usage(prompt_tokens, produced))  # type: ignore[arg-type]
         self.endings.append(ending)

@@ -160,7 +160,7 @@ class DeltaBatcher:
     def __init__(self, interval_s: float, emit: Callable[[GenerationEvent], None]) -> None:
         self._interval_s = interval_s
         self._emit = emit
-        self._pending: list[str] = []
+        self._pending: list[TextDelta] = []
         self._last_sent = -float("inf")
 
     def add(self, event: GenerationEvent) -> None:
@@ -168,13 +168,18 @@ class DeltaBatcher:
             self.flush()
             self._emit(event)
             return
-        self._pending.append(event.text)
+        self._pending.append(event)
         if time.monotonic() - self._last_sent >= self._interval_s:
             self.flush()
 
     def flush(self) -> None:
         if self._pending:
-            self._emit(TextDelta(text="".join(self._pending)))
+            self._emit(
+                TextDelta(
+                    text="".join(d.text for d in self._pending),
+                    logprobs=tuple(lp for d in self._pending for lp in d.logprobs),
+                )
+            )
             self._pending.clear()
             self._last_sent = time.monotonic()
 
