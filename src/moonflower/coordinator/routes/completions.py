@@ -1,7 +1,39 @@
-"""Route module for /v1/completions (being built)."""
+"""OpenAI legacy completions route (`POST /v1/completions`): authenticate, parse with the
+dialect, dispatch, render.
+
+Wiring only: parsing and rendering belong to `dialects/openai_completions`, provider choice
+and cancellation to the dispatcher, body reading and gathering to `exchange`. Errors raised
+here are rendered by the app's one exception handler in OpenAI's shape.
+"""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from moonflower.coordinator import sse
+from moonflower.coordinator.auth import authenticate
+from moonflower.coordinator.dialects import openai_completions
+from moonflower.coordinator.exchange import collect, job_headers, read_json
+from moonflower.coordinator.services import Services, json_response
 
 router = APIRouter()
+
+
+@router.post("/v1/completions")
+async def completions(request: Request) -> Response:
+    services = Services.of(request)
+    caller = await authenticate(request, services.db)
+    call = openai_completions.parse(await read_json(request))
+    job = await services.dispatcher.start(call.request, caller)
+    renderer = openai_completions.CompletionRenderer(call, fingerprint="fp_" + job.card.sha256[:12])
+    headers = job_headers(job)
+    if call.is_stream:
+        body = renderer.stream(job.events(), include_usage=call.include_usage)
+        return sse.EventStreamResponse(body, on_close=job.close, headers=headers)
+    try:
+        completion = await collect(job, request)
+    finally:
+        await job.close()
+    return json_response(renderer.completion(completion), headers=headers)
