@@ -1,7 +1,42 @@
-"""Route module for /v1/responses (being built)."""
+"""OpenAI Responses route: authenticate, parse with the dialect, dispatch, render.
+
+Wiring only, like the chat route: parsing and rendering belong to the `openai_responses`
+dialect, provider choice and cancellation to the dispatcher. Errors raised here are
+rendered by the app's one exception handler in OpenAI's shape.
+"""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from moonflower.coordinator import sse
+from moonflower.coordinator.auth import authenticate
+from moonflower.coordinator.dialects import openai_responses, openai_responses_render
+from moonflower.coordinator.exchange import collect, job_headers, read_json
+from moonflower.coordinator.services import Services, json_response
 
 router = APIRouter()
+
+
+@router.post("/v1/responses")
+async def responses(request: Request) -> Response:
+    services = Services.of(request)
+    caller = await authenticate(request, services.db)
+    call = openai_responses.parse(await read_json(request))
+    job = await services.dispatcher.start(call.request, caller)
+    renderer = openai_responses_render.ResponsesRenderer(
+        model=call.request.model,
+        max_output_tokens=job.request.max_tokens,
+        echo=call.echo,
+    )
+    headers = job_headers(job)
+    if call.is_stream:
+        body = renderer.stream(job.events())
+        return sse.EventStreamResponse(body, on_close=job.close, headers=headers)
+    try:
+        completion = await collect(job, request)
+    finally:
+        await job.close()
+    return json_response(renderer.response(completion), headers=headers)

@@ -1,0 +1,370 @@
+"""OpenAI Responses API: parse a `POST /v1/responses` body into a `GenerationRequest`.
+
+Owns what the endpoint accepts: `input` as a string or an item list (messages,
+`function_call` and `function_call_output` items; `reasoning` items are context the model
+does not need and are skipped), or — as the reference accepts — chat-style `messages`
+instead; `instructions`, sampling, `max_output_tokens`, function `tools`, `tool_choice`,
+`text.format`. Errors name the field (`input[2].type`); unknown fields are ignored (their
+names, never their values, are logged at debug level). Nothing is stored, so fields that
+refer to stored state are refused.
+
+It also returns the request's settings in the shape a `response` object repeats them
+(`ResponsesCall.echo`). It does not render responses, dispatch, or choose status codes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from moonflower import errors
+from moonflower.coordinator.dialects import openai_chat, openai_errors
+from moonflower.generation import (
+    GenerationRequest,
+    Message,
+    ResponseFormat,
+    Role,
+    SamplingParams,
+    Tool,
+    ToolCall,
+    ToolChoice,
+)
+
+log = logging.getLogger(__name__)
+
+_ROLES: dict[str, Role] = {
+    "system": "system",
+    "developer": "system",
+    "user": "user",
+    "assistant": "assistant",
+}
+_NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow", frozen=True)
+
+
+class _TextPart(_Strict):
+    type: Literal["input_text", "output_text"]
+    text: str
+
+
+class _MessageItem(_Strict):
+    type: Literal["message"] = "message"
+    role: Literal["user", "assistant", "system", "developer"]
+    content: str | list[_TextPart]
+
+
+class _FunctionCallItem(_Strict):
+    type: Literal["function_call"]
+    call_id: str = Field(min_length=1)
+    name: str = Field(min_length=1)
+    arguments: str
+
+
+class _FunctionCallOutputItem(_Strict):
+    type: Literal["function_call_output"]
+    call_id: str = Field(min_length=1)
+    output: str | list[_TextPart]
+
+
+_Item = _MessageItem | _FunctionCallItem | _FunctionCallOutputItem
+_ITEM_MODELS: dict[str, type[_Item]] = {
+    "message": _MessageItem,
+    "function_call": _FunctionCallItem,
+    "function_call_output": _FunctionCallOutputItem,
+}
+_SKIPPED_ITEMS = {"reasoning"}
+
+
+class _FunctionTool(_Strict):
+    type: Literal["function"]
+    name: str = Field(pattern=_NAME_PATTERN)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class _ToolChoiceFunction(_Strict):
+    type: Literal["function"]
+    name: str
+
+
+class _TextFormat(_Strict):
+    type: Literal["text", "json_object", "json_schema"]
+    name: str | None = Field(default=None, pattern=_NAME_PATTERN)
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class _Text(_Strict):
+    format: _TextFormat | None = None
+    verbosity: Literal["low", "medium", "high"] | None = None
+
+
+class _Reasoning(_Strict):
+    effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
+    summary: Literal["auto", "concise", "detailed"] | None = None
+
+
+class ResponsesBody(_Strict):
+    model: str = Field(min_length=1)
+    input: str | list[Any] | None = None
+    messages: list[Any] | None = None
+    instructions: str | None = None
+    max_output_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    tools: list[Any] | None = None
+    tool_choice: Literal["none", "auto", "required"] | _ToolChoiceFunction | None = None
+    text: _Text | None = None
+    stream: bool | None = None
+    store: bool | None = None
+    metadata: dict[str, str] | None = None
+    user: str | None = None
+    parallel_tool_calls: bool | None = None
+    reasoning: _Reasoning | None = None
+    previous_response_id: str | None = None
+    conversation: Any = None
+    background: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ResponsesCall:
+    """A parsed Responses request: the neutral request plus what only this dialect needs.
+
+    `echo` holds the request's settings exactly as a `response` object repeats them
+    (`instructions`, `tools`, `tool_choice`, `text`, …): a JSON-ready wire fragment.
+    """
+
+    request: GenerationRequest
+    is_stream: bool
+    echo: dict[str, Any]
+
+
+def parse(payload: Any) -> ResponsesCall:
+    if not isinstance(payload, dict):
+        raise errors.InvalidRequest("The request body must be a JSON object.", param=None)
+    try:
+        body = ResponsesBody.model_validate(payload)
+    except ValidationError as exc:
+        raise openai_errors.from_validation_error(exc) from None
+    if body.model_extra:
+        log.debug("ignoring unknown responses fields: %s", sorted(body.model_extra))
+    _refuse_stored_state(body)
+    tools = tuple(_tool(raw, i) for i, raw in enumerate(body.tools or ()))
+    neutral_tools = tuple(tool for tool, _spec in tools)
+    text_format = body.text.format if body.text is not None else None
+    instructions = (Message("system", body.instructions),) if body.instructions else ()
+    request = GenerationRequest(
+        model=body.model,
+        messages=instructions + _conversation(body),
+        max_tokens=body.max_output_tokens,
+        sampling=SamplingParams(temperature=body.temperature, top_p=body.top_p),
+        tools=neutral_tools,
+        tool_choice=_tool_choice(body.tool_choice, neutral_tools),
+        response_format=_response_format(text_format),
+    )
+    echo: dict[str, Any] = {
+        "instructions": body.instructions,
+        "metadata": body.metadata or {},
+        "parallel_tool_calls": body.parallel_tool_calls is not False,
+        "reasoning": _reasoning_echo(body.reasoning),
+        "temperature": body.temperature,
+        "top_p": body.top_p,
+        "text": {"format": _format_echo(text_format)},
+        "tool_choice": _tool_choice_echo(body.tool_choice),
+        "tools": [spec for _tool, spec in tools],
+    }
+    if body.user is not None:
+        echo["user"] = body.user
+    return ResponsesCall(request=request, is_stream=bool(body.stream), echo=echo)
+
+
+def _reasoning_echo(reasoning: _Reasoning | None) -> dict[str, Any] | None:
+    if reasoning is None:
+        return None
+    return {"effort": reasoning.effort, "summary": reasoning.summary}
+
+
+def _refuse_stored_state(body: ResponsesBody) -> None:
+    stored = {
+        "previous_response_id": body.previous_response_id is not None,
+        "conversation": body.conversation is not None,
+        "background": bool(body.background),
+    }
+    for param, is_given in stored.items():
+        if is_given:
+            raise errors.InvalidRequest(
+                f"'{param}' is not supported: this network stores no responses or "
+                "conversations; send the whole conversation in 'input' instead.",
+                param=param,
+                code="unsupported_parameter",
+            )
+
+
+def _conversation(body: ResponsesBody) -> tuple[Message, ...]:
+    if body.input is not None and body.messages:
+        raise errors.InvalidRequest(
+            "Give the conversation either as 'input' or as 'messages', not both.",
+            param="messages",
+        )
+    if body.messages is not None and body.input is None:
+        # A chat-style body sent here: the chat dialect knows that shape.
+        chat = openai_chat.parse({"model": body.model, "messages": body.messages})
+        return chat.request.messages
+    if body.input is None:
+        raise errors.InvalidRequest(
+            "Missing required parameter: 'input'.",
+            param="input",
+            code="missing_required_parameter",
+        )
+    if isinstance(body.input, str):
+        return (Message("user", body.input),)
+    messages: list[Message] = []
+    call_names: dict[str, str] = {}
+    for index, raw in enumerate(body.input):
+        item = _item(raw, index)
+        if isinstance(item, _MessageItem):
+            messages.append(Message(_ROLES[item.role], _text(item.content)))
+        elif isinstance(item, _FunctionCallItem):
+            call_names[item.call_id] = item.name
+            _add_call(messages, ToolCall(item.call_id, item.name, item.arguments))
+        elif isinstance(item, _FunctionCallOutputItem):
+            name = call_names.get(item.call_id)
+            messages.append(Message("tool", _text(item.output), (), item.call_id, name))
+    if not messages:
+        raise errors.InvalidRequest(
+            "'input' must contain at least one message or function call item.",
+            param="input",
+            code="invalid_value",
+        )
+    return tuple(messages)
+
+
+def _item(raw: Any, index: int) -> _Item | None:
+    where = f"input[{index}]"
+    if not isinstance(raw, dict):
+        raise errors.InvalidRequest(
+            f"Invalid type for '{where}': expected an input item object.",
+            param=where,
+            code="invalid_type",
+        )
+    kind = raw.get("type", "message")
+    if kind in _SKIPPED_ITEMS:
+        return None
+    model = _ITEM_MODELS.get(kind) if isinstance(kind, str) else None
+    if model is None:
+        raise errors.InvalidRequest(
+            f"Invalid value for '{where}.type': unsupported input item type; supported "
+            "types are message, function_call, function_call_output and reasoning.",
+            param=f"{where}.type",
+            code="invalid_value",
+        )
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise _nested(exc, where) from None
+
+
+def _add_call(messages: list[Message], call: ToolCall) -> None:
+    """Consecutive calls (and the assistant text right before them) are one assistant turn."""
+    last = messages[-1] if messages else None
+    if last is not None and last.role == "assistant":
+        messages[-1] = Message("assistant", last.content, (*last.tool_calls, call))
+    else:
+        messages.append(Message("assistant", "", (call,)))
+
+
+def _text(content: str | list[_TextPart]) -> str:
+    return content if isinstance(content, str) else "\n".join(part.text for part in content)
+
+
+def _tool(raw: Any, index: int) -> tuple[Tool, dict[str, Any]]:
+    where = f"tools[{index}]"
+    kind = raw.get("type") if isinstance(raw, dict) else None
+    if kind != "function":
+        raise errors.InvalidRequest(
+            f"Invalid value for '{where}.type': only function tools are supported.",
+            param=f"{where}.type",
+            code="invalid_value",
+        )
+    try:
+        spec = _FunctionTool.model_validate(raw)
+    except ValidationError as exc:
+        raise _nested(exc, where) from None
+    parameters = spec.parameters or {"type": "object", "properties": {}}
+    tool = Tool(name=spec.name, description=spec.description, parameters=parameters)
+    echo = {
+        "type": "function",
+        "name": spec.name,
+        "description": spec.description,
+        "parameters": spec.parameters,
+        "strict": spec.strict,
+    }
+    return tool, echo
+
+
+def _tool_choice(choice: str | _ToolChoiceFunction | None, tools: tuple[Tool, ...]) -> ToolChoice:
+    if choice is None or choice == "auto":
+        return ToolChoice("auto")
+    if choice == "none":
+        return ToolChoice("none")
+    if not tools:
+        raise errors.InvalidRequest(
+            "'tool_choice' requires 'tools' to be given.", param="tool_choice"
+        )
+    if choice == "required":
+        return ToolChoice("required")
+    assert isinstance(choice, _ToolChoiceFunction)
+    if choice.name not in {tool.name for tool in tools}:
+        raise errors.InvalidRequest(
+            f"Invalid value for 'tool_choice.name': no function named {choice.name!r} in 'tools'.",
+            param="tool_choice.name",
+            code="invalid_value",
+        )
+    return ToolChoice("function", choice.name)
+
+
+def _tool_choice_echo(choice: str | _ToolChoiceFunction | None) -> str | dict[str, str]:
+    if isinstance(choice, _ToolChoiceFunction):
+        return {"type": "function", "name": choice.name}
+    return choice or "auto"
+
+
+def _response_format(spec: _TextFormat | None) -> ResponseFormat | None:
+    if spec is None or spec.type == "text":
+        return None
+    if spec.type == "json_object":
+        return ResponseFormat("json_object")
+    for field, value in (("name", spec.name), ("schema", spec.schema_)):
+        if value is None:
+            raise errors.InvalidRequest(
+                f"Missing required parameter: 'text.format.{field}'.",
+                param=f"text.format.{field}",
+                code="missing_required_parameter",
+            )
+    return ResponseFormat("json_schema", schema=spec.schema_, name=spec.name)
+
+
+def _format_echo(spec: _TextFormat | None) -> dict[str, Any]:
+    if spec is None or spec.type != "json_schema":
+        return {"type": spec.type if spec is not None else "text"}
+    echo: dict[str, Any] = {"type": "json_schema", "name": spec.name, "schema": spec.schema_}
+    if spec.description is not None:
+        echo["description"] = spec.description
+    echo["strict"] = spec.strict
+    return echo
+
+
+def _nested(exc: ValidationError, where: str) -> errors.InvalidRequest:
+    """A validation error inside one list element, with the element's path in front."""
+    inner = openai_errors.from_validation_error(exc)
+    param = f"{where}.{inner.param}" if inner.param else where
+    message = inner.message.replace(f"'{inner.param}'", f"'{param}'", 1)
+    return errors.InvalidRequest(message, param=param, code=inner.code)
