@@ -1,7 +1,8 @@
 """The one mapping from Moonflower's exception tree to Anthropic's error body and status.
 
-Anthropic's shape is `{"type": "error", "error": {"type", "message"}}` with its own type
-names; `/v1/messages` routes and the Anthropic SSE `error` event use this module only.
+Anthropic's shape is `{"type": "error", "error": {"type", "message"}, "request_id"}` with its
+own type names (`request_id` is null here; the app fills it in for HTTP error responses).
+`/v1/messages` routes and the Anthropic SSE `error` event use this module only.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ _STATUS_AND_TYPE: list[tuple[type[errors.MoonflowerError], int, str]] = [
     (errors.RouteNotFound, 404, "not_found_error"),
     (errors.ModelNotFound, 404, "not_found_error"),
     (errors.NoProviderAvailable, 503, "overloaded_error"),
-    (errors.UpstreamTimeout, 504, "api_error"),
+    (errors.UpstreamTimeout, 504, "timeout_error"),
     (errors.ProviderFailed, 502, "api_error"),
 ]
 
@@ -34,7 +35,7 @@ def status_and_body(exc: errors.MoonflowerError) -> tuple[int, dict[str, Any]]:
 
 
 def body(message: str, kind: str) -> dict[str, Any]:
-    return {"type": "error", "error": {"type": kind, "message": message}}
+    return {"type": "error", "error": {"type": kind, "message": message}, "request_id": None}
 
 
 def from_validation_error(exc: ValidationError) -> errors.InvalidRequest:

@@ -1,7 +1,60 @@
-"""Route module for /v1/messages (being built)."""
+"""Anthropic Messages routes: `/v1/messages` and `/v1/messages/count_tokens`.
+
+Wiring only: authenticate, parse with the dialect, dispatch, render. The `anthropic-version`
+and `anthropic-beta` headers are accepted and not required (there is one version). Errors
+raised here are rendered in Anthropic's shape by the app's one exception handler.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+
 from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from moonflower.coordinator import sse
+from moonflower.coordinator.auth import authenticate
+from moonflower.coordinator.dialects import anthropic_messages, anthropic_render
+from moonflower.coordinator.exchange import collect, job_headers, read_json
+from moonflower.coordinator.services import Services, json_response
 
 router = APIRouter()
+
+
+@router.post("/v1/messages")
+async def create_message(request: Request) -> Response:
+    services = Services.of(request)
+    caller = await authenticate(request, services.db)
+    call = anthropic_messages.parse(await read_json(request))
+    job = await services.dispatcher.start(call.request, caller)
+    renderer = anthropic_render.MessageRenderer(
+        model=call.request.model, prompt_tokens=job.prompt_tokens, is_thinking=call.is_thinking
+    )
+    headers = job_headers(job)
+    if call.is_stream:
+        body = renderer.stream(job.events())
+        return sse.EventStreamResponse(body, on_close=job.close, headers=headers)
+    try:
+        completion = await collect(job, request)
+    finally:
+        await job.close()
+    return json_response(renderer.message(completion), headers=headers)
+
+
+@router.post("/v1/messages/count_tokens")
+async def count_tokens(request: Request) -> Response:
+    """The prompt's size as the serving model tokenizes it: a job that generates nothing
+    (`max_tokens=0`), so the count includes the chat template, system prompt and tools."""
+    services = Services.of(request)
+    caller = await authenticate(request, services.db)
+    conversation = anthropic_messages.parse_count(await read_json(request))
+    job = await services.dispatcher.start(dataclasses.replace(conversation, max_tokens=0), caller)
+    try:
+        # The engine ends at once; draining lets the job be recorded as completed rather
+        # than cancelled.
+        async for _event in job.events():
+            pass
+    finally:
+        await job.close()
+    return json_response({"input_tokens": job.prompt_tokens}, headers=job_headers(job))
