@@ -467,3 +467,25 @@ async def test_the_official_sdk_reads_thinking_and_tool_use_blocks(tmp_path: Pat
         assert call.input == {"city": "Paris"}
         assert message.stop_reason == "tool_use"
     assert "".join(thinking) == "The user wants weather."
+
+
+async def test_a_model_with_no_provider_now_is_overloaded_529(tmp_path: Path) -> None:
+    engine = ScriptedEngine(model_id="gone-soon")
+    async with inprocess_network(tmp_path, [engine]) as net:
+        await net.stop_provider(net.agents[0])
+        async with httpx.AsyncClient(base_url=net.base_url, headers=net.headers) as client:
+            for _ in range(50):
+                if not (await client.get("/health")).json()["providers"]:
+                    break
+                await asyncio.sleep(0.05)
+            response = await client.post(
+                "/v1/messages",
+                json={
+                    "model": "gone-soon",
+                    "max_tokens": 8,
+                    "messages": [{"role": "user", "content": "hi"}],
+                },
+            )
+    assert response.status_code == 529
+    assert response.json()["error"]["type"] == "overloaded_error"
+    assert_valid_anthropic("ErrorResponse", response.json())

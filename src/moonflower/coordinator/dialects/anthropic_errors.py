@@ -21,7 +21,8 @@ _STATUS_AND_TYPE: list[tuple[type[errors.MoonflowerError], int, str]] = [
     (errors.AuthenticationFailed, 401, "authentication_error"),
     (errors.RouteNotFound, 404, "not_found_error"),
     (errors.ModelNotFound, 404, "not_found_error"),
-    (errors.NoProviderAvailable, 503, "overloaded_error"),
+    # Anthropic reports "no capacity right now" as 529, which its SDKs retry with backoff.
+    (errors.NoProviderAvailable, 529, "overloaded_error"),
     (errors.UpstreamTimeout, 504, "timeout_error"),
     (errors.ProviderFailed, 502, "api_error"),
 ]
