@@ -197,3 +197,16 @@ def test_sdk_stream_helper_gives_the_final_completion(client: openai.OpenAI) -> 
     assert "".join(deltas) == whole.choices[0].message.content
     assert final.choices[0].message.content == whole.choices[0].message.content
     assert final.choices[0].finish_reason == whole.choices[0].finish_reason
+
+
+def test_sdk_raises_its_typed_errors(network: LocalNetwork, client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(model=MODEL, messages=MESSAGES, temperature=3)
+    assert bad.value.param == "temperature"  # type: ignore[attr-defined]
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="no-such-model", messages=MESSAGES)
+    stranger = openai.OpenAI(
+        base_url=f"{network.base_url}/v1", api_key="mf-not-a-key", max_retries=0
+    )
+    with pytest.raises(openai.AuthenticationError):
+        stranger.chat.completions.create(model=MODEL, messages=MESSAGES)
