@@ -1,13 +1,15 @@
-"""Chat prompts are rendered the way the model was trained: its own template, or Gemma's."""
+"""Chat prompts are rendered the way the model was trained: its own template, or Gemma's,
+with tools and tool turns in the shape the template expects."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
 from moonflower.errors import InvalidRequest
-from moonflower.generation import Message
+from moonflower.generation import GenerationRequest, Message, Tool, ToolCall, ToolChoice
 from moonflower.provider.engines.chat_format import (
     ChatTemplateMissing,
     ChatTemplateRejected,
@@ -15,8 +17,10 @@ from moonflower.provider.engines.chat_format import (
     JinjaChatFormat,
     NoChatFormat,
     chat_format_for,
+    opens_reasoning,
     strip_leading_bos,
 )
+from moonflower.provider.engines.tool_prompt import as_plain_turns, offered_tools, tool_description
 from moonflower.provider.models import resolve_model
 
 CONVERSATIONS = [
@@ -153,3 +157,109 @@ def test_smollm2_template_renders_as_llama_cpp_python_renders_it(
     assert isinstance(ours, JinjaChatFormat)
     assert ours.render(messages) == expected.prompt
     assert ours.render(messages).endswith("<|im_start|>assistant\n")
+
+
+# Tools and tool turns
+
+WEATHER = Tool(
+    "get_weather",
+    "Weather in a city",
+    {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+)
+CALL = ToolCall("call_1", "get_weather", '{"city": "Paris"}')
+TOOL_CONVERSATION = (
+    Message("user", "Weather in Paris and Oslo?"),
+    Message("assistant", "Checking.", tool_calls=(CALL, ToolCall("call_2", "get_weather", "{}"))),
+    Message("tool", "22 C", tool_call_id="call_1", name="get_weather"),
+    Message("tool", "-3 C", tool_call_id="call_2", name="get_weather"),
+)
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+TOOL_AWARE = (
+    "{% if tools %}TOOLS={{ tools | tojson }}\n{% endif %}"
+    "{% for m in messages %}{{ m | tojson }}\n{% endfor %}"
+)
+
+
+def test_templates_without_tools_get_them_in_the_system_prompt() -> None:
+    chat = JinjaChatFormat(CHATML, bos_token="", eos_token="")
+    assert not chat.supports_tools
+    rendered = chat.render([Message("system", "Be brief."), Message("user", "Hi")], [WEATHER])
+    system = rendered.split("<|im_end|>")[0]
+    assert system.startswith("<|im_start|>system\nBe brief.\n\n# Tools\n")
+    assert json.dumps(tool_description(WEATHER)) in system
+    assert (
+        '<tool_call>{"name": "<function name>", "arguments": {<arguments>}}</tool_call>' in system
+    )
+    alone = chat.render([Message("user", "Hi")], [WEATHER])
+    assert alone.startswith("<|im_start|>system\n# Tools\n")
+    assert chat.render([Message("user", "Hi")]) == (
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    )
+
+
+def test_tool_turns_become_text_any_template_accepts() -> None:
+    rendered = JinjaChatFormat(CHATML, bos_token="", eos_token="").render(TOOL_CONVERSATION)
+    assert rendered == (
+        "<|im_start|>user\nWeather in Paris and Oslo?<|im_end|>\n"
+        "<|im_start|>assistant\nChecking.\n"
+        '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>\n'
+        '<tool_call>{"name": "get_weather", "arguments": {}}</tool_call><|im_end|>\n'
+        '<|im_start|>user\n<tool_response name="get_weather">\n22 C\n</tool_response>\n'
+        '<tool_response name="get_weather">\n-3 C\n</tool_response><|im_end|>\n'
+        "<|im_start|>assistant\n"
+    )
+
+
+def test_as_plain_turns_uses_only_the_three_plain_roles() -> None:
+    turns = as_plain_turns([*TOOL_CONVERSATION, Message("user", "Thanks")], [WEATHER])
+    assert [t.role for t in turns] == ["system", "user", "assistant", "user", "user"]
+    assert all(not t.tool_calls for t in turns)
+
+
+def test_tool_aware_templates_get_openai_shapes() -> None:
+    chat = JinjaChatFormat(TOOL_AWARE, bos_token="", eos_token="")
+    assert chat.supports_tools
+    lines = chat.render(TOOL_CONVERSATION, [WEATHER]).splitlines()
+    assert json.loads(lines[0].removeprefix("TOOLS=")) == [
+        {"type": "function", "function": tool_description(WEATHER)}
+    ]
+    assistant, result = json.loads(lines[2]), json.loads(lines[3])
+    assert assistant["tool_calls"][0] == {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": {"city": "Paris"}},
+    }
+    assert result == {
+        "role": "tool",
+        "content": "22 C",
+        "tool_call_id": "call_1",
+        "name": "get_weather",
+    }
+    assert not chat.render([Message("user", "Hi")]).startswith("TOOLS=")
+
+
+def test_gemma_gets_tools_and_results_as_text_in_user_turns() -> None:
+    rendered = GemmaTurnFormat().render(TOOL_CONVERSATION, [WEATHER])
+    assert rendered.startswith("<start_of_turn>user\n# Tools\n")
+    assert "<start_of_turn>model\nChecking.\n<tool_call>" in rendered
+    assert '<start_of_turn>user\n<tool_response name="get_weather">\n22 C' in rendered
+    assert rendered.endswith("</tool_response><end_of_turn>\n<start_of_turn>model\n")
+
+
+def test_tool_choice_none_offers_no_tools() -> None:
+    request = GenerationRequest(model="m", tools=(WEATHER,), tool_choice=ToolChoice("none"))
+    assert offered_tools(request) == ()
+    assert offered_tools(GenerationRequest(model="m", tools=(WEATHER,))) == (WEATHER,)
+
+
+def test_a_prompt_that_opens_a_think_block_starts_in_reasoning() -> None:
+    thinking = JinjaChatFormat(
+        CHATML + "{% if add_generation_prompt %}<think>\n{% endif %}", bos_token="", eos_token=""
+    )
+    assert opens_reasoning(thinking.render([Message("user", "Hi")]))
+    plain = JinjaChatFormat(CHATML, bos_token="", eos_token="")
+    assert not opens_reasoning(plain.render([Message("user", "<think>")]))
+    assert not opens_reasoning("<think>done</think>\n")

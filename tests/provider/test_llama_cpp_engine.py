@@ -1,10 +1,12 @@
 """The llama.cpp engine against the real models: SmolLM2 (its own ChatML template) and Gemma 3
-270M (Gemma turns), checked against llama-cpp-python used directly."""
+270M (Gemma turns), checked against llama-cpp-python used directly. Tools, structured output
+and logprobs are in test_llama_cpp_outputs.py."""
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -12,6 +14,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+import jsonschema
 import pytest
 
 from moonflower.generation import (
@@ -23,9 +26,15 @@ from moonflower.generation import (
     SamplingParams,
     Started,
     TextDelta,
+    Tool,
+    ToolCall,
+    ToolCallDelta,
+    ToolChoice,
+    Usage,
 )
 from moonflower.provider.engines import EngineUnavailable, load_engine
-from moonflower.provider.engines.llama_cpp import LlamaCppEngine, sampler_settings
+from moonflower.provider.engines.llama_cpp import LlamaCppEngine
+from moonflower.provider.engines.sampling import sampler_settings
 from moonflower.provider.models import resolve_model
 
 GREEDY = SamplingParams(temperature=0.0)
@@ -217,6 +226,22 @@ def test_max_tokens_ends_with_length(smollm2: LlamaCppEngine) -> None:
 
 
 @pytest.mark.slow
+def test_max_tokens_zero_counts_the_prompt_without_evaluating_it(
+    smollm2: LlamaCppEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_evaluation(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the prompt was evaluated")
+
+    monkeypatch.setattr(smollm2._llama, "eval", no_evaluation)
+    request = chat(STORY, max_tokens=0)
+    prompt = len(smollm2.prompt_tokens(request))
+    assert run(smollm2, request) == [
+        Started(prompt_tokens=prompt),
+        Finished(reason="length", usage=Usage(prompt, 0)),
+    ]
+
+
+@pytest.mark.slow
 def test_eos_ends_with_stop_and_never_shows(smollm2: LlamaCppEngine) -> None:
     events = run(smollm2, chat(SAY_HI, max_tokens=200))
     end = ending(events)
@@ -384,3 +409,36 @@ def test_gemma_raw_completion(gemma: LlamaCppEngine) -> None:
     assert events[0] == Started(prompt_tokens=6)  # <bos> + 5 words
     assert ending(events).usage.completion_tokens == 12
     assert "France" in text_of(events)
+
+
+@pytest.mark.slow
+def test_gemma_forced_call_validates_and_tool_turns_render(gemma: LlamaCppEngine) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "unit": {"enum": ["c", "f"]}},
+        "required": ["city", "unit"],
+        "additionalProperties": False,
+    }
+    weather = Tool("get_weather", "Weather in a city", schema)
+    call = ToolCall("call_1", "get_weather", '{"city": "Oslo", "unit": "c"}')
+    messages = (
+        Message("user", "Weather in Oslo?"),
+        Message("assistant", "", tool_calls=(call,)),
+        Message("tool", "-3 and snowing", tool_call_id="call_1", name="get_weather"),
+        Message("user", "And in Paris?"),
+    )
+    request = GenerationRequest(
+        model="m",
+        max_tokens=48,
+        messages=messages,
+        sampling=GREEDY,
+        tools=(weather,),
+        tool_choice=ToolChoice("function", "get_weather"),
+    )
+    prompt = gemma.render_prompt(request)
+    assert prompt.startswith("<start_of_turn>user\n# Tools\n")
+    assert "-3 and snowing" in prompt
+    events = run(gemma, request)
+    assert ending(events).reason == "tool_calls"
+    arguments = "".join(e.arguments for e in events if isinstance(e, ToolCallDelta))
+    jsonschema.validate(json.loads(arguments), schema)

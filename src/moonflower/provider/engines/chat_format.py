@@ -4,6 +4,8 @@ Owns the rendering of a GGUF's own chat template (`tokenizer.chat_template`, a J
 template rendered the way llama.cpp and Hugging Face transformers render it: sandboxed,
 `trim_blocks`/`lstrip_blocks`, `loopcontrols`, a non-escaping `tojson`, `raise_exception`,
 `strftime_now`) and the built-in Gemma turn format for Gemma GGUFs that ship without one.
+A template that uses `tools` gets tools and tool turns in OpenAI's shape (as transformers
+passes them); every other format gets them written as text by `tool_prompt`.
 
 Must not tokenize, load models, or know any engine: it maps messages to text, nothing more.
 """
@@ -17,20 +19,30 @@ from typing import Any, NoReturn, Protocol
 
 import jinja2
 import jinja2.ext
+import jinja2.meta
 import jinja2.nodes
 import jinja2.parser
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from moonflower.errors import ChatTemplateMissing, ChatTemplateRejected
-from moonflower.generation import Message
+from moonflower.generation import Message, Tool
+from moonflower.provider.engines.tool_prompt import as_plain_turns, call_arguments, tool_description
 
 GEMMA_ARCHITECTURES = frozenset({"gemma", "gemma2", "gemma3", "gemma3n"})
+REASONING_OPEN_TAG = "<think>"
 
 
 class ChatFormat(Protocol):
-    def render(self, messages: Sequence[Message]) -> str:
-        """The prompt text for `messages`, ending where the assistant's reply begins."""
+    def render(self, messages: Sequence[Message], tools: Sequence[Tool] = ()) -> str:
+        """The prompt text for `messages` (with `tools` offered), ending where the
+        assistant's reply begins."""
         ...
+
+
+def opens_reasoning(prompt: str) -> bool:
+    """Whether a rendered prompt leaves the reply inside a `<think>` block (templates of
+    reasoning models that always think open it themselves)."""
+    return prompt.rstrip().endswith(REASONING_OPEN_TAG)
 
 
 def chat_format_for(metadata: Mapping[str, str], *, bos_token: str, eos_token: str) -> ChatFormat:
@@ -106,11 +118,21 @@ class JinjaChatFormat:
         self._template = environment.from_string(template)
         self._bos_token = bos_token
         self._eos_token = eos_token
+        variables = jinja2.meta.find_undeclared_variables(environment.parse(template))
+        self.supports_tools = "tools" in variables
 
-    def render(self, messages: Sequence[Message]) -> str:
+    def render(self, messages: Sequence[Message], tools: Sequence[Tool] = ()) -> str:
+        if self.supports_tools:
+            shaped = [_template_message(m) for m in messages]
+            offered = [{"type": "function", "function": tool_description(t)} for t in tools]
+        else:
+            plain = as_plain_turns(messages, tools)
+            shaped = [{"role": m.role, "content": m.content} for m in plain]
+            offered = []
         try:
             return self._template.render(
-                messages=[{"role": m.role, "content": m.content} for m in messages],
+                messages=shaped,
+                tools=offered or None,
                 add_generation_prompt=True,
                 bos_token=self._bos_token,
                 eos_token=self._eos_token,
@@ -125,6 +147,26 @@ class JinjaChatFormat:
             raise ChatTemplateRejected(type(exc).__name__) from None
 
 
+def _template_message(message: Message) -> dict[str, Any]:
+    """A message as tool-aware templates expect it: OpenAI's shape, with each call's
+    arguments as an object, as transformers' chat templates are written for."""
+    shaped: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.tool_calls:
+        shaped["tool_calls"] = [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": call_arguments(call)},
+            }
+            for call in message.tool_calls
+        ]
+    if message.tool_call_id is not None:
+        shaped["tool_call_id"] = message.tool_call_id
+    if message.name is not None:
+        shaped["name"] = message.name
+    return shaped
+
+
 class GemmaTurnFormat:
     """Gemma's turn format, as its official template writes it.
 
@@ -133,7 +175,8 @@ class GemmaTurnFormat:
     `model` turns. The BOS token is left to the tokenizer.
     """
 
-    def render(self, messages: Sequence[Message]) -> str:
+    def render(self, messages: Sequence[Message], tools: Sequence[Tool] = ()) -> str:
+        messages = as_plain_turns(messages, tools)
         index = 0
         system_parts: list[str] = []
         while index < len(messages) and messages[index].role == "system":
@@ -158,5 +201,5 @@ class NoChatFormat:
     def __init__(self, reason: str) -> None:
         self.reason = reason
 
-    def render(self, messages: Sequence[Message]) -> str:
+    def render(self, messages: Sequence[Message], tools: Sequence[Tool] = ()) -> str:
         raise ChatTemplateMissing(self.reason)

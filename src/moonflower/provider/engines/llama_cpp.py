@@ -1,16 +1,17 @@
 """The llama.cpp engine: one GGUF model run in-process through llama-cpp-python.
 
-Owns loading (context size, weight hash, model card), turning a request into prompt tokens,
-the token-by-token generation loop (sampling settings, stop conditions, cancellation) and
-translating llama.cpp failures into `Failed` events. It must not import llama_cpp at module
-import time, and must never log prompt or completion text or put it in an error.
+Owns loading (context size, weight hash, model card), turning a request into prompt tokens
+(tools included) and a grammar, the token-by-token generation loop (stop conditions,
+cancellation, logprobs) and translating llama.cpp failures into `Failed` events. What the
+tokens become (text, tool calls) is `output_events`' business; sampling details are
+`sampling`'s. It must not import llama_cpp at module import time, and must never log prompt
+or completion text or put it in an error.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
-import secrets
 import threading
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
@@ -23,51 +24,49 @@ from moonflower.generation import (
     FinishReason,
     GenerationEvent,
     GenerationRequest,
-    SamplingParams,
     Started,
-    TextDelta,
     Usage,
 )
-from moonflower.provider.engines.chat_format import ChatFormat, chat_format_for, strip_leading_bos
-from moonflower.provider.engines.stop_text import TextStream
+from moonflower.provider.engines.chat_format import (
+    ChatFormat,
+    chat_format_for,
+    opens_reasoning,
+    strip_leading_bos,
+)
+from moonflower.provider.engines.grammar import (
+    OutputConstraint,
+    output_constraint,
+    schema_refused,
+    to_gbnf,
+)
+from moonflower.provider.engines.output_events import OutputAssembler, shaper_for, stops_for
+from moonflower.provider.engines.sampling import (
+    LogprobReader,
+    SamplerSettings,
+    checked_grammar,
+    sampler_settings,
+)
+from moonflower.provider.engines.tool_prompt import offered_tools
 from moonflower.provider.models import ModelSource, sha256_file
 from moonflower.wire import ModelCard
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
+    from llama_cpp.llama_grammar import LlamaGrammar
 
 ENGINE_NAME = "llama_cpp"
 DEFAULT_CONTEXT_LENGTH = 8192
-# llama.cpp reads seed 0xFFFFFFFF as "pick one at random", so given seeds are folded below it.
-_SEED_MODULUS = 0xFFFFFFFF
 _LOCK_POLL_S = 0.05
 
 
 @dataclass(frozen=True, slots=True)
-class SamplerSettings:
-    """`SamplingParams` with every default filled in, in llama.cpp's terms."""
+class _Plan:
+    """A request made ready to run: its prompt, its output constraint and its grammar."""
 
-    temperature: float
-    top_p: float
-    top_k: int
-    seed: int
-    presence_penalty: float
-    frequency_penalty: float
-
-
-def sampler_settings(params: SamplingParams) -> SamplerSettings:
-    """Defaults: temperature 1, top_p 1, top_k off (0), no penalties, a random seed.
-    Temperature 0 means greedy decoding."""
-    seed = secrets.randbelow(_SEED_MODULUS) if params.seed is None else params.seed % _SEED_MODULUS
-    top_p = 1.0 if params.top_p is None else params.top_p
-    return SamplerSettings(
-        temperature=max(0.0, 1.0 if params.temperature is None else params.temperature),
-        top_p=min(1.0, max(0.0, top_p)),
-        top_k=max(0, params.top_k or 0),
-        seed=seed,
-        presence_penalty=params.presence_penalty or 0.0,
-        frequency_penalty=params.frequency_penalty or 0.0,
-    )
+    prompt: list[int]
+    starts_in_reasoning: bool
+    constraint: OutputConstraint | None
+    grammar: LlamaGrammar | None
 
 
 class LlamaCppEngine:
@@ -151,19 +150,23 @@ class LlamaCppEngine:
             self._llama.close()
 
     def render_prompt(self, request: GenerationRequest) -> str:
-        """The exact prompt text for `request`: the raw prompt, or the rendered chat."""
+        """The exact prompt text for `request`: the raw prompt, or the rendered chat with
+        the offered tools."""
         if request.prompt is not None:
             return request.prompt
         if not request.messages:
             raise InvalidRequest("messages must not be empty", param="messages")
-        text = self._chat_format.render(request.messages)
+        text = self._chat_format.render(request.messages, offered_tools(request))
         if self._vocabulary.adds_bos:
             text = strip_leading_bos(text, self._vocabulary.token_text(self._vocabulary.bos))
         return text
 
     def prompt_tokens(self, request: GenerationRequest) -> list[int]:
         """The prompt as the model sees it: special tokens parsed, BOS if the model wants it."""
-        tokens = self._vocabulary.tokenize(self.render_prompt(request))
+        return self._tokens(self.render_prompt(request))
+
+    def _tokens(self, text: str) -> list[int]:
+        tokens = self._vocabulary.tokenize(text)
         if not tokens and self._vocabulary.bos >= 0:
             # An empty raw prompt: start from BOS, as llama.cpp does, so there is
             # something to evaluate.
@@ -172,18 +175,31 @@ class LlamaCppEngine:
             raise InvalidRequest("prompt must not be empty", param="prompt")
         return tokens
 
+    def _plan(self, request: GenerationRequest) -> _Plan:
+        """Everything checked before `Started`; raises `InvalidRequest`."""
+        constraint = output_constraint(request)
+        grammar = None
+        if constraint is not None:
+            grammar = checked_grammar(self._llama, to_gbnf(constraint))
+            if grammar is None:
+                raise schema_refused(constraint, "llama.cpp could not parse its grammar")
+        text = self.render_prompt(request)
+        reasoning = request.prompt is None and opens_reasoning(text)
+        return _Plan(self._tokens(text), reasoning, constraint, grammar)
+
     def _generate(
         self, request: GenerationRequest, cancel: threading.Event
     ) -> Iterator[GenerationEvent]:
         param = "prompt" if request.prompt is not None else "messages"
         try:
-            prompt = self.prompt_tokens(request)
+            plan = self._plan(request)
         except InvalidRequest as exc:
             yield Failed(code="invalid_request", message=exc.message, param=exc.param)
             return
         except Exception as exc:
             yield Failed(code="engine_error", message=type(exc).__name__)
             return
+        prompt = plan.prompt
         n_ctx = self._card.context_length
         if len(prompt) >= n_ctx:
             yield Failed(
@@ -193,52 +209,58 @@ class LlamaCppEngine:
                 param=param,
             )
             return
-        yield Started(prompt_tokens=len(prompt))
+        yield Started(prompt_tokens=len(prompt), starts_in_reasoning=plan.starts_in_reasoning)
         room = n_ctx - len(prompt)
         limit = room if request.max_tokens is None else min(request.max_tokens, room)
-        yield from self._stream(prompt, limit, request, cancel)
+        if limit <= 0:
+            # Counting tokens (max_tokens 0) must not cost a prompt evaluation.
+            yield Finished(reason="length", usage=Usage(len(prompt), 0))
+            return
+        yield from self._stream(plan, limit, request, cancel)
 
     def _stream(
-        self,
-        prompt: list[int],
-        limit: int,
-        request: GenerationRequest,
-        cancel: threading.Event,
+        self, plan: _Plan, limit: int, request: GenerationRequest, cancel: threading.Event
     ) -> Iterator[GenerationEvent]:
-        text = TextStream(request.stop)
+        output = OutputAssembler(
+            shaper_for(request, plan.constraint), stops_for(request, plan.constraint)
+        )
         generated = 0
-        reason: FinishReason = "length"
-        tokens = self._start(prompt, sampler_settings(request.sampling))
+        ended: FinishReason = "length"
+        tokens = self._start(plan.prompt, sampler_settings(request.sampling), plan.grammar)
         try:
+            logprobs = self._logprob_reader(request)
             while generated < limit:
                 if cancel.is_set():
-                    reason = "cancelled"
+                    ended = "cancelled"
                     break
                 token = next(tokens, None)
                 if token is None or self._vocabulary.is_end(token):
-                    reason = "stop"
+                    ended = "stop"
                     break
                 generated += 1
-                released = text.push(self._vocabulary.piece(token))
-                if released.text:
-                    yield TextDelta(released.text)
-                if released.stop is not None:
-                    reason = "stop"
+                logprob = logprobs.read(token) if logprobs is not None else None
+                yield from output.push(self._vocabulary.piece(token), logprob)
+                if output.stopped is not None:
+                    ended = "stop"
                     break
+            closing = output.finish(complete=ended == "stop")
         except Exception as exc:
             # llama.cpp errors can quote the prompt; only the type crosses this line.
             yield Failed(code="engine_error", message=type(exc).__name__)
             return
         finally:
             tokens.close()
-        rest = text.flush()
-        if rest:
-            yield TextDelta(rest)
-        usage = Usage(prompt_tokens=len(prompt), completion_tokens=generated)
-        yield Finished(reason=reason, usage=usage, stop_sequence=text.stopped)
+        yield from closing
+        usage = Usage(prompt_tokens=len(plan.prompt), completion_tokens=generated)
+        yield Finished(output.finish_reason(ended), usage, stop_sequence=output.stopped)
+
+    def _logprob_reader(self, request: GenerationRequest) -> LogprobReader | None:
+        if request.logprobs is None:
+            return None
+        return LogprobReader(self._llama, self._vocabulary.describe, request.logprobs)
 
     def _start(
-        self, prompt: Sequence[int], settings: SamplerSettings
+        self, prompt: Sequence[int], settings: SamplerSettings, grammar: LlamaGrammar | None
     ) -> Generator[int, Sequence[int] | None, None]:
         # Always evaluate the whole prompt: reusing a cached prefix changes the batch shapes
         # and with them the float sums, so identical requests could diverge.
@@ -255,6 +277,7 @@ class LlamaCppEngine:
             presence_penalty=settings.presence_penalty,
             frequency_penalty=settings.frequency_penalty,
             reset=True,
+            grammar=grammar,
         )
 
 
@@ -296,6 +319,10 @@ class _Vocabulary:
         if token < 0:
             return ""
         return self.piece(token, special=True).decode("utf-8", errors="replace")
+
+    def describe(self, token: int) -> str:
+        """A token's text for logprobs (a piece that is part of a character shows as U+FFFD)."""
+        return self.piece(token).decode("utf-8", errors="replace")
 
 
 def _open_llama(source: ModelSource, n_ctx: int, n_threads: int) -> Llama:
