@@ -1,8 +1,8 @@
 """Tokens/s of a 256-token generation through the whole network vs llama-cpp-python directly.
 
 Both sides use the same model file, context size, thread count, prompt and greedy sampling,
-and both evaluate the whole prompt each time; runs alternate (direct, network, direct, …) so machine noise hits both alike, and the
-ratio of medians is reported. Usage:
+and both evaluate the whole prompt each time; runs alternate (direct, network, direct, …)
+so machine noise hits both alike, and the ratio of medians is reported. Usage:
 
     .venv/bin/python -m benchmarks.throughput [--rounds 5] [--max-tokens 256]
 """
