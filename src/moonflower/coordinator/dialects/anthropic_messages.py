@@ -16,10 +16,15 @@ from dataclasses import dataclass, replace
 from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from moonflower import errors
 from moonflower.coordinator.dialects import anthropic_errors
+from moonflower.coordinator.dialects.request_body import (
+    ToolMode,
+    resolve_tool_choice,
+    validate_body,
+)
 from moonflower.generation import (
     GenerationRequest,
     Message,
@@ -242,15 +247,9 @@ def parse_count(payload: Any) -> GenerationRequest:
 
 
 def _validate(model: type[_Body], payload: Any) -> _Body:
-    if not isinstance(payload, dict):
-        raise errors.InvalidRequest("The request body must be a JSON object.", param=None)
-    try:
-        body = model.model_validate(payload)
-    except ValidationError as exc:
-        raise anthropic_errors.from_validation_error(exc) from None
-    if body.model_extra:
-        log.debug("ignoring unknown messages fields: %s", sorted(body.model_extra))
-    return body
+    return validate_body(
+        model, payload, to_error=anthropic_errors.from_validation_error, endpoint="messages"
+    )
 
 
 def _is_thinking(body: CountTokensBody) -> bool:
@@ -268,7 +267,7 @@ def _conversation(body: CountTokensBody) -> GenerationRequest:
         Tool(name=t.name, description=t.description, parameters=t.input_schema)
         for t in body.tools or ()
     )
-    choice = _tool_choice(body.tool_choice, {t.name for t in tools})
+    choice = _tool_choice(body.tool_choice, tools)
     if choice.mode in ("required", "function") and _is_thinking(body):
         raise errors.InvalidRequest(
             "Thinking may not be enabled when tool_choice forces tool use.", param="tool_choice"
@@ -291,24 +290,22 @@ def _system_text(system: str | list[_TextBlock] | None) -> str:
     return system or ""
 
 
-def _tool_choice(choice: Any, names: set[str]) -> ToolChoice:
-    if choice is None or isinstance(choice, _ChoiceAuto):
-        return ToolChoice()
-    if isinstance(choice, _ChoiceNone):
-        return ToolChoice(mode="none")
-    if not names:
-        raise errors.InvalidRequest(
-            "tool_choice: a tool must be forced only when `tools` are given.", param="tool_choice"
-        )
-    if isinstance(choice, _ChoiceAny):
-        return ToolChoice(mode="required")
-    assert isinstance(choice, _ChoiceTool)
-    if choice.name not in names:
-        raise errors.InvalidRequest(
-            f"tool_choice.name: no tool named '{choice.name}' is in `tools`.",
-            param="tool_choice.name",
-        )
-    return ToolChoice(mode="function", name=choice.name)
+def _tool_choice(choice: Any, tools: tuple[Tool, ...]) -> ToolChoice:
+    mode: ToolMode = "auto"
+    if isinstance(choice, _ChoiceTool):
+        mode = "function"
+    elif isinstance(choice, _ChoiceAny):
+        mode = "required"
+    elif isinstance(choice, _ChoiceNone):
+        mode = "none"
+    return resolve_tool_choice(
+        mode,
+        choice.name if isinstance(choice, _ChoiceTool) else None,
+        tools,
+        missing_tools="tool_choice: a tool must be forced only when `tools` are given.",
+        unknown_name="tool_choice.name: no tool named '{name}' is in `tools`.",
+        name_param="tool_choice.name",
+    )
 
 
 def _messages(i: int, message: _InputMessage, names: dict[str, str]) -> list[Message]:

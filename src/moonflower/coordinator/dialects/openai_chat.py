@@ -12,10 +12,15 @@ import logging
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from moonflower import errors
 from moonflower.coordinator.dialects import openai_errors
+from moonflower.coordinator.dialects.request_body import (
+    ToolMode,
+    resolve_tool_choice,
+    validate_body,
+)
 from moonflower.generation import (
     GenerationRequest,
     Message,
@@ -139,14 +144,12 @@ class ChatCall:
 
 
 def parse(payload: Any) -> ChatCall:
-    if not isinstance(payload, dict):
-        raise errors.InvalidRequest("The request body must be a JSON object.", param=None)
-    try:
-        body = ChatCompletionBody.model_validate(payload)
-    except ValidationError as exc:
-        raise openai_errors.from_validation_error(exc) from None
-    if body.model_extra:
-        log.debug("ignoring unknown chat completion fields: %s", sorted(body.model_extra))
+    body = validate_body(
+        ChatCompletionBody,
+        payload,
+        to_error=openai_errors.from_validation_error,
+        endpoint="chat completion",
+    )
     _check_combinations(body)
     stops = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
     tools = tuple(_tool(t) for t in body.tools or ())
@@ -223,24 +226,19 @@ def _tool(tool: _Tool) -> Tool:
     )
 
 
-def _tool_choice(choice: str | _NamedToolChoice | None, tools: tuple[Tool, ...]) -> ToolChoice:
-    if choice is None or choice == "auto":
-        return ToolChoice("auto")
-    if choice == "none":
-        return ToolChoice("none")
-    if not tools:
-        raise errors.InvalidRequest(
-            "'tool_choice' requires 'tools' to be given.", param="tool_choice"
-        )
-    if choice == "required":
-        return ToolChoice("required")
-    assert isinstance(choice, _NamedToolChoice)
-    if choice.function.name not in {t.name for t in tools}:
-        raise errors.InvalidRequest(
-            f"'tool_choice' names a function that is not in 'tools': {choice.function.name}.",
-            param="tool_choice",
-        )
-    return ToolChoice("function", choice.function.name)
+def _tool_choice(
+    choice: Literal["none", "auto", "required"] | _NamedToolChoice | None, tools: tuple[Tool, ...]
+) -> ToolChoice:
+    named = choice.function.name if isinstance(choice, _NamedToolChoice) else None
+    mode: ToolMode = "function" if isinstance(choice, _NamedToolChoice) else choice or "auto"
+    return resolve_tool_choice(
+        mode,
+        named,
+        tools,
+        missing_tools="'tool_choice' requires 'tools' to be given.",
+        unknown_name="'tool_choice' names a function that is not in 'tools': {name}.",
+        name_param="tool_choice",
+    )
 
 
 def _response_format(requested: _ResponseFormat | None) -> ResponseFormat | None:

@@ -22,11 +22,12 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from moonflower import errors
 from moonflower.coordinator import sse
 from moonflower.coordinator.dialects import openai_errors
+from moonflower.coordinator.dialects.request_body import validate_body
 from moonflower.coordinator.exchange import Completion
 from moonflower.generation import (
     Finished,
@@ -89,14 +90,9 @@ class CompletionCall:
 
 
 def parse(payload: Any) -> CompletionCall:
-    if not isinstance(payload, dict):
-        raise errors.InvalidRequest("The request body must be a JSON object.", param=None)
-    try:
-        body = CompletionBody.model_validate(payload)
-    except ValidationError as exc:
-        raise openai_errors.from_validation_error(exc) from None
-    if body.model_extra:
-        log.debug("ignoring unknown completion fields: %s", sorted(body.model_extra))
+    body = validate_body(
+        CompletionBody, payload, to_error=openai_errors.from_validation_error, endpoint="completion"
+    )
     prompt = _prompt(body.prompt)
     _check_unsupported(body)
     _check_combinations(body)

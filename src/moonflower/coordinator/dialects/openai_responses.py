@@ -22,6 +22,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from moonflower import errors
 from moonflower.coordinator.dialects import openai_chat, openai_errors
+from moonflower.coordinator.dialects.request_body import (
+    ToolMode,
+    resolve_tool_choice,
+    validate_body,
+)
 from moonflower.generation import (
     GenerationRequest,
     Message,
@@ -148,14 +153,9 @@ class ResponsesCall:
 
 
 def parse(payload: Any) -> ResponsesCall:
-    if not isinstance(payload, dict):
-        raise errors.InvalidRequest("The request body must be a JSON object.", param=None)
-    try:
-        body = ResponsesBody.model_validate(payload)
-    except ValidationError as exc:
-        raise openai_errors.from_validation_error(exc) from None
-    if body.model_extra:
-        log.debug("ignoring unknown responses fields: %s", sorted(body.model_extra))
+    body = validate_body(
+        ResponsesBody, payload, to_error=openai_errors.from_validation_error, endpoint="responses"
+    )
     _refuse_stored_state(body)
     tools = tuple(_tool(raw, i) for i, raw in enumerate(body.tools or ()))
     neutral_tools = tuple(tool for tool, _spec in tools)
@@ -310,25 +310,20 @@ def _tool(raw: Any, index: int) -> tuple[Tool, dict[str, Any]]:
     return tool, echo
 
 
-def _tool_choice(choice: str | _ToolChoiceFunction | None, tools: tuple[Tool, ...]) -> ToolChoice:
-    if choice is None or choice == "auto":
-        return ToolChoice("auto")
-    if choice == "none":
-        return ToolChoice("none")
-    if not tools:
-        raise errors.InvalidRequest(
-            "'tool_choice' requires 'tools' to be given.", param="tool_choice"
-        )
-    if choice == "required":
-        return ToolChoice("required")
-    assert isinstance(choice, _ToolChoiceFunction)
-    if choice.name not in {tool.name for tool in tools}:
-        raise errors.InvalidRequest(
-            f"Invalid value for 'tool_choice.name': no function named {choice.name!r} in 'tools'.",
-            param="tool_choice.name",
-            code="invalid_value",
-        )
-    return ToolChoice("function", choice.name)
+def _tool_choice(
+    choice: Literal["none", "auto", "required"] | _ToolChoiceFunction | None,
+    tools: tuple[Tool, ...],
+) -> ToolChoice:
+    named = choice.name if isinstance(choice, _ToolChoiceFunction) else None
+    mode: ToolMode = "function" if isinstance(choice, _ToolChoiceFunction) else choice or "auto"
+    return resolve_tool_choice(
+        mode,
+        named,
+        tools,
+        missing_tools="'tool_choice' requires 'tools' to be given.",
+        unknown_name="Invalid value for 'tool_choice.name': no function named {name!r} in 'tools'.",
+        name_param="tool_choice.name",
+    )
 
 
 def _tool_choice_echo(choice: str | _ToolChoiceFunction | None) -> str | dict[str, str]:
