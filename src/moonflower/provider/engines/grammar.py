@@ -9,8 +9,10 @@ llama-cpp-python's converter. The decision is engine-neutral; only `to_gbnf` is 
 Schema problems are `InvalidRequest`s naming the field (`tools`, `tool_choice`,
 `response_format`); their messages name the tool or field, never quote message text. The
 converter enforces structure, types, `enum`/`const`, `required`, `additionalProperties`,
-string lengths and patterns, formats and item counts; it ignores numeric bounds,
-`multipleOf`, `not`, `if`/`then`/`else` and `uniqueItems`, so those are best effort.
+string lengths and patterns, formats and item counts; it ignores `multipleOf`, `not`,
+`if`/`then`/`else` and `uniqueItems`, so those are best effort. It ignores numeric bounds
+too, so a bounded `integer`/`number` node is handed to it as a placeholder constant whose
+literal is then replaced by `numeric_ranges`' rule (exact for integers; see there).
 Must not import llama_cpp at module import time.
 """
 
@@ -24,6 +26,11 @@ from typing import Any, Literal
 
 from moonflower.errors import InvalidRequest
 from moonflower.generation import GenerationRequest, Tool
+from moonflower.provider.engines.numeric_ranges import (
+    NoValueInRange,
+    bounded_numeric_rule,
+    has_numeric_bounds,
+)
 
 JSON_OBJECT_SCHEMA: dict[str, Any] = {"type": "object"}
 MAX_REPEAT = 1000
@@ -37,6 +44,14 @@ _VALUE_KEYWORDS = frozenset({"const", "enum", "default", "examples"})
 _SCHEMA_MAPS = frozenset({"properties", "$defs", "definitions", "patternProperties"})
 _QUANTIFIER = re.compile(r"\{\s*(\d+)\s*(?:,\s*(\d*)\s*)?\}")
 _TOO_LARGE = f"it asks for more than {MAX_REPEAT} repetitions or nests too deeply"
+_NO_VALUE = "a numeric range admits no value of at most 15 (number) or 16 (integer) digits"
+# The converter's rules for a string's character and a pattern's `.`, and what JSON allows.
+_STRING_CHARS = (
+    (r'char ::= [^"\\]', r'char ::= [^"\\\x00-\x1F]'),
+    (r"dot ::= [^\x0A\x0D]", r'dot ::= [^"\\\x00-\x1F]'),
+)
+# Keywords the converter follows before a node's list of types.
+_BEFORE_TYPES = frozenset({"$ref", "anyOf", "oneOf"})
 _DEFINITION_KEYS = ("$defs", "definitions")
 # What the converter's error messages mean, in words that quote nothing from the schema.
 _REASONS = (
@@ -173,10 +188,13 @@ def to_gbnf(constraint: OutputConstraint) -> str:
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
     try:
-        text = json.dumps(_bounded(constraint.schema))
-        grammar: str = json_schema_to_gbnf(text)
+        ranges = _NumericRanges(json.dumps(constraint.schema))
+        text = json.dumps(_bounded(constraint.schema, ranges))
+        grammar = _json_strings(ranges.spliced(json_schema_to_gbnf(text)))
     except _TooLarge:
         raise schema_refused(constraint, _TOO_LARGE) from None
+    except NoValueInRange:
+        raise schema_refused(constraint, _NO_VALUE) from None
     except (ValueError, TypeError, KeyError, AssertionError, RecursionError) as exc:
         raise schema_refused(constraint, _reason(exc)) from None
     if len(grammar) > MAX_GRAMMAR_CHARS or nesting_depth(grammar) > MAX_NESTING:
@@ -184,23 +202,69 @@ def to_gbnf(constraint: OutputConstraint) -> str:
     return grammar
 
 
+def _json_strings(grammar: str) -> str:
+    """`grammar` with its string characters kept to what JSON allows unescaped: the converter
+    lets a string (or a pattern's `.`) hold a raw newline or tab, which no JSON parser takes."""
+    lines = grammar.split("\n")
+    for index, line in enumerate(lines):
+        for converters, fixed in _STRING_CHARS:
+            if line.startswith(converters):
+                lines[index] = fixed + line[len(converters) :]
+    return "\n".join(lines)
+
+
 class _TooLarge(Exception):
     """A schema asks for more repetitions than a grammar can safely spell out."""
 
 
-def _bounded(node: Any) -> Any:
+class _NumericRanges:
+    """Bounded numbers swapped for placeholder constants on the way into the converter, and
+    the literals it writes for them swapped for rules of their exact ranges on the way out
+    (one rule per distinct range, however many nodes share it)."""
+
+    def __init__(self, schema_text: str) -> None:
+        base = "mf-range-"
+        while base in schema_text:  # no string of the schema can contain a marker
+            base += "x"
+        self._base = base
+        self._rules: dict[str, int] = {}
+
+    def placeholder(self, rule: str) -> dict[str, Any]:
+        index = self._rules.setdefault(rule, len(self._rules))
+        return {"const": f"{self._base}{index}"}
+
+    def spliced(self, grammar: str) -> str:
+        names = {line.partition(" ::= ")[0] for line in grammar.splitlines()}
+        prefix = "range"
+        while any(f"{prefix}{index}" in names for index in self._rules.values()):
+            prefix += "-"
+        lines = [grammar]
+        for rule, index in self._rules.items():
+            literal = f'"\\"{self._base}{index}\\""'  # how the converter writes the const
+            if literal in lines[0]:
+                lines[0] = lines[0].replace(literal, f"{prefix}{index}")
+                lines.append(f"{prefix}{index} ::= {rule} space")
+        return "\n".join(lines)
+
+
+def _bounded(node: Any, ranges: _NumericRanges) -> Any:
     """`node` with upper length/count bounds above `MAX_REPEAT` dropped (the converter spells
     each repetition out, and llama.cpp's parser overflows its stack on deep nesting); lower
-    bounds or pattern quantifiers that large cannot be dropped and raise `_TooLarge`."""
+    bounds or pattern quantifiers that large cannot be dropped and raise `_TooLarge`.
+    Bounded numbers become placeholders from `ranges`."""
     if isinstance(node, list):
-        return [_bounded(item) for item in node]
+        return [_bounded(item, ranges) for item in node]
     if not isinstance(node, dict):
         return node
+    node = _split_by_type(node)
+    rule = bounded_numeric_rule(node)
+    if rule is not None:
+        return ranges.placeholder(rule)
     bounded: dict[str, Any] = {}
     for key, value in node.items():
         large = isinstance(value, int | float) and value > MAX_REPEAT
         if key in _SCHEMA_MAPS and isinstance(value, dict):
-            bounded[key] = {name: _bounded(schema) for name, schema in value.items()}
+            bounded[key] = {name: _bounded(schema, ranges) for name, schema in value.items()}
         elif key in _VALUE_KEYWORDS:
             bounded[key] = value
         elif key in _LOWER_BOUNDS and large:
@@ -210,8 +274,22 @@ def _bounded(node: Any) -> Any:
         elif key == "pattern" and isinstance(value, str) and _large_quantifier(value):
             raise _TooLarge
         else:
-            bounded[key] = _bounded(value)
+            bounded[key] = _bounded(value, ranges)
     return bounded
+
+
+def _split_by_type(node: dict[str, Any]) -> dict[str, Any]:
+    """A bounded node with a list of types as an `anyOf` of one node per type: given a list,
+    the converter drops every other keyword (so `["integer", "null"]` lost its bounds)."""
+    types = node.get("type")
+    if not isinstance(types, list) or _BEFORE_TYPES & node.keys():
+        return node
+    if not has_numeric_bounds(node):
+        return node
+    split = {key: node[key] for key in _DEFINITION_KEYS if key in node}
+    rest = {key: value for key, value in node.items() if key not in split and key != "type"}
+    split["anyOf"] = [{**rest, "type": kind} for kind in types]
+    return split
 
 
 def _large_quantifier(pattern: str) -> bool:
