@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from moonflower.errors import ProtocolError
 from moonflower.generation import GenerationEvent, GenerationRequest
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 HEARTBEAT_INTERVAL_S = 5.0
 """How often a provider sends a heartbeat; the coordinator drops a silent provider after
@@ -64,6 +64,15 @@ class ModelCard(_Frame):
 # provider → coordinator
 
 
+class SignedBlob(_Frame):
+    """Canonical JSON text and a base64 DER ECDSA P-256 signature over its exact bytes."""
+
+    json_text: str = Field(alias="json")
+    signature: str
+
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+
 class Register(_Frame):
     type: Literal["register"] = "register"
     protocol_version: int
@@ -71,6 +80,10 @@ class Register(_Frame):
     hardware: Hardware
     models: tuple[ModelCard, ...] = Field(min_length=1)
     max_concurrent_jobs: int = Field(ge=1, le=64)
+    encryption_public_key: str
+    """Base64 X25519 key of this provider process; jobs are sealed to it."""
+    statement: SignedBlob | None = None
+    """The signed attestation statement; without one the provider's trust level is `none`."""
 
 
 class Heartbeat(_Frame):
@@ -81,9 +94,29 @@ class Heartbeat(_Frame):
 
 
 class JobEvent(_Frame):
+    """One generation event, sealed to the job's ephemeral key: `base64(nonce ‖ box)` of the
+    event's JSON. There is no plaintext form."""
+
     type: Literal["job_event"] = "job_event"
     job_id: str
-    event: GenerationEvent
+    sealed_event: str
+
+
+class JobReceipt(_Frame):
+    """The provider's signed receipt for a job, sent right after its terminal event."""
+
+    type: Literal["job_receipt"] = "job_receipt"
+    job_id: str
+    receipt: SignedBlob
+
+
+class ChallengeAnswer(_Frame):
+    type: Literal["challenge_answer"] = "challenge_answer"
+    nonce: str
+    status: SignedBlob
+    mda_chain: tuple[str, ...] = ()
+    """Base64 DER certificates (leaf first) from Apple Managed Device Attestation, whose
+    freshness code is SHA-256 of this challenge's nonce; empty where the OS has none."""
 
 
 # coordinator → provider
@@ -103,9 +136,22 @@ class Rejected(_Frame):
 
 
 class JobRequest(_Frame):
+    """A job sealed to the provider's encryption key with a fresh ephemeral key: the
+    provider opens `sealed_request` (the GenerationRequest's JSON) with
+    `ephemeral_public_key`, and seals every event of the job back to that key."""
+
     type: Literal["job_request"] = "job_request"
     job_id: str
-    request: GenerationRequest
+    ephemeral_public_key: str
+    sealed_request: str
+
+
+class Challenge(_Frame):
+    """Prove liveness and posture: sign a fresh status over this nonce within the deadline."""
+
+    type: Literal["challenge"] = "challenge"
+    nonce: str
+    timestamp: int
 
 
 class JobCancel(_Frame):
@@ -113,9 +159,11 @@ class JobCancel(_Frame):
     job_id: str
 
 
-ProviderMessage = Annotated[Register | Heartbeat | JobEvent, Field(discriminator="type")]
+ProviderMessage = Annotated[
+    Register | Heartbeat | JobEvent | JobReceipt | ChallengeAnswer, Field(discriminator="type")
+]
 CoordinatorMessage = Annotated[
-    Registered | Rejected | JobRequest | JobCancel, Field(discriminator="type")
+    Registered | Rejected | JobRequest | JobCancel | Challenge, Field(discriminator="type")
 ]
 
 _provider_messages: TypeAdapter[ProviderMessage] = TypeAdapter(ProviderMessage)
@@ -123,18 +171,42 @@ _coordinator_messages: TypeAdapter[CoordinatorMessage] = TypeAdapter(Coordinator
 
 _T = TypeVar("_T")
 
-AnyMessage = Register | Heartbeat | JobEvent | Registered | Rejected | JobRequest | JobCancel
+FromProvider = Register | Heartbeat | JobEvent | JobReceipt | ChallengeAnswer
+FromCoordinator = Registered | Rejected | JobRequest | JobCancel | Challenge
+AnyMessage = FromProvider | FromCoordinator
 
 
 def encode(message: AnyMessage) -> str:
-    return orjson.dumps(message.model_dump(mode="json")).decode()
+    return orjson.dumps(message.model_dump(mode="json", by_alias=True)).decode()
 
 
-def decode_from_provider(frame: str | bytes) -> Register | Heartbeat | JobEvent:
+_events: TypeAdapter[GenerationEvent] = TypeAdapter(GenerationEvent)
+_requests: TypeAdapter[GenerationRequest] = TypeAdapter(GenerationRequest)
+
+
+def event_bytes(event: GenerationEvent) -> bytes:
+    """The JSON of one generation event: what a `job_event` seals."""
+    return _events.dump_json(event)
+
+
+def event_from_bytes(data: bytes) -> GenerationEvent:
+    return _decode(_events, data)
+
+
+def request_bytes(request: GenerationRequest) -> bytes:
+    """The JSON of a generation request: what a `job_request` seals."""
+    return _requests.dump_json(request)
+
+
+def request_from_bytes(data: bytes) -> GenerationRequest:
+    return _decode(_requests, data)
+
+
+def decode_from_provider(frame: str | bytes) -> FromProvider:
     return _decode(_provider_messages, frame)
 
 
-def decode_from_coordinator(frame: str | bytes) -> Registered | Rejected | JobRequest | JobCancel:
+def decode_from_coordinator(frame: str | bytes) -> FromCoordinator:
     return _decode(_coordinator_messages, frame)
 
 

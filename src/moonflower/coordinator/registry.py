@@ -15,7 +15,8 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
-from moonflower import errors, wire
+from moonflower import wire
+from moonflower.coordinator.channel import JobChannel
 from moonflower.generation import Failed, GenerationEvent, GenerationRequest
 
 log = logging.getLogger(__name__)
@@ -30,11 +31,14 @@ class ProviderSession:
     id: str
     registration: wire.Register
     send_frame: SendFrame
+    encryption_public_key: bytes
     connected_at: float = field(default_factory=time.monotonic)
     last_seen: float = field(default_factory=time.monotonic)
     jobs_served: int = 0
     tokens_generated: int = 0
-    _jobs: dict[str, asyncio.Queue[GenerationEvent]] = field(default_factory=dict)
+    untrusted_reason: str | None = None
+    """Set once the provider broke a rule on this connection; it then serves nothing more."""
+    _jobs: dict[str, JobChannel] = field(default_factory=dict)
     _is_closed: bool = False
 
     @property
@@ -45,31 +49,44 @@ class ProviderSession:
     def load(self) -> float:
         return len(self._jobs) / self.registration.max_concurrent_jobs
 
+    @property
+    def is_routable(self) -> bool:
+        return self.untrusted_reason is None and not self._is_closed
+
     def card(self, model: str) -> wire.ModelCard | None:
         return next((m for m in self.registration.models if m.id == model), None)
+
+    def mark_untrusted(self, reason: str) -> None:
+        if self.untrusted_reason is None:
+            log.warning("provider %s is untrusted for this connection: %s", self.id, reason)
+            self.untrusted_reason = reason
 
     async def start_job(
         self, job_id: str, request: GenerationRequest
     ) -> asyncio.Queue[GenerationEvent]:
-        frame = wire.encode(wire.JobRequest(job_id=job_id, request=request))
-        if len(frame) > wire.MAX_FRAME_BYTES:
-            raise errors.BodyTooLarge("The request is too large to send to a provider.")
-        queue: asyncio.Queue[GenerationEvent] = asyncio.Queue()
-        self._jobs[job_id] = queue
+        """Seal `request` to this provider and send it; its opened events land in the queue."""
+        channel = JobChannel(job_id, self.encryption_public_key)
+        frame = channel.request_frame(request)
+        self._jobs[job_id] = channel
         try:
             await self.send_frame(frame)
         except Exception:
             self._jobs.pop(job_id, None)
             raise
-        return queue
+        return channel.events
 
-    def deliver(self, job_id: str, event: GenerationEvent) -> None:
-        queue = self._jobs.get(job_id)
-        if queue is None:
+    def deliver(self, job_id: str, sealed_event: str) -> None:
+        channel = self._jobs.get(job_id)
+        if channel is None:
             # Late events of a job already finished or cancelled: nothing waits for them.
             log.debug("provider %s sent an event for unknown job %s", self.id, job_id)
             return
-        queue.put_nowait(event)
+        event = channel.open_event(sealed_event)
+        if event is None:
+            del self._jobs[job_id]
+            self.mark_untrusted("a job frame failed to open")
+            return
+        channel.events.put_nowait(event)
         if event.kind in ("finished", "failed"):
             del self._jobs[job_id]
 
@@ -85,8 +102,8 @@ class ProviderSession:
         """Fail every job still running on this connection."""
         self._is_closed = True
         gone = Failed(code="provider_gone", message="The provider disconnected mid-job.")
-        for queue in self._jobs.values():
-            queue.put_nowait(gone)
+        for channel in self._jobs.values():
+            channel.events.put_nowait(gone)
         self._jobs.clear()
 
 
@@ -112,7 +129,8 @@ class Registry:
         return len(self._sessions)
 
     def serving(self, model: str) -> list[ProviderSession]:
-        return [s for s in self._sessions.values() if s.card(model) is not None]
+        """Sessions that may take a job for `model` now."""
+        return [s for s in self._sessions.values() if s.is_routable and s.card(model) is not None]
 
     def pick(self, model: str) -> ProviderSession | None:
         """The least-loaded provider serving `model`; ties rotate so load spreads evenly."""
@@ -130,6 +148,8 @@ class Registry:
         """Every model served right now, with the cards of the providers serving it."""
         served: dict[str, list[wire.ModelCard]] = {}
         for session in self._sessions.values():
+            if not session.is_routable:
+                continue
             for card in session.registration.models:
                 served.setdefault(card.id, []).append(card)
         return served

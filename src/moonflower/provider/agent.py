@@ -17,13 +17,17 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidHandshake, InvalidURI, WebSocketException
 
 from moonflower import __version__, errors, wire
+from moonflower.crypto.envelope import EncryptionKeyPair, SealedChannel, SealError
+from moonflower.crypto.signing import b64d, b64e
+from moonflower.generation import Failed, GenerationEvent
 from moonflower.provider.engines.base import Engine
-from moonflower.provider.jobs import JobRunner, SendFrame
+from moonflower.provider.jobs import EventSink, JobRunner, SendFrame
 from moonflower.settings import ProviderSettings
 
 log = logging.getLogger(__name__)
 
 REGISTER_REPLY_TIMEOUT_S = 30.0
+EPHEMERAL_KEY_BYTES = 32
 
 
 def websocket_url(coordinator: str) -> str:
@@ -48,6 +52,8 @@ class ProviderAgent:
         self.engine = engine
         self.hardware = hardware
         self.runner = JobRunner(engine, batch_interval_s=settings.stream_batch_interval_s)
+        # A fresh X25519 key per process: jobs are sealed to it and nothing persists it.
+        self.encryption = EncryptionKeyPair.generate()
         self.provider_id: str | None = None
         self.is_connected = asyncio.Event()
 
@@ -58,6 +64,7 @@ class ProviderAgent:
             hardware=self.hardware,
             models=(self.engine.card,),
             max_concurrent_jobs=self.engine.max_concurrent_jobs,
+            encryption_public_key=b64e(self.encryption.public_key),
         )
 
     async def run(self) -> None:
@@ -117,14 +124,42 @@ class ProviderAgent:
             async for frame in socket:
                 message = wire.decode_from_coordinator(frame)
                 if isinstance(message, wire.JobRequest):
-                    self.runner.submit(message.job_id, message.request, send)
+                    await self._accept(message, send)
                 elif isinstance(message, wire.JobCancel):
                     self.runner.cancel(message.job_id)
-                else:
+                elif isinstance(message, wire.Registered | wire.Rejected):
                     raise errors.ProtocolError(f"unexpected {message.type} mid-session")
+                else:
+                    log.debug("ignoring %s from the coordinator", message.type)
         finally:
             heartbeats.cancel()
         log.info("coordinator closed the connection")
+
+    async def _accept(self, message: wire.JobRequest, send: SendFrame) -> None:
+        """Open a sealed job and start it; its events are sealed back to the job's key."""
+        try:
+            ephemeral = b64d(message.ephemeral_public_key)
+        except ValueError:
+            ephemeral = b""
+        if len(ephemeral) != EPHEMERAL_KEY_BYTES:
+            log.warning("job %s: no valid ephemeral key; ignoring it", message.job_id)
+            return
+        channel = SealedChannel(self.encryption, ephemeral)
+        sink = self._sealed_sink(message.job_id, channel, send)
+        try:
+            request = wire.request_from_bytes(channel.open(message.sealed_request))
+        except (SealError, errors.ProtocolError):
+            log.warning("job %s: the request did not open; refusing it", message.job_id)
+            await sink(Failed(code="invalid_request", message="The job did not open."))
+            return
+        self.runner.submit(message.job_id, request, sink)
+
+    def _sealed_sink(self, job_id: str, channel: SealedChannel, send: SendFrame) -> EventSink:
+        async def deliver(event: GenerationEvent) -> None:
+            sealed = channel.seal(wire.event_bytes(event))
+            await send(wire.encode(wire.JobEvent(job_id=job_id, sealed_event=sealed)))
+
+        return deliver
 
     async def _heartbeats(self, send: SendFrame, interval: float) -> None:
         while True:

@@ -15,7 +15,6 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from moonflower import wire
 from moonflower.generation import (
     Failed,
     Finished,
@@ -29,6 +28,8 @@ from moonflower.provider.engines.base import Engine
 log = logging.getLogger(__name__)
 
 SendFrame = Callable[[str], Awaitable[None]]
+EventSink = Callable[[GenerationEvent], Awaitable[None]]
+"""Delivers one event of one job to the coordinator (sealing it on the way)."""
 
 
 class JobRunner:
@@ -50,7 +51,7 @@ class JobRunner:
     def active_jobs(self) -> int:
         return len(self._cancels)
 
-    def submit(self, job_id: str, request: GenerationRequest, send: SendFrame) -> None:
+    def submit(self, job_id: str, request: GenerationRequest, send: EventSink) -> None:
         if job_id in self._cancels:
             log.warning("ignoring a second request for job %s", job_id)
             return
@@ -78,7 +79,7 @@ class JobRunner:
         self._executor.shutdown(wait=True)
 
     async def _run(
-        self, job_id: str, request: GenerationRequest, cancel: threading.Event, send: SendFrame
+        self, job_id: str, request: GenerationRequest, cancel: threading.Event, send: EventSink
     ) -> None:
         try:
             async with self._slots:
@@ -90,7 +91,7 @@ class JobRunner:
             self._cancels.pop(job_id, None)
 
     async def _generate(
-        self, job_id: str, request: GenerationRequest, cancel: threading.Event, send: SendFrame
+        self, job_id: str, request: GenerationRequest, cancel: threading.Event, send: EventSink
     ) -> None:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[GenerationEvent | None] = asyncio.Queue()
@@ -121,14 +122,14 @@ class JobRunner:
             await asyncio.shield(worker)
 
     async def _send(
-        self, job_id: str, event: GenerationEvent, send: SendFrame, cancel: threading.Event
+        self, job_id: str, event: GenerationEvent, send: EventSink, cancel: threading.Event
     ) -> None:
         if isinstance(event, Finished | Failed):
             self._note_end(job_id, event)
         if cancel.is_set() and not isinstance(event, Finished | Failed):
             return  # the coordinator no longer wants text for this job
         try:
-            await send(wire.encode(wire.JobEvent(job_id=job_id, event=event)))
+            await send(event)
         except Exception:
             log.info("job %s: connection lost, stopping", job_id)
             cancel.set()

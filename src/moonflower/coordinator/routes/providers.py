@@ -17,6 +17,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from moonflower import errors, wire
 from moonflower.coordinator.registry import ProviderSession
 from moonflower.coordinator.services import Services
+from moonflower.crypto.signing import b64d
 from moonflower.ledger import jobs as job_ledger
 
 log = logging.getLogger(__name__)
@@ -39,13 +40,16 @@ async def provider_socket(websocket: WebSocket) -> None:
             await websocket.send_text(frame)
 
     try:
-        registration = await receive_registration(websocket)
+        registration, sealing_key = await receive_registration(websocket)
     except (errors.ProtocolError, TimeoutError, WebSocketDisconnect) as exc:
         log.warning("provider registration failed: %s", exc)
         await reject(websocket, str(exc))
         return
     session = ProviderSession(
-        id="prov_" + uuid.uuid4().hex[:16], registration=registration, send_frame=send_frame
+        id="prov_" + uuid.uuid4().hex[:16],
+        registration=registration,
+        send_frame=send_frame,
+        encryption_public_key=sealing_key,
     )
     await job_ledger.note_models_served(services.db, [m.id for m in registration.models])
     services.registry.add(session)
@@ -73,7 +77,7 @@ async def provider_socket(websocket: WebSocket) -> None:
         log.info("provider %s disconnected", session.id)
 
 
-async def receive_registration(websocket: WebSocket) -> wire.Register:
+async def receive_registration(websocket: WebSocket) -> tuple[wire.Register, bytes]:
     frame = await asyncio.wait_for(websocket.receive_text(), REGISTER_TIMEOUT_S)
     message = wire.decode_from_provider(frame)
     if not isinstance(message, wire.Register):
@@ -83,7 +87,17 @@ async def receive_registration(websocket: WebSocket) -> wire.Register:
             f"protocol version {message.protocol_version} is not supported; "
             f"this coordinator speaks version {wire.PROTOCOL_VERSION}"
         )
-    return message
+    return message, encryption_key(message)
+
+
+def encryption_key(registration: wire.Register) -> bytes:
+    try:
+        key = b64d(registration.encryption_public_key)
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise errors.ProtocolError("register carries no valid X25519 encryption key")
+    return key
 
 
 async def serve_session(websocket: WebSocket, session: ProviderSession, silence_s: float) -> None:
@@ -93,12 +107,16 @@ async def serve_session(websocket: WebSocket, session: ProviderSession, silence_
         session.last_seen = loop.time()
         message = wire.decode_from_provider(frame)
         if isinstance(message, wire.JobEvent):
-            session.deliver(message.job_id, message.event)
+            session.deliver(message.job_id, message.sealed_event)
         elif isinstance(message, wire.Heartbeat):
             session.jobs_served = message.jobs_served
             session.tokens_generated = message.tokens_generated
-        else:
+        elif isinstance(message, wire.Register):
             raise errors.ProtocolError("register sent twice on one connection")
+        else:
+            log.debug(
+                "provider %s sent %s, which this coordinator ignores", session.id, message.type
+            )
 
 
 async def reject(websocket: WebSocket, reason: str) -> None:
