@@ -82,11 +82,17 @@ class ModelNotFound(MoonflowerError):
 class NoProviderAvailable(MoonflowerError):
     code = "no_provider_available"
 
-    def __init__(self, model: str) -> None:
-        super().__init__(
-            f"No provider serving '{model}' is connected right now; try again shortly."
-        )
+    def __init__(self, model: str, *, required_trust: str | None = None) -> None:
+        if required_trust is None:
+            message = f"No provider serving '{model}' is connected right now; try again shortly."
+        else:
+            message = (
+                f"No provider serving '{model}' meets the required trust level "
+                f"'{required_trust}' right now; try again shortly."
+            )
+        super().__init__(message)
         self.model = model
+        self.required_trust = required_trust
 
 
 class ProviderFailed(MoonflowerError):

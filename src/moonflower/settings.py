@@ -34,6 +34,18 @@ class CoordinatorSettings(BaseSettings):
     idle_timeout_s: float = Field(default=600.0, gt=0)
     """Longest silence between two events of a running job."""
     heartbeat_timeout_s: float = Field(default=30.0, gt=0)
+    min_trust: str = Field(default="self_signed", pattern=r"^(none|self_signed|hardware)$")
+    """The lowest provider trust level a job may be routed to; a request may only raise it
+    (header `x-moonflower-min-trust`)."""
+    challenge_interval_s: float = Field(default=300.0, gt=0)
+    challenge_deadline_s: float = Field(default=30.0, gt=0)
+    challenge_slack_s: float = Field(default=60.0, ge=0)
+    """Routing needs a challenge passed within `challenge_interval_s` plus this slack."""
+    attestation_max_age_s: float = Field(default=300.0, gt=0)
+    blessed_code_hashes: frozenset[str] = frozenset()
+    """When set, only providers running code with one of these hashes are trusted."""
+    model_catalog: dict[str, str] = Field(default_factory=dict)
+    """Model id → SHA-256 of its weights; a provider serving other weights is not trusted."""
     log_level: str = "info"
 
 

@@ -110,7 +110,7 @@ async def test_a_frame_that_does_not_open_fails_the_job_and_untrusts_the_provide
     tmp_path: Path, breach: str
 ) -> None:
     async with (
-        inprocess_network(tmp_path, []) as net,
+        inprocess_network(tmp_path, [], min_trust="none") as net,
         rogue(net, "rogue-model") as provider,
         httpx.AsyncClient(base_url=net.base_url, headers=net.headers) as client,
     ):
@@ -144,7 +144,7 @@ async def test_a_frame_that_does_not_open_fails_the_job_and_untrusts_the_provide
 
 async def test_a_plaintext_event_frame_closes_the_connection(tmp_path: Path) -> None:
     async with (
-        inprocess_network(tmp_path, []) as net,
+        inprocess_network(tmp_path, [], min_trust="none") as net,
         rogue(net, "rogue-model") as provider,
         httpx.AsyncClient(base_url=net.base_url, headers=net.headers) as client,
     ):
@@ -161,7 +161,7 @@ async def test_a_plaintext_event_frame_closes_the_connection(tmp_path: Path) -> 
 
 async def test_an_honest_sealed_exchange_works(tmp_path: Path) -> None:
     async with (
-        inprocess_network(tmp_path, []) as net,
+        inprocess_network(tmp_path, [], min_trust="none") as net,
         rogue(net, "rogue-model") as provider,
         httpx.AsyncClient(base_url=net.base_url, headers=net.headers) as client,
     ):

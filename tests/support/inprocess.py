@@ -17,6 +17,7 @@ from moonflower import wire
 from moonflower.cli.coordinator import uvicorn_server
 from moonflower.coordinator.app import build_services, create_app
 from moonflower.coordinator.services import Services
+from moonflower.crypto.signing import SoftwareSigner
 from moonflower.ledger import keys
 from moonflower.provider.agent import ProviderAgent
 from moonflower.settings import CoordinatorSettings, ProviderSettings
@@ -42,10 +43,16 @@ class InProcessNetwork:
         settings = ProviderSettings(
             coordinator=self.base_url, backoff_initial_s=0.05, backoff_max_s=0.2
         )
-        agent = ProviderAgent(settings, engine, HARDWARE)
+        agent = ProviderAgent(settings, engine, HARDWARE, SoftwareSigner.generate())
         self.agents.append(agent)
         self.agent_tasks.append(asyncio.create_task(agent.run()))
         return agent
+
+    async def wait_routable(self, count: int) -> None:
+        """Wait until `count` providers have passed their first challenge."""
+        async with asyncio.timeout(10):
+            while self.services.registry.routable_count() < count:
+                await asyncio.sleep(0.01)
 
     async def stop_provider(self, agent: ProviderAgent) -> None:
         task = self.agent_tasks[self.agents.index(agent)]
@@ -75,6 +82,7 @@ async def inprocess_network(
             agent = network.add_provider(engine)
             async with asyncio.timeout(10):
                 await agent.is_connected.wait()
+        await network.wait_routable(len(engines))
         yield network
     finally:
         for task in network.agent_tasks:

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from moonflower.cli import logs
+from moonflower.crypto.signing import load_signer
 from moonflower.provider.agent import ProviderAgent
 from moonflower.provider.engines import load_engine
 from moonflower.provider.engines.base import Engine
@@ -60,7 +61,7 @@ def serve(
     settings = ProviderSettings(**{k: v for k, v in overrides.items() if v is not None})
     logs.configure(settings.log_level)
     loaded = load(settings)
-    agent = ProviderAgent(settings, loaded, detect_hardware())
+    agent = ProviderAgent(settings, loaded, detect_hardware(), load_signer(settings.data_dir))
     try:
         asyncio.run(agent.run())
     except KeyboardInterrupt:

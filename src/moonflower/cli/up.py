@@ -14,6 +14,7 @@ from moonflower.cli import logs
 from moonflower.cli.coordinator import coordinator_settings, uvicorn_server
 from moonflower.cli.provider import load
 from moonflower.coordinator.app import build_services, create_app
+from moonflower.crypto.signing import load_signer
 from moonflower.ledger import keys
 from moonflower.provider.agent import ProviderAgent
 from moonflower.provider.engines.base import Engine
@@ -48,7 +49,8 @@ async def run_network(
 ) -> None:
     services = await build_services(settings)
     server = uvicorn_server(settings, create_app(settings, services))
-    agent = ProviderAgent(provider_settings, engine, detect_hardware())
+    signer = load_signer(provider_settings.data_dir / "provider")
+    agent = ProviderAgent(provider_settings, engine, detect_hardware(), signer)
     serving = asyncio.create_task(server.serve())
     providing: asyncio.Task[None] | None = None
     try:
@@ -58,6 +60,10 @@ async def run_network(
             await asyncio.sleep(0.05)
         providing = asyncio.create_task(agent.run())
         await asyncio.wait_for(agent.is_connected.wait(), READY_TIMEOUT_S)
+        for _ in range(int(READY_TIMEOUT_S / 0.05)):  # until it passes its first challenge
+            if services.registry.routable_count():
+                break
+            await asyncio.sleep(0.05)
         created = await keys.create_key(services.db, account_name="local", name="moonflower up")
         print_ready(settings.port, created.key, engine.card.id)
         await serving

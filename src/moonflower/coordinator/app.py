@@ -22,8 +22,17 @@ from moonflower import __version__, errors
 from moonflower.coordinator.dialects import anthropic_errors, openai_errors
 from moonflower.coordinator.dispatch import Dispatcher
 from moonflower.coordinator.registry import Registry
-from moonflower.coordinator.routes import chat, completions, messages, providers, public, responses
+from moonflower.coordinator.routes import (
+    attestation,
+    chat,
+    completions,
+    messages,
+    providers,
+    public,
+    responses,
+)
 from moonflower.coordinator.services import Services, json_response
+from moonflower.coordinator.trust import TrustLevel
 from moonflower.ledger.database import Database, default_database_url
 from moonflower.settings import CoordinatorSettings
 
@@ -33,7 +42,10 @@ log = logging.getLogger(__name__)
 async def build_services(settings: CoordinatorSettings) -> Services:
     url = settings.database_url or default_database_url(settings.data_dir)
     db = await Database.open(url)
-    registry = Registry()
+    registry = Registry(
+        default_floor=TrustLevel.parse(settings.min_trust),
+        freshness_s=settings.challenge_interval_s + settings.challenge_slack_s,
+    )
     return Services(
         settings=settings,
         db=db,
@@ -61,6 +73,7 @@ def create_app(settings: CoordinatorSettings, services: Services | None = None) 
     app.include_router(messages.router)
     app.include_router(public.router)
     app.include_router(providers.router)
+    app.include_router(attestation.router)
     install_error_handlers(app)
 
     @app.api_route(

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from moonflower import errors, wire
 from moonflower.coordinator.reasoning import split_reasoning
 from moonflower.coordinator.registry import ProviderSession, Registry
+from moonflower.coordinator.trust import TrustLevel
 from moonflower.generation import (
     Failed,
     Finished,
@@ -148,7 +149,9 @@ class Dispatcher:
         self.db = db
         self.settings = settings
 
-    async def start(self, request: GenerationRequest, caller: Caller) -> Job:
+    async def start(
+        self, request: GenerationRequest, caller: Caller, floor: TrustLevel | None = None
+    ) -> Job:
         """Send `request` to a provider and wait until it accepts the prompt.
 
         A model alias is resolved here: the provider is asked for the served model, while
@@ -158,7 +161,7 @@ class Dispatcher:
             request = dataclasses.replace(request, model=served)
         tried: set[str] = set()
         for _attempt in range(MAX_ATTEMPTS):
-            provider = self._pick(request.model, tried)
+            provider = self._pick(request.model, tried, floor)
             if provider is None:
                 break
             tried.add(provider.id)
@@ -167,14 +170,19 @@ class Dispatcher:
                 return job
         if tried:
             raise errors.ProviderFailed("Every provider tried for this request went away.")
+        if self.registry.connected_for(request.model):
+            level = max(floor or self.registry.default_floor, self.registry.default_floor)
+            raise errors.NoProviderAvailable(request.model, required_trust=level.label)
         if await job_ledger.has_been_served(self.db, request.model):
             raise errors.NoProviderAvailable(request.model)
         raise errors.ModelNotFound(request.model)
 
-    def _pick(self, model: str, tried: set[str]) -> ProviderSession | None:
-        provider = self.registry.pick(model)
+    def _pick(
+        self, model: str, tried: set[str], floor: TrustLevel | None
+    ) -> ProviderSession | None:
+        provider = self.registry.pick(model, floor)
         if provider is None or provider.id in tried:
-            rest = [p for p in self.registry.serving(model) if p.id not in tried]
+            rest = [p for p in self.registry.serving(model, floor) if p.id not in tried]
             return min(rest, key=lambda p: p.load) if rest else None
         return provider
 

@@ -17,6 +17,7 @@ from starlette.requests import Request
 
 from moonflower import errors
 from moonflower.coordinator.dispatch import Job
+from moonflower.coordinator.trust import TrustLevel
 from moonflower.generation import (
     Failed,
     Finished,
@@ -60,7 +61,40 @@ def _too_large() -> errors.BodyTooLarge:
 
 
 def job_headers(job: Job) -> dict[str, str]:
-    return {"x-moonflower-job-id": job.id, "x-moonflower-provider-id": job.provider.id}
+    """Who served the job and what it had proven, for every inference response."""
+    provider = job.provider
+    trust = provider.trust
+    statement = trust.statement
+    headers = {
+        "x-moonflower-job-id": job.id,
+        "x-provider-id": provider.id,
+        "x-provider-trust-level": trust.level.label,
+        "x-provider-attested": "true" if statement is not None else "false",
+    }
+    hardware = statement.hardware if statement is not None else None
+    chip = hardware.chip if hardware is not None else provider.registration.hardware.chip
+    if chip:
+        headers["x-provider-chip"] = chip
+    if hardware is not None and hardware.serial:
+        headers["x-provider-serial"] = hardware.serial
+    return headers
+
+
+MIN_TRUST_HEADER = "x-moonflower-min-trust"
+
+
+def trust_floor(request: Request) -> TrustLevel | None:
+    """The trust level the caller asks for; it can only raise the coordinator's floor."""
+    asked = request.headers.get(MIN_TRUST_HEADER)
+    if asked is None:
+        return None
+    try:
+        return TrustLevel.parse(asked)
+    except ValueError:
+        raise errors.InvalidRequest(
+            f"The {MIN_TRUST_HEADER} header must be none, self_signed or hardware.",
+            param=MIN_TRUST_HEADER,
+        ) from None
 
 
 @dataclass

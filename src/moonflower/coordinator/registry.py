@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from moonflower import wire
 from moonflower.coordinator.channel import JobChannel
+from moonflower.coordinator.trust import ProviderTrust, TrustLevel
 from moonflower.generation import Failed, GenerationEvent, GenerationRequest
 
 log = logging.getLogger(__name__)
@@ -32,12 +33,13 @@ class ProviderSession:
     registration: wire.Register
     send_frame: SendFrame
     encryption_public_key: bytes
+    trust: ProviderTrust
     connected_at: float = field(default_factory=time.monotonic)
     last_seen: float = field(default_factory=time.monotonic)
     jobs_served: int = 0
     tokens_generated: int = 0
-    untrusted_reason: str | None = None
-    """Set once the provider broke a rule on this connection; it then serves nothing more."""
+    challenge_answer: asyncio.Future[wire.ChallengeAnswer] | None = None
+    """Resolved by the answer to the challenge in flight, if one is."""
     _jobs: dict[str, JobChannel] = field(default_factory=dict)
     _is_closed: bool = False
 
@@ -49,17 +51,17 @@ class ProviderSession:
     def load(self) -> float:
         return len(self._jobs) / self.registration.max_concurrent_jobs
 
-    @property
-    def is_routable(self) -> bool:
-        return self.untrusted_reason is None and not self._is_closed
+    def is_routable(self, floor: TrustLevel, freshness_s: float) -> bool:
+        if self._is_closed:
+            return False
+        return self.trust.is_routable(floor, freshness_s=freshness_s, now=time.monotonic())
 
     def card(self, model: str) -> wire.ModelCard | None:
         return next((m for m in self.registration.models if m.id == model), None)
 
     def mark_untrusted(self, reason: str) -> None:
-        if self.untrusted_reason is None:
-            log.warning("provider %s is untrusted for this connection: %s", self.id, reason)
-            self.untrusted_reason = reason
+        log.info("provider %s breached a rule", self.id)
+        self.trust.mark_untrusted(reason)
 
     async def start_job(
         self, job_id: str, request: GenerationRequest
@@ -74,6 +76,13 @@ class ProviderSession:
             self._jobs.pop(job_id, None)
             raise
         return channel.events
+
+    def take_answer(self, answer: wire.ChallengeAnswer) -> None:
+        """An answer no challenge waits for (late, or unasked) is ignored: the challenge it
+        may belong to has already been judged as unanswered."""
+        waiting = self.challenge_answer
+        if waiting is not None and not waiting.done():
+            waiting.set_result(answer)
 
     def deliver(self, job_id: str, sealed_event: str) -> None:
         channel = self._jobs.get(job_id)
@@ -108,11 +117,17 @@ class ProviderSession:
 
 
 class Registry:
-    """The set of live provider sessions."""
+    """The set of live provider sessions.
 
-    def __init__(self) -> None:
+    Only sessions that meet the trust floor and passed a challenge within `freshness_s` are
+    offered for jobs or listed as serving; `default_floor` applies unless a caller raises it.
+    """
+
+    def __init__(self, *, default_floor: TrustLevel, freshness_s: float) -> None:
         self._sessions: dict[str, ProviderSession] = {}
         self._turn = itertools.count()
+        self.default_floor = default_floor
+        self.freshness_s = freshness_s
 
     def add(self, session: ProviderSession) -> None:
         self._sessions[session.id] = session
@@ -128,13 +143,29 @@ class Registry:
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def serving(self, model: str) -> list[ProviderSession]:
-        """Sessions that may take a job for `model` now."""
-        return [s for s in self._sessions.values() if s.is_routable and s.card(model) is not None]
+    def serving(self, model: str, floor: TrustLevel | None = None) -> list[ProviderSession]:
+        """Sessions that may take a job for `model` now, at trust `floor` or above."""
+        level = max(floor or self.default_floor, self.default_floor)
+        return [
+            s
+            for s in self._sessions.values()
+            if s.card(model) is not None and s.is_routable(level, self.freshness_s)
+        ]
 
-    def pick(self, model: str) -> ProviderSession | None:
+    def connected_for(self, model: str) -> bool:
+        """Is any connected provider, trusted or not, serving `model`?"""
+        return any(s.card(model) is not None for s in self._sessions.values())
+
+    def routable_count(self) -> int:
+        return sum(
+            1
+            for s in self._sessions.values()
+            if s.is_routable(self.default_floor, self.freshness_s)
+        )
+
+    def pick(self, model: str, floor: TrustLevel | None = None) -> ProviderSession | None:
         """The least-loaded provider serving `model`; ties rotate so load spreads evenly."""
-        candidates = self.serving(model)
+        candidates = self.serving(model, floor)
         if not candidates:
             return None
         turn = next(self._turn)
@@ -148,7 +179,7 @@ class Registry:
         """Every model served right now, with the cards of the providers serving it."""
         served: dict[str, list[wire.ModelCard]] = {}
         for session in self._sessions.values():
-            if not session.is_routable:
+            if not session.is_routable(self.default_floor, self.freshness_s):
                 continue
             for card in session.registration.models:
                 served.setdefault(card.id, []).append(card)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Coroutine
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -18,9 +20,10 @@ from websockets.exceptions import InvalidHandshake, InvalidURI, WebSocketExcepti
 
 from moonflower import __version__, errors, wire
 from moonflower.crypto.envelope import EncryptionKeyPair, SealedChannel, SealError
-from moonflower.crypto.signing import b64d, b64e
+from moonflower.crypto.signing import Signer, b64d, b64e
 from moonflower.generation import Failed, GenerationEvent
 from moonflower.provider.engines.base import Engine
+from moonflower.provider.identity import ProviderIdentity
 from moonflower.provider.jobs import EventSink, JobRunner, SendFrame
 from moonflower.settings import ProviderSettings
 
@@ -46,7 +49,9 @@ def websocket_url(coordinator: str) -> str:
 
 
 class ProviderAgent:
-    def __init__(self, settings: ProviderSettings, engine: Engine, hardware: wire.Hardware) -> None:
+    def __init__(
+        self, settings: ProviderSettings, engine: Engine, hardware: wire.Hardware, signer: Signer
+    ) -> None:
         self.settings = settings
         self.url = websocket_url(settings.coordinator)
         self.engine = engine
@@ -54,10 +59,12 @@ class ProviderAgent:
         self.runner = JobRunner(engine, batch_interval_s=settings.stream_batch_interval_s)
         # A fresh X25519 key per process: jobs are sealed to it and nothing persists it.
         self.encryption = EncryptionKeyPair.generate()
+        self.identity = ProviderIdentity(signer, self.encryption, (engine.card,), hardware)
         self.provider_id: str | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self.is_connected = asyncio.Event()
 
-    def registration(self) -> wire.Register:
+    def registration(self, statement: wire.SignedBlob) -> wire.Register:
         return wire.Register(
             protocol_version=wire.PROTOCOL_VERSION,
             agent_version=__version__,
@@ -65,6 +72,7 @@ class ProviderAgent:
             models=(self.engine.card,),
             max_concurrent_jobs=self.engine.max_concurrent_jobs,
             encryption_public_key=b64e(self.encryption.public_key),
+            statement=statement,
         )
 
     async def run(self) -> None:
@@ -106,7 +114,7 @@ class ProviderAgent:
             async with send_lock:
                 await socket.send(frame)
 
-        await send(wire.encode(self.registration()))
+        await send(wire.encode(self.registration(await self.identity.statement())))
         reply = wire.decode_from_coordinator(
             await asyncio.wait_for(socket.recv(), REGISTER_REPLY_TIMEOUT_S)
         )
@@ -127,6 +135,8 @@ class ProviderAgent:
                     await self._accept(message, send)
                 elif isinstance(message, wire.JobCancel):
                     self.runner.cancel(message.job_id)
+                elif isinstance(message, wire.Challenge):
+                    self._spawn(self._answer(message, send))
                 elif isinstance(message, wire.Registered | wire.Rejected):
                     raise errors.ProtocolError(f"unexpected {message.type} mid-session")
                 else:
@@ -134,6 +144,18 @@ class ProviderAgent:
         finally:
             heartbeats.cancel()
         log.info("coordinator closed the connection")
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _answer(self, challenge: wire.Challenge, send: SendFrame) -> None:
+        answer = await self.identity.answer(challenge)
+        try:
+            await send(wire.encode(answer))
+        except WebSocketException:
+            log.info("could not answer a challenge: the connection is gone")
 
     async def _accept(self, message: wire.JobRequest, send: SendFrame) -> None:
         """Open a sealed job and start it; its events are sealed back to the job's key."""

@@ -1,15 +1,21 @@
 """What machine the provider runs on, as the OS reports it.
 
 Owns `detect_hardware()`, which reads cheap local sources only (/proc, `sysctl`, psutil,
-`platform`) and never fails: anything it cannot learn falls back to a plain default. It must
-not probe slowly (no `system_profiler`, no GPU libraries) and must not send anything anywhere.
+`platform`) and never fails: anything it cannot learn falls back to a plain default. It also
+owns the identity facts for the attestation statement: `machine_model()`, `serial_number()`
+(None whenever the OS will not say, e.g. DMI serials are root-only on Linux, and for vendor
+placeholders such as "To Be Filled By O.E.M.") and `os_version()`; these never raise either.
+It must not probe slowly (no `system_profiler`, no GPU libraries) and must not send anything
+anywhere.
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import re
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
 import psutil
@@ -19,6 +25,30 @@ from moonflower.wire import Hardware
 _CPUINFO = Path("/proc/cpuinfo")
 _NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")
 _SYSCTL_TIMEOUT_S = 2.0
+_DMI_PRODUCT_NAME = Path("/sys/devices/virtual/dmi/id/product_name")
+_DMI_PRODUCT_SERIAL = Path("/sys/class/dmi/id/product_serial")
+_DEVICE_TREE_MODEL = Path("/proc/device-tree/model")
+_IOREG = "/usr/sbin/ioreg"
+_IOREG_TIMEOUT_S = 3.0
+# Values firmware vendors leave in DMI fields they never filled in.
+_PLACEHOLDERS = frozenset(
+    {
+        "to be filled by o.e.m.",
+        "system product name",
+        "system serial number",
+        "default string",
+        "not specified",
+        "not applicable",
+        "n/a",
+        "none",
+        "unknown",
+        "invalid",
+        "o.e.m.",
+        "oem",
+        "0123456789",
+        "123456789",
+    }
+)
 
 
 def detect_hardware() -> Hardware:
@@ -111,3 +141,95 @@ def _memory_bytes() -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):
         return 0
+
+
+def machine_model(*, system: str | None = None) -> str | None:
+    """The machine's model identifier: `Mac15,8` on macOS (`hw.model`), the DMI product name
+    on Linux (or the device-tree model on boards without DMI), else None. Never raises."""
+    system = platform.system() if system is None else system
+    if system == "Darwin":
+        return _sysctl("hw.model")
+    if system != "Linux":
+        return None
+    return identifier_value(_read_text(_DMI_PRODUCT_NAME)) or identifier_value(
+        _read_text(_DEVICE_TREE_MODEL)
+    )
+
+
+def serial_number(*, system: str | None = None) -> str | None:
+    """The hardware serial as the OS reports it, or None (Linux exposes the DMI serial to root
+    only; an unprivileged provider reports None rather than guessing). Never raises."""
+    system = platform.system() if system is None else system
+    if system == "Darwin":
+        return serial_from_ioreg(_ioreg_platform_expert() or "")
+    if system == "Linux":
+        return identifier_value(_read_text(_DMI_PRODUCT_SERIAL))
+    return None
+
+
+def os_version(*, system: str | None = None) -> str:
+    """`macOS 14.5 (23F79)`; `Debian GNU/Linux 12 (bookworm), kernel 6.1.0-18-amd64`; or
+    `<system> <release>` elsewhere. Never raises."""
+    system = platform.system() if system is None else system
+    if system == "Darwin":
+        return describe_macos(platform.mac_ver()[0], _sysctl("kern.osversion"))
+    if system == "Linux":
+        try:
+            os_release: Mapping[str, str] = platform.freedesktop_os_release()
+        except OSError:
+            os_release = {}
+        return describe_linux(os_release, platform.release())
+    return " ".join(part for part in (system, platform.release()) if part) or "unknown"
+
+
+def identifier_value(text: str | None) -> str | None:
+    """A DMI / device-tree string cleaned of padding, or None when empty or a placeholder."""
+    if text is None:
+        return None
+    value = text.replace("\0", "").strip()
+    if not value or value.lower() in _PLACEHOLDERS or not value.strip("0 -.xX"):
+        return None
+    return value
+
+
+def serial_from_ioreg(text: str) -> str | None:
+    """`IOPlatformSerialNumber` from `ioreg -rd1 -c IOPlatformExpertDevice` output."""
+    match = re.search(r'"IOPlatformSerialNumber"\s*=\s*"([^"]*)"', text)
+    return identifier_value(match.group(1)) if match else None
+
+
+def describe_macos(version: str, build: str | None) -> str:
+    """`macOS <ProductVersion> (<build>)`, the version alone when the build is unknown."""
+    described = f"macOS {version or 'unknown'}"
+    return f"{described} ({build})" if build else described
+
+
+def describe_linux(os_release: Mapping[str, str], kernel: str) -> str:
+    """The distribution (os-release PRETTY_NAME, or NAME VERSION_ID) and the kernel release."""
+    distribution = os_release.get("PRETTY_NAME") or " ".join(
+        part for part in (os_release.get("NAME"), os_release.get("VERSION_ID")) if part
+    )
+    described = distribution or "Linux"
+    return f"{described}, kernel {kernel}" if kernel else described
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text(errors="replace")
+    except (OSError, ValueError):
+        return None
+
+
+def _ioreg_platform_expert() -> str | None:
+    try:
+        result = subprocess.run(
+            [_IOREG, "-rd1", "-c", "IOPlatformExpertDevice"],
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=_IOREG_TIMEOUT_S,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+    return result.stdout if result.returncode == 0 else None

@@ -15,7 +15,7 @@ from starlette.responses import Response
 from moonflower.coordinator import sse
 from moonflower.coordinator.auth import authenticate
 from moonflower.coordinator.dialects import openai_chat, openai_chat_render
-from moonflower.coordinator.exchange import collect, job_headers, read_json
+from moonflower.coordinator.exchange import collect, job_headers, read_json, trust_floor
 from moonflower.coordinator.services import Services, json_response
 
 router = APIRouter()
@@ -26,7 +26,7 @@ async def chat_completions(request: Request) -> Response:
     services = Services.of(request)
     caller = await authenticate(request, services.db)
     call = openai_chat.parse(await read_json(request))
-    job = await services.dispatcher.start(call.request, caller)
+    job = await services.dispatcher.start(call.request, caller, trust_floor(request))
     renderer = openai_chat_render.ChatRenderer(
         model=call.request.model,
         fingerprint="fp_" + job.card.sha256[:12],

@@ -15,7 +15,7 @@ from starlette.responses import Response
 from moonflower.coordinator import sse
 from moonflower.coordinator.auth import authenticate
 from moonflower.coordinator.dialects import openai_completions
-from moonflower.coordinator.exchange import collect, job_headers, read_json
+from moonflower.coordinator.exchange import collect, job_headers, read_json, trust_floor
 from moonflower.coordinator.services import Services, json_response
 
 router = APIRouter()
@@ -26,7 +26,7 @@ async def completions(request: Request) -> Response:
     services = Services.of(request)
     caller = await authenticate(request, services.db)
     call = openai_completions.parse(await read_json(request))
-    job = await services.dispatcher.start(call.request, caller)
+    job = await services.dispatcher.start(call.request, caller, trust_floor(request))
     renderer = openai_completions.CompletionRenderer(call, fingerprint="fp_" + job.card.sha256[:12])
     headers = job_headers(job)
     if call.is_stream:

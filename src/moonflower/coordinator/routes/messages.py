@@ -16,7 +16,7 @@ from starlette.responses import Response
 from moonflower.coordinator import sse
 from moonflower.coordinator.auth import authenticate
 from moonflower.coordinator.dialects import anthropic_messages, anthropic_render
-from moonflower.coordinator.exchange import collect, job_headers, read_json
+from moonflower.coordinator.exchange import collect, job_headers, read_json, trust_floor
 from moonflower.coordinator.services import Services, json_response
 
 router = APIRouter()
@@ -27,7 +27,7 @@ async def create_message(request: Request) -> Response:
     services = Services.of(request)
     caller = await authenticate(request, services.db)
     call = anthropic_messages.parse(await read_json(request))
-    job = await services.dispatcher.start(call.request, caller)
+    job = await services.dispatcher.start(call.request, caller, trust_floor(request))
     renderer = anthropic_render.MessageRenderer(
         model=call.request.model, prompt_tokens=job.prompt_tokens, is_thinking=call.is_thinking
     )
@@ -49,7 +49,9 @@ async def count_tokens(request: Request) -> Response:
     services = Services.of(request)
     caller = await authenticate(request, services.db)
     conversation = anthropic_messages.parse_count(await read_json(request))
-    job = await services.dispatcher.start(dataclasses.replace(conversation, max_tokens=0), caller)
+    job = await services.dispatcher.start(
+        dataclasses.replace(conversation, max_tokens=0), caller, trust_floor(request)
+    )
     try:
         # The engine ends at once; draining lets the job be recorded as completed rather
         # than cancelled.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 
 from fastapi import APIRouter
@@ -17,8 +18,11 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from moonflower import errors, wire
 from moonflower.coordinator.registry import ProviderSession
 from moonflower.coordinator.services import Services
+from moonflower.coordinator.trust import judge_registration
 from moonflower.crypto.signing import b64d
+from moonflower.crypto.status import new_challenge
 from moonflower.ledger import jobs as job_ledger
+from moonflower.settings import CoordinatorSettings
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +54,20 @@ async def provider_socket(websocket: WebSocket) -> None:
         registration=registration,
         send_frame=send_frame,
         encryption_public_key=sealing_key,
+        trust=judge_registration(registration, sealing_key, services.settings),
     )
     await job_ledger.note_models_served(services.db, [m.id for m in registration.models])
     services.registry.add(session)
     log.info(
-        "provider %s connected serving %s",
+        "provider %s connected serving %s (trust %s%s)",
         session.id,
         ", ".join(m.id for m in registration.models),
+        session.trust.level.label,
+        f"; statement refused: {session.trust.statement_problem}"
+        if session.trust.statement_problem and registration.statement is not None
+        else "",
     )
+    challenges = asyncio.create_task(challenge_loop(session, services.settings))
     try:
         await send_frame(
             wire.encode(
@@ -73,6 +83,7 @@ async def provider_socket(websocket: WebSocket) -> None:
     except WebSocketDisconnect:
         pass
     finally:
+        challenges.cancel()
         services.registry.remove(session.id)
         log.info("provider %s disconnected", session.id)
 
@@ -88,6 +99,27 @@ async def receive_registration(websocket: WebSocket) -> tuple[wire.Register, byt
             f"this coordinator speaks version {wire.PROTOCOL_VERSION}"
         )
     return message, encryption_key(message)
+
+
+async def challenge_loop(session: ProviderSession, settings: CoordinatorSettings) -> None:
+    """Challenge right away, then every interval, for as long as the provider is trusted."""
+    if session.trust.statement is None:
+        return  # nothing to prove a challenge against
+    loop = asyncio.get_running_loop()
+    while session.trust.untrusted_reason is None:
+        challenge = new_challenge(time.time())
+        session.trust.issue(challenge)
+        session.challenge_answer = loop.create_future()
+        frame = wire.Challenge(nonce=challenge.nonce, timestamp=challenge.timestamp)
+        await session.send_frame(wire.encode(frame))
+        try:
+            answer: wire.ChallengeAnswer | None = await asyncio.wait_for(
+                session.challenge_answer, settings.challenge_deadline_s
+            )
+        except TimeoutError:
+            answer = None
+        session.trust.settle(answer, settings)
+        await asyncio.sleep(settings.challenge_interval_s)
 
 
 def encryption_key(registration: wire.Register) -> bytes:
@@ -108,6 +140,8 @@ async def serve_session(websocket: WebSocket, session: ProviderSession, silence_
         message = wire.decode_from_provider(frame)
         if isinstance(message, wire.JobEvent):
             session.deliver(message.job_id, message.sealed_event)
+        elif isinstance(message, wire.ChallengeAnswer):
+            session.take_answer(message)
         elif isinstance(message, wire.Heartbeat):
             session.jobs_served = message.jobs_served
             session.tokens_generated = message.tokens_generated

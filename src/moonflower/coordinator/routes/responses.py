@@ -14,7 +14,7 @@ from starlette.responses import Response
 from moonflower.coordinator import sse
 from moonflower.coordinator.auth import authenticate
 from moonflower.coordinator.dialects import openai_responses, openai_responses_render
-from moonflower.coordinator.exchange import collect, job_headers, read_json
+from moonflower.coordinator.exchange import collect, job_headers, read_json, trust_floor
 from moonflower.coordinator.services import Services, json_response
 
 router = APIRouter()
@@ -25,7 +25,7 @@ async def responses(request: Request) -> Response:
     services = Services.of(request)
     caller = await authenticate(request, services.db)
     call = openai_responses.parse(await read_json(request))
-    job = await services.dispatcher.start(call.request, caller)
+    job = await services.dispatcher.start(call.request, caller, trust_floor(request))
     renderer = openai_responses_render.ResponsesRenderer(
         model=call.request.model,
         max_output_tokens=job.request.max_tokens,
