@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from moonflower.coordinator.reasoning import ThinkSplitter, split_reasoning
+from moonflower.reasoning import ThinkSplitter, split_reasoning
 from moonflower.generation import (
     Failed,
     Finished,

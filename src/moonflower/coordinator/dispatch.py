@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 from moonflower import errors, wire
-from moonflower.coordinator.reasoning import split_reasoning
 from moonflower.coordinator.registry import ProviderSession, Registry
 from moonflower.coordinator.trust import TrustLevel
 from moonflower.generation import (
@@ -32,6 +31,7 @@ from moonflower.generation import (
 from moonflower.ledger import jobs as job_ledger
 from moonflower.ledger.database import Database
 from moonflower.ledger.keys import Caller
+from moonflower.reasoning import split_reasoning
 from moonflower.settings import CoordinatorSettings
 
 log = logging.getLogger(__name__)

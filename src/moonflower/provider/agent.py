@@ -24,7 +24,7 @@ from moonflower.crypto.signing import Signer, b64d, b64e
 from moonflower.generation import Failed, GenerationEvent
 from moonflower.provider.engines.base import Engine
 from moonflower.provider.identity import ProviderIdentity
-from moonflower.provider.jobs import EventSink, JobRunner, SendFrame
+from moonflower.provider.jobs import JobOutput, JobRunner, SendFrame
 from moonflower.settings import ProviderSettings
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ class ProviderAgent:
         self.url = websocket_url(settings.coordinator)
         self.engine = engine
         self.hardware = hardware
-        self.runner = JobRunner(engine, batch_interval_s=settings.stream_batch_interval_s)
+        self.runner = JobRunner(engine, signer, batch_interval_s=settings.stream_batch_interval_s)
         # A fresh X25519 key per process: jobs are sealed to it and nothing persists it.
         self.encryption = EncryptionKeyPair.generate()
         self.identity = ProviderIdentity(signer, self.encryption, (engine.card,), hardware)
@@ -172,16 +172,12 @@ class ProviderAgent:
             request = wire.request_from_bytes(channel.open(message.sealed_request))
         except (SealError, errors.ProtocolError):
             log.warning("job %s: the request did not open; refusing it", message.job_id)
-            await sink(Failed(code="invalid_request", message="The job did not open."))
+            await sink.event(Failed(code="invalid_request", message="The job did not open."))
             return
         self.runner.submit(message.job_id, request, sink)
 
-    def _sealed_sink(self, job_id: str, channel: SealedChannel, send: SendFrame) -> EventSink:
-        async def deliver(event: GenerationEvent) -> None:
-            sealed = channel.seal(wire.event_bytes(event))
-            await send(wire.encode(wire.JobEvent(job_id=job_id, sealed_event=sealed)))
-
-        return deliver
+    def _sealed_sink(self, job_id: str, channel: SealedChannel, send: SendFrame) -> JobOutput:
+        return _SealedOutput(job_id, channel, send)
 
     async def _heartbeats(self, send: SendFrame, interval: float) -> None:
         while True:
@@ -195,3 +191,19 @@ class ProviderAgent:
                 await send(wire.encode(beat))
             except WebSocketException:
                 return
+
+
+class _SealedOutput:
+    """One job's way back: events sealed to the job's key, then its signed receipt."""
+
+    def __init__(self, job_id: str, channel: SealedChannel, send: SendFrame) -> None:
+        self._job_id = job_id
+        self._channel = channel
+        self._send = send
+
+    async def event(self, event: GenerationEvent) -> None:
+        sealed = self._channel.seal(wire.event_bytes(event))
+        await self._send(wire.encode(wire.JobEvent(job_id=self._job_id, sealed_event=sealed)))
+
+    async def receipt(self, receipt: wire.SignedBlob) -> None:
+        await self._send(wire.encode(wire.JobReceipt(job_id=self._job_id, receipt=receipt)))

@@ -14,7 +14,10 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
 
+from moonflower import wire
+from moonflower.crypto.signing import Signer
 from moonflower.generation import (
     Failed,
     Finished,
@@ -24,19 +27,27 @@ from moonflower.generation import (
     Usage,
 )
 from moonflower.provider.engines.base import Engine
+from moonflower.receipts import OutputTally, build_receipt
 
 log = logging.getLogger(__name__)
 
 SendFrame = Callable[[str], Awaitable[None]]
-EventSink = Callable[[GenerationEvent], Awaitable[None]]
-"""Delivers one event of one job to the coordinator (sealing it on the way)."""
+
+
+class JobOutput(Protocol):
+    """Where one job's events and receipt go (sealed on the way, by the agent)."""
+
+    async def event(self, event: GenerationEvent) -> None: ...
+
+    async def receipt(self, receipt: wire.SignedBlob) -> None: ...
 
 
 class JobRunner:
     """Every job of one provider process, whichever connection asked for it."""
 
-    def __init__(self, engine: Engine, *, batch_interval_s: float = 0.0) -> None:
+    def __init__(self, engine: Engine, signer: Signer, *, batch_interval_s: float = 0.0) -> None:
         self._engine = engine
+        self._signer = signer
         self._batch_interval_s = batch_interval_s
         self._slots = asyncio.Semaphore(engine.max_concurrent_jobs)
         self._executor = ThreadPoolExecutor(
@@ -51,7 +62,7 @@ class JobRunner:
     def active_jobs(self) -> int:
         return len(self._cancels)
 
-    def submit(self, job_id: str, request: GenerationRequest, send: EventSink) -> None:
+    def submit(self, job_id: str, request: GenerationRequest, send: JobOutput) -> None:
         if job_id in self._cancels:
             log.warning("ignoring a second request for job %s", job_id)
             return
@@ -79,19 +90,42 @@ class JobRunner:
         self._executor.shutdown(wait=True)
 
     async def _run(
-        self, job_id: str, request: GenerationRequest, cancel: threading.Event, send: EventSink
+        self, job_id: str, request: GenerationRequest, cancel: threading.Event, send: JobOutput
     ) -> None:
+        tally = OutputTally()
         try:
             async with self._slots:
                 if cancel.is_set():
-                    await self._send(job_id, _cancelled_before_start(), send, cancel)
-                    return
-                await self._generate(job_id, request, cancel, send)
+                    await self._send(job_id, _cancelled_before_start(), send, cancel, tally)
+                else:
+                    await self._generate(job_id, request, cancel, send, tally)
+            await self._send_receipt(job_id, request, tally, send)
         finally:
             self._cancels.pop(job_id, None)
 
+    async def _send_receipt(
+        self, job_id: str, request: GenerationRequest, tally: OutputTally, send: JobOutput
+    ) -> None:
+        receipt_json, signature = build_receipt(
+            signer=self._signer,
+            job_id=job_id,
+            model_id=request.model,
+            model_sha256=self._engine.card.sha256,
+            request=request,
+            tally=tally,
+        )
+        try:
+            await send.receipt(wire.SignedBlob(json_text=receipt_json, signature=signature))
+        except Exception:
+            log.info("job %s: connection lost before its receipt went out", job_id)
+
     async def _generate(
-        self, job_id: str, request: GenerationRequest, cancel: threading.Event, send: EventSink
+        self,
+        job_id: str,
+        request: GenerationRequest,
+        cancel: threading.Event,
+        send: JobOutput,
+        tally: OutputTally,
     ) -> None:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[GenerationEvent | None] = asyncio.Queue()
@@ -116,20 +150,26 @@ class JobRunner:
         worker = loop.run_in_executor(self._executor, work)
         try:
             while (event := await queue.get()) is not None:
-                await self._send(job_id, event, send, cancel)
+                await self._send(job_id, event, send, cancel, tally)
         finally:
             cancel.set()  # stops the worker if we leave early (connection lost, shutdown)
             await asyncio.shield(worker)
 
     async def _send(
-        self, job_id: str, event: GenerationEvent, send: EventSink, cancel: threading.Event
+        self,
+        job_id: str,
+        event: GenerationEvent,
+        send: JobOutput,
+        cancel: threading.Event,
+        tally: OutputTally,
     ) -> None:
         if isinstance(event, Finished | Failed):
             self._note_end(job_id, event)
         if cancel.is_set() and not isinstance(event, Finished | Failed):
             return  # the coordinator no longer wants text for this job
+        tally.add(event)  # the receipt covers exactly what was sent
         try:
-            await send(event)
+            await send.event(event)
         except Exception:
             log.info("job %s: connection lost, stopping", job_id)
             cancel.set()
