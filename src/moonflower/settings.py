@@ -42,6 +42,8 @@ class CoordinatorSettings(BaseSettings):
     challenge_slack_s: float = Field(default=60.0, ge=0)
     """Routing needs a challenge passed within `challenge_interval_s` plus this slack."""
     attestation_max_age_s: float = Field(default=300.0, gt=0)
+    receipt_timeout_s: float = Field(default=10.0, gt=0)
+    """How long after a job's last event its provider's receipt may take to arrive."""
     blessed_code_hashes: frozenset[str] = frozenset()
     """When set, only providers running code with one of these hashes are trusted."""
     model_catalog: dict[str, str] = Field(default_factory=dict)

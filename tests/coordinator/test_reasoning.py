@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from moonflower.reasoning import ThinkSplitter, split_reasoning
 from moonflower.generation import (
     Failed,
     Finished,
@@ -22,6 +21,7 @@ from moonflower.generation import (
     ToolCallDelta,
     Usage,
 )
+from moonflower.reasoning import ThinkSplitter, split_reasoning
 
 TAGS = ("<think>", "</think>")
 # One block (to its first close, or to the end) with the whitespace after its close, or a

@@ -17,7 +17,7 @@ from moonflower.ledger.database import ALEMBIC_INI, Database, default_database_u
 from moonflower.ledger.keys import authenticate, create_key
 from moonflower.ledger.tables import Base
 
-LEDGER_TABLES = {"accounts", "api_keys", "jobs", "served_models"}
+LEDGER_TABLES = {"accounts", "api_keys", "jobs", "served_models", "receipts"}
 
 
 def _head() -> str | None:

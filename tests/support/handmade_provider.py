@@ -113,3 +113,47 @@ async def handmade(base_url: str, **fields: Any) -> AsyncIterator[HandmadeProvid
     url = base_url.replace("http://", "ws://") + "/ws/provider"
     async with connect(url) as socket:
         yield HandmadeProvider(socket, **fields)
+
+
+async def serve_one_job(
+    provider: HandmadeProvider,
+    events: list[Any],
+    *,
+    receipt_request: Any = None,
+    receipt_events: list[Any] | None = None,
+    corrupt_signature: bool = False,
+) -> None:
+    """Take the next job, send `events` sealed, then a receipt — honest unless told to sign
+    another request or other events, or to corrupt its signature."""
+    from moonflower.crypto.envelope import SealedChannel
+    from moonflower.crypto.signing import b64d
+    from moonflower.receipts import OutputTally, build_receipt
+
+    while True:
+        message = wire.decode_from_coordinator(await provider.socket.recv())
+        if isinstance(message, wire.Challenge):
+            await provider.send(provider.answer(message))
+        elif isinstance(message, wire.JobRequest):
+            break
+    channel = SealedChannel(provider.keys, b64d(message.ephemeral_public_key))
+    request = wire.request_from_bytes(channel.open(message.sealed_request))
+    for event in events:
+        sealed = channel.seal(wire.event_bytes(event))
+        await provider.send(wire.JobEvent(job_id=message.job_id, sealed_event=sealed))
+    tally = OutputTally()
+    for event in receipt_events if receipt_events is not None else events:
+        tally.add(event)
+    receipt_json, signature = build_receipt(
+        signer=provider.signer,
+        job_id=message.job_id,
+        model_id=request.model,
+        model_sha256=MODEL_SHA,
+        request=receipt_request or request,
+        tally=tally,
+    )
+    if corrupt_signature:
+        raw = bytearray(b64d(signature))
+        raw[len(raw) // 2] ^= 1
+        signature = b64e(bytes(raw))
+    blob = wire.SignedBlob(json_text=receipt_json, signature=signature)
+    await provider.send(wire.JobReceipt(job_id=message.job_id, receipt=blob))

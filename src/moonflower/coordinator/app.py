@@ -29,6 +29,7 @@ from moonflower.coordinator.routes import (
     messages,
     providers,
     public,
+    receipts,
     responses,
 )
 from moonflower.coordinator.services import Services, json_response
@@ -74,6 +75,7 @@ def create_app(settings: CoordinatorSettings, services: Services | None = None) 
     app.include_router(public.router)
     app.include_router(providers.router)
     app.include_router(attestation.router)
+    app.include_router(receipts.router)
     install_error_handlers(app)
 
     @app.api_route(

@@ -1,5 +1,5 @@
-"""One job's sealed channel to its provider: the ephemeral key the job was sealed with and
-the queue its opened events land in.
+"""One job's sealed channel to its provider: the ephemeral key the job was sealed with, the
+queue its opened events land in, and the receipt that follows its terminal event.
 
 Owns sealing the request and opening the provider's event frames. A frame that does not
 open — plaintext, another key, tampered — never reaches the queue: it fails the job with a
@@ -26,6 +26,7 @@ class JobChannel:
     def __init__(self, job_id: str, provider_public_key: bytes) -> None:
         self.job_id = job_id
         self.events: asyncio.Queue[GenerationEvent] = asyncio.Queue()
+        self.receipt: asyncio.Future[wire.SignedBlob] = asyncio.get_running_loop().create_future()
         self._sealed = SealedChannel(EncryptionKeyPair.generate(), provider_public_key)
 
     def request_frame(self, request: GenerationRequest) -> str:
@@ -48,3 +49,7 @@ class JobChannel:
             log.warning("job %s: a frame from the provider failed to open", self.job_id)
             self.events.put_nowait(BAD_SEAL)
             return None
+
+    def take_receipt(self, receipt: wire.SignedBlob) -> None:
+        if not self.receipt.done():
+            self.receipt.set_result(receipt)

@@ -17,8 +17,10 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 from moonflower import errors, wire
+from moonflower.coordinator.channel import JobChannel
 from moonflower.coordinator.registry import ProviderSession, Registry
 from moonflower.coordinator.trust import TrustLevel
+from moonflower.crypto.receipt import ReceiptError, request_digest, verify_receipt
 from moonflower.generation import (
     Failed,
     Finished,
@@ -31,7 +33,9 @@ from moonflower.generation import (
 from moonflower.ledger import jobs as job_ledger
 from moonflower.ledger.database import Database
 from moonflower.ledger.keys import Caller
+from moonflower.ledger.receipts import ReceiptRecord, store_receipt
 from moonflower.reasoning import split_reasoning
+from moonflower.receipts import OutputTally
 from moonflower.settings import CoordinatorSettings
 
 log = logging.getLogger(__name__)
@@ -51,7 +55,7 @@ class Job:
         provider: ProviderSession,
         card: wire.ModelCard,
         caller: Caller,
-        queue: asyncio.Queue[GenerationEvent],
+        channel: JobChannel,
         dispatcher: Dispatcher,
     ) -> None:
         self.id = job_id
@@ -63,7 +67,10 @@ class Job:
         self.starts_in_reasoning = False
         self.created_at = datetime.now(UTC)
         self.outcome: Finished | Failed | None = None
-        self._queue = queue
+        self.receipt: wire.SignedBlob | None = None
+        """The provider's receipt, once verified against what this job relayed."""
+        self._channel = channel
+        self._tally = OutputTally()
         self._dispatcher = dispatcher
         self._t0 = time.monotonic()
         self._first_token_ms: int | None = None
@@ -72,9 +79,11 @@ class Job:
 
     async def _next(self, wait_s: float) -> GenerationEvent:
         try:
-            event = await asyncio.wait_for(self._queue.get(), wait_s)
+            event = await asyncio.wait_for(self._channel.events.get(), wait_s)
         except TimeoutError:
             return Failed(code="timeout", message="The provider did not answer in time.")
+        if not (isinstance(event, Failed) and event.code == "provider_gone"):
+            self._tally.add(event)
         if isinstance(event, Finished | Failed):
             self._is_ended_by_provider = True
         return event
@@ -105,10 +114,37 @@ class Job:
             if isinstance(event, Started):
                 continue
             if isinstance(event, Finished | Failed):
+                event = await self._checked_by_receipt(event)
                 self.outcome = event
             elif self._first_token_ms is None:
                 self._first_token_ms = _elapsed_ms(self._t0)
             yield event
+
+    async def _checked_by_receipt(self, ending: Finished | Failed) -> Finished | Failed:
+        """Wait for the provider's receipt and check it binds this request and exactly the
+        output relayed. A provider whose receipt fails is untrusted and the job fails."""
+        statement = self.provider.trust.statement
+        if statement is None or (isinstance(ending, Failed) and ending.code == "provider_gone"):
+            return ending  # no attested key to check a receipt against
+        try:
+            signed = await asyncio.wait_for(
+                asyncio.shield(self._channel.receipt), self._dispatcher.settings.receipt_timeout_s
+            )
+            verify_receipt(
+                signed.json_text,
+                signed.signature,
+                statement.signing_key,
+                job_id=self.id,
+                model_sha256=self.card.sha256,
+                request_sha256=request_digest(self.request),
+                output_sha256=self._tally.digest(),
+            )
+        except (TimeoutError, asyncio.CancelledError, ReceiptError) as exc:
+            reason = exc.reason if isinstance(exc, ReceiptError) else "no receipt"
+            self.provider.mark_untrusted(f"receipt rejected: {reason}")
+            return Failed(code="engine_error", message="The provider's receipt did not verify.")
+        self.receipt = signed
+        return ending
 
     async def close(self) -> None:
         """Cancel the provider's work unless it already ended, and record the job once."""
@@ -117,6 +153,7 @@ class Job:
         self._is_closed = True
         if not self._is_ended_by_provider:
             await self.provider.cancel_job(self.id)
+        self.provider.forget_receipt(self.id)
         await self._dispatcher.record(self)
 
     def record(self) -> job_ledger.JobRecord:
@@ -196,7 +233,7 @@ class Dispatcher:
             request = dataclasses.replace(request, max_tokens=bound)
         job_id = uuid.uuid4().hex
         try:
-            queue = await provider.start_job(job_id, request)
+            channel = await provider.start_job(job_id, request)
         except errors.MoonflowerError:
             raise
         except Exception:
@@ -208,7 +245,7 @@ class Dispatcher:
             provider=provider,
             card=card,
             caller=caller,
-            queue=queue,
+            channel=channel,
             dispatcher=self,
         )
         try:
@@ -224,6 +261,18 @@ class Dispatcher:
     async def record(self, job: Job) -> None:
         try:
             await job_ledger.record_job(self.db, job.record())
+            if job.receipt is not None and job.provider.trust.statement is not None:
+                await store_receipt(
+                    self.db,
+                    ReceiptRecord(
+                        job_id=job.id,
+                        account_id=job.caller.account_id,
+                        provider_id=job.provider.id,
+                        receipt_json=job.receipt.json_text,
+                        signature=job.receipt.signature,
+                        signing_public_key=job.provider.trust.statement.signing_public_key,
+                    ),
+                )
         except Exception:
             log.exception("could not record job %s", job.id)
 

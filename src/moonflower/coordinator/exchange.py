@@ -18,6 +18,7 @@ from starlette.requests import Request
 from moonflower import errors
 from moonflower.coordinator.dispatch import Job
 from moonflower.coordinator.trust import TrustLevel
+from moonflower.crypto.receipt import receipt_hash
 from moonflower.generation import (
     Failed,
     Finished,
@@ -78,6 +79,17 @@ def job_headers(job: Job) -> dict[str, str]:
     if hardware is not None and hardware.serial:
         headers["x-provider-serial"] = hardware.serial
     return headers
+
+
+def receipt_headers(job: Job) -> dict[str, str]:
+    """For a whole (non-streaming) answer: the hash of the provider's verified receipt and
+    its signature over that receipt, which anyone holding its attested key can check."""
+    if job.receipt is None:
+        return {}
+    return {
+        "x-response-hash": receipt_hash(job.receipt.json_text),
+        "x-se-signature": job.receipt.signature,
+    }
 
 
 MIN_TRUST_HEADER = "x-moonflower-min-trust"

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from moonflower import wire
 from moonflower.coordinator.channel import JobChannel
 from moonflower.coordinator.trust import ProviderTrust, TrustLevel
-from moonflower.generation import Failed, GenerationEvent, GenerationRequest
+from moonflower.generation import Failed, GenerationRequest
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ class ProviderSession:
     challenge_answer: asyncio.Future[wire.ChallengeAnswer] | None = None
     """Resolved by the answer to the challenge in flight, if one is."""
     _jobs: dict[str, JobChannel] = field(default_factory=dict)
+    _receipts: dict[str, JobChannel] = field(default_factory=dict)
     _is_closed: bool = False
 
     @property
@@ -63,19 +64,30 @@ class ProviderSession:
         log.info("provider %s breached a rule", self.id)
         self.trust.mark_untrusted(reason)
 
-    async def start_job(
-        self, job_id: str, request: GenerationRequest
-    ) -> asyncio.Queue[GenerationEvent]:
-        """Seal `request` to this provider and send it; its opened events land in the queue."""
+    async def start_job(self, job_id: str, request: GenerationRequest) -> JobChannel:
+        """Seal `request` to this provider and send it; its opened events land in the
+        channel's queue, its receipt in the channel's future."""
         channel = JobChannel(job_id, self.encryption_public_key)
         frame = channel.request_frame(request)
         self._jobs[job_id] = channel
+        self._receipts[job_id] = channel
         try:
             await self.send_frame(frame)
         except Exception:
             self._jobs.pop(job_id, None)
+            self._receipts.pop(job_id, None)
             raise
-        return channel.events
+        return channel
+
+    def take_receipt(self, job_id: str, receipt: wire.SignedBlob) -> None:
+        channel = self._receipts.pop(job_id, None)
+        if channel is None:
+            log.debug("provider %s sent a receipt nobody waits for (job %s)", self.id, job_id)
+            return
+        channel.take_receipt(receipt)
+
+    def forget_receipt(self, job_id: str) -> None:
+        self._receipts.pop(job_id, None)
 
     def take_answer(self, answer: wire.ChallengeAnswer) -> None:
         """An answer no challenge waits for (late, or unasked) is ignored: the challenge it

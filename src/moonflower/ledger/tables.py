@@ -10,7 +10,16 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import CheckConstraint, DateTime, Dialect, ForeignKey, Index, MetaData, String
+from sqlalchemy import (
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    MetaData,
+    String,
+    Text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -112,3 +121,17 @@ class ServedModel(Base):
     model_id: Mapped[str] = mapped_column(String(256), primary_key=True)
     first_seen_at: Mapped[datetime]
     last_seen_at: Mapped[datetime]
+
+
+class StoredReceipt(Base):
+    """A provider's verified receipt for a job: hashes and counts, never text."""
+
+    __tablename__ = "receipts"
+
+    job_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(32), ForeignKey("accounts.id"), index=True)
+    provider_id: Mapped[str] = mapped_column(String(128))
+    receipt_json: Mapped[str] = mapped_column(Text)
+    signature: Mapped[str] = mapped_column(Text)
+    signing_public_key: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime]

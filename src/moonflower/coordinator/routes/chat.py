@@ -15,7 +15,13 @@ from starlette.responses import Response
 from moonflower.coordinator import sse
 from moonflower.coordinator.auth import authenticate
 from moonflower.coordinator.dialects import openai_chat, openai_chat_render
-from moonflower.coordinator.exchange import collect, job_headers, read_json, trust_floor
+from moonflower.coordinator.exchange import (
+    collect,
+    job_headers,
+    read_json,
+    receipt_headers,
+    trust_floor,
+)
 from moonflower.coordinator.services import Services, json_response
 
 router = APIRouter()
@@ -41,4 +47,6 @@ async def chat_completions(request: Request) -> Response:
         completion = await collect(job, request)
     finally:
         await job.close()
-    return json_response(renderer.completion(completion), headers=headers)
+    return json_response(
+        renderer.completion(completion), headers={**headers, **receipt_headers(job)}
+    )

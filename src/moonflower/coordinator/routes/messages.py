@@ -16,7 +16,13 @@ from starlette.responses import Response
 from moonflower.coordinator import sse
 from moonflower.coordinator.auth import authenticate
 from moonflower.coordinator.dialects import anthropic_messages, anthropic_render
-from moonflower.coordinator.exchange import collect, job_headers, read_json, trust_floor
+from moonflower.coordinator.exchange import (
+    collect,
+    job_headers,
+    read_json,
+    receipt_headers,
+    trust_floor,
+)
 from moonflower.coordinator.services import Services, json_response
 
 router = APIRouter()
@@ -39,7 +45,7 @@ async def create_message(request: Request) -> Response:
         completion = await collect(job, request)
     finally:
         await job.close()
-    return json_response(renderer.message(completion), headers=headers)
+    return json_response(renderer.message(completion), headers={**headers, **receipt_headers(job)})
 
 
 @router.post("/v1/messages/count_tokens")

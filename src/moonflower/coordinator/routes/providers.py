@@ -140,6 +140,8 @@ async def serve_session(websocket: WebSocket, session: ProviderSession, silence_
         message = wire.decode_from_provider(frame)
         if isinstance(message, wire.JobEvent):
             session.deliver(message.job_id, message.sealed_event)
+        elif isinstance(message, wire.JobReceipt):
+            session.take_receipt(message.job_id, message.receipt)
         elif isinstance(message, wire.ChallengeAnswer):
             session.take_answer(message)
         elif isinstance(message, wire.Heartbeat):

@@ -1,0 +1,59 @@
+"""Stored receipts: a job's verified provider receipt, readable only by the account it
+served. Receipts hold hashes, counts and keys — never prompt or completion text."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+
+from moonflower.ledger.database import Database
+from moonflower.ledger.tables import StoredReceipt
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptRecord:
+    job_id: str
+    account_id: str
+    provider_id: str
+    receipt_json: str
+    signature: str
+    signing_public_key: str
+    """Base64 P-256 point of the provider key that signed it (from its attested statement)."""
+
+
+async def store_receipt(db: Database, record: ReceiptRecord) -> None:
+    async with db.sessions() as session, session.begin():
+        session.add(
+            StoredReceipt(
+                job_id=record.job_id,
+                account_id=record.account_id,
+                provider_id=record.provider_id,
+                receipt_json=record.receipt_json,
+                signature=record.signature,
+                signing_public_key=record.signing_public_key,
+                created_at=datetime.now(UTC),
+            )
+        )
+
+
+async def find_receipt(db: Database, job_id: str, *, account_id: str) -> ReceiptRecord | None:
+    """The receipt of `job_id` if it belongs to `account_id`; None otherwise (unknown or
+    someone else's: the two are indistinguishable to the caller)."""
+    async with db.sessions() as session:
+        row = await session.scalar(
+            select(StoredReceipt).where(
+                StoredReceipt.job_id == job_id, StoredReceipt.account_id == account_id
+            )
+        )
+    if row is None:
+        return None
+    return ReceiptRecord(
+        job_id=row.job_id,
+        account_id=row.account_id,
+        provider_id=row.provider_id,
+        receipt_json=row.receipt_json,
+        signature=row.signature,
+        signing_public_key=row.signing_public_key,
+    )
