@@ -199,6 +199,32 @@ GenerationEvent = Annotated[
     Started | TextDelta | ReasoningDelta | ToolCallDelta | Finished | Failed,
     Field(discriminator="kind"),
 ]
-OutputEvent = TextDelta | ReasoningDelta | ToolCallDelta | Finished | Failed
-"""What a dialect renders: everything after `Started`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Receipted:
+    """The provider's verified receipt for the job, placed by the coordinator just before
+    the terminal event of a stream (never sent by a provider, never on the wire)."""
+
+    job_id: str
+    provider_id: str
+    receipt: str
+    signature: str
+    response_hash: str
+    kind: Literal["receipt"] = "receipt"
+
+    def payload(self) -> dict[str, str]:
+        return {
+            "job_id": self.job_id,
+            "provider_id": self.provider_id,
+            "receipt": self.receipt,
+            "signature": self.signature,
+            "response_hash": self.response_hash,
+        }
+
+
+GeneratedEvent = TextDelta | ReasoningDelta | ToolCallDelta | Finished | Failed
+"""What an engine produces after `Started`."""
+OutputEvent = GeneratedEvent | Receipted
+"""What a dialect renders: the generated events, and the coordinator's receipt event."""
 TerminalEvent = Finished | Failed

@@ -93,6 +93,9 @@ def client(net: InProcessNetwork, **headers: str) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=net.base_url, headers={**net.headers, **headers})
 
 
+RECEIPT_FIELDS = {"job_id", "provider_id", "receipt", "signature", "response_hash"}
+
+
 def sse(raw: str) -> list[tuple[str, dict[str, Any]]]:
     """(event name, data) pairs, each checked against the official document."""
     events = []
@@ -101,6 +104,8 @@ def sse(raw: str) -> list[tuple[str, dict[str, Any]]]:
         name, data = lines["event"], json.loads(lines["data"])
         if name == "ping":
             assert data == {"type": "ping"}
+        elif name == "moonflower_receipt":
+            assert set(data["receipt"]) == RECEIPT_FIELDS
         elif name == "error":
             assert_valid_anthropic("ErrorResponse", data)
         else:
@@ -115,6 +120,10 @@ def assemble(events: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
     one message_start first, blocks opened in index order and closed before the next opens,
     deltas only to the open block and of its kind, message_delta then message_stop last."""
     names = [name for name, _ in events]
+    if "moonflower_receipt" in names:  # the provider's receipt sits just before the end
+        assert names[-2] == "moonflower_receipt"
+        events = [e for e in events if e[0] != "moonflower_receipt"]
+        names = [name for name, _ in events]
     assert names[0] == "message_start" and names[-2:] == ["message_delta", "message_stop"]
     message = events[0][1]["message"]
     assert message["content"] == [] and message["stop_reason"] is None
@@ -189,10 +198,15 @@ async def test_a_whole_message_and_its_stream_have_anthropics_shapes(tmp_path: P
     assert whole["usage"]["cache_read_input_tokens"] == 0
     names = [name for name, _ in events]
     assert names[:3] == ["message_start", "content_block_start", "ping"]
-    assert set(names[3:-3]) == {"content_block_delta"}
-    assert names[-3:] == ["content_block_stop", "message_delta", "message_stop"]
+    assert set(names[3:-4]) == {"content_block_delta"}
+    assert names[-4:] == [
+        "content_block_stop",
+        "message_delta",
+        "moonflower_receipt",
+        "message_stop",
+    ]
     assert events[0][1]["message"]["usage"]["input_tokens"] == 1
-    assert events[-2][1]["usage"]["output_tokens"] == 3
+    assert events[-3][1]["usage"]["output_tokens"] == 3
     assert without_ids(assemble(events)) == without_ids(whole)
 
 

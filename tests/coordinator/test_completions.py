@@ -32,7 +32,14 @@ MODEL = "fake-model"
 
 
 def sse_payloads(raw: bytes) -> list[str]:
-    return [line[len("data: ") :] for line in raw.decode().split("\n") if line.startswith("data: ")]
+    """The `data:` payloads, less the provider's receipt chunk (an empty chunk, checked to
+    come at most once, just before the finish)."""
+    payloads = [
+        line[len("data: ") :] for line in raw.decode().split("\n") if line.startswith("data: ")
+    ]
+    receipts = [i for i, p in enumerate(payloads) if '"moonflower_receipt"' in p]
+    assert len(receipts) <= 1
+    return [p for p in payloads if '"moonflower_receipt"' not in p]
 
 
 def assert_valid_chunk(chunk: dict[str, Any]) -> None:

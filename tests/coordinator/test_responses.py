@@ -107,6 +107,9 @@ def parse_stream(raw: bytes) -> list[dict[str, Any]]:
 def assert_valid_stream(events: list[dict[str, Any]]) -> None:
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
     for event in events:
+        if event["type"] == "moonflower.receipt":  # ours: the provider's signed receipt
+            assert set(event["receipt"]) >= {"receipt", "signature", "response_hash"}
+            continue
         assert_valid_openai(EVENT_SCHEMAS[event["type"]], event)
         assert_valid_openai("ResponseStreamEvent", event)
 
@@ -123,7 +126,11 @@ async def stream(net: InProcessNetwork, payload: dict[str, Any]) -> list[dict[st
     assert b"[DONE]" not in response.content
     events = parse_stream(response.content)
     assert_valid_stream(events)
-    return events
+    # The provider's signed receipt comes once, just before the terminal event; the
+    # tests below look at OpenAI's own events.
+    receipts = [i for i, e in enumerate(events) if e["type"] == "moonflower.receipt"]
+    assert receipts == [len(events) - 2]
+    return [e for e in events if e["type"] != "moonflower.receipt"]
 
 
 async def test_a_string_input_gets_a_complete_response_object(tmp_path: Path) -> None:

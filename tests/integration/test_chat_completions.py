@@ -100,6 +100,19 @@ def test_stream_ends_with_exactly_one_done(network: LocalNetwork, api_key: str) 
     assert response.content.endswith(b"data: [DONE]\n\n")
     # Without include_usage no chunk carries a usage field.
     assert all("usage" not in orjson.loads(e) for e in events[:-1])
+    # The provider's signed receipt rides on an empty delta just before the finish chunk.
+    chunks = [orjson.loads(e) for e in events[:-1]]
+    receipt_at = [i for i, c in enumerate(chunks) if "moonflower_receipt" in c]
+    assert receipt_at == [len(chunks) - 2]
+    assert chunks[-2]["choices"][0]["delta"] == {}
+    assert chunks[-1]["choices"][0]["finish_reason"] is not None
+    assert set(chunks[-2]["moonflower_receipt"]) == {
+        "job_id",
+        "provider_id",
+        "receipt",
+        "signature",
+        "response_hash",
+    }
 
 
 def test_max_tokens_ends_with_length(client: openai.OpenAI) -> None:

@@ -20,13 +20,14 @@ from moonflower import errors, wire
 from moonflower.coordinator.channel import JobChannel
 from moonflower.coordinator.registry import ProviderSession, Registry
 from moonflower.coordinator.trust import TrustLevel
-from moonflower.crypto.receipt import ReceiptError, request_digest, verify_receipt
+from moonflower.crypto.receipt import ReceiptError, receipt_hash, request_digest, verify_receipt
 from moonflower.generation import (
     Failed,
     Finished,
     GenerationEvent,
     GenerationRequest,
     OutputEvent,
+    Receipted,
     Started,
     Usage,
 )
@@ -116,6 +117,14 @@ class Job:
             if isinstance(event, Finished | Failed):
                 event = await self._checked_by_receipt(event)
                 self.outcome = event
+                if self.receipt is not None:
+                    yield Receipted(
+                        job_id=self.id,
+                        provider_id=self.provider.id,
+                        receipt=self.receipt.json_text,
+                        signature=self.receipt.signature,
+                        response_hash=receipt_hash(self.receipt.json_text),
+                    )
             elif self._first_token_ms is None:
                 self._first_token_ms = _elapsed_ms(self._t0)
             yield event

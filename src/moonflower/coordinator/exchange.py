@@ -23,6 +23,7 @@ from moonflower.generation import (
     Failed,
     Finished,
     ReasoningDelta,
+    Receipted,
     TextDelta,
     TokenLogprob,
     ToolCall,
@@ -177,7 +178,8 @@ async def collect(job: Job, request: Request) -> Completion:
                 if event.reason == "cancelled":
                     raise errors.ProviderFailed("The provider stopped the generation.")
                 return builder.build(event)
-            builder.add(event)
+            if not isinstance(event, Receipted):  # whole answers carry it in headers
+                builder.add(event)
         raise errors.ProviderFailed("The provider's stream ended without a result.")
 
     gathering = asyncio.create_task(gather())

@@ -26,6 +26,7 @@ from moonflower.generation import (
     Finished,
     OutputEvent,
     ReasoningDelta,
+    Receipted,
     TextDelta,
     ToolCall,
     ToolCallDelta,
@@ -98,6 +99,7 @@ class _MessageStream:
         self.open_call: int | None = None
         self.next_index = 0
         self.calls: dict[int, tuple[str, str]] = {}
+        self.receipt: Receipted | None = None
 
     async def frames(self, events: AsyncIterator[OutputEvent]) -> AsyncIterator[bytes]:
         start = self.renderer.envelope([], None, None, usage(self.renderer.prompt_tokens, 0))
@@ -127,6 +129,9 @@ class _MessageStream:
                     self._delta({"type": "input_json_delta", "partial_json": event.arguments})
                 )
             return frames
+        if isinstance(event, Receipted):
+            self.receipt = event
+            return []
         if isinstance(event, Finished) and event.reason != "cancelled":
             return self._finish(event)
         return [_event("error", anthropic_errors.stream_error(event))]
@@ -192,6 +197,11 @@ class _MessageStream:
             "usage": delta_usage(self.renderer.prompt_tokens, finished.usage.completion_tokens),
         }
         frames.append(_event("message_delta", message_delta))
+        if self.receipt is not None:
+            # The provider's signed receipt, just before the terminal event, under an event
+            # name Anthropic does not use: its SDKs skip events they do not know.
+            payload = {"type": "moonflower_receipt", "receipt": self.receipt.payload()}
+            frames.append(_event("moonflower_receipt", payload))
         frames.append(_event("message_stop", {"type": "message_stop"}))
         return frames
 

@@ -13,6 +13,8 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
+
 from moonflower.coordinator import sse
 from moonflower.coordinator.dialects import openai_errors
 from moonflower.coordinator.exchange import Completion
@@ -20,6 +22,7 @@ from moonflower.generation import (
     Finished,
     OutputEvent,
     ReasoningDelta,
+    Receipted,
     TextDelta,
     TokenLogprob,
     ToolCall,
@@ -94,6 +97,12 @@ class ChatRenderer:
             body["usage"] = None
         return sse.frame(body)
 
+    def receipt_chunk(self, receipted: Receipted, *, with_usage: bool) -> bytes:
+        """The provider's signed receipt, riding on an empty delta just before the finish
+        chunk: every client already takes empty deltas, and nothing else changes."""
+        chunk = orjson.loads(self.chunk({}, None, with_usage=with_usage)[len(b"data: ") :])
+        return sse.frame({**chunk, "moonflower_receipt": receipted.payload()})
+
     def usage_chunk(self, finished: Finished) -> bytes:
         return sse.frame(
             {
@@ -125,6 +134,8 @@ class ChatRenderer:
                 yield self.chunk(
                     {"tool_calls": [tool_call_delta(event)]}, None, with_usage=include_usage
                 )
+            elif isinstance(event, Receipted):
+                yield self.receipt_chunk(event, with_usage=include_usage)
             elif isinstance(event, Finished) and event.reason != "cancelled":
                 yield self.chunk({}, finish_reason(event), with_usage=include_usage)
                 if include_usage:

@@ -34,6 +34,7 @@ from moonflower.generation import (
     GenerationRequest,
     OutputEvent,
     ReasoningDelta,
+    Receipted,
     SamplingParams,
     TextDelta,
     TokenLogprob,
@@ -212,6 +213,10 @@ class CompletionRenderer:
                     yield self._chunk(event.text, event.logprobs, None, extra)
             elif isinstance(event, ReasoningDelta | ToolCallDelta):
                 continue  # the legacy API has no place for reasoning, and offers no tools
+            elif isinstance(event, Receipted):
+                # The provider's signed receipt, on an empty chunk before the finish.
+                chunk = {**self._envelope([self._choice("", (), None)]), **extra}
+                yield sse.frame({**chunk, "moonflower_receipt": event.payload()})
             elif isinstance(event, Finished) and event.reason != "cancelled":
                 yield self._chunk("", (), finish_reason(event), extra)
                 if include_usage:

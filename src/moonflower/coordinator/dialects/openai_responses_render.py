@@ -25,6 +25,7 @@ from moonflower.generation import (
     Finished,
     OutputEvent,
     ReasoningDelta,
+    Receipted,
     TextDelta,
     ToolCallDelta,
     Usage,
@@ -229,6 +230,7 @@ class ResponsesRenderer:
         self._items = _OutputItems()
         self._sequence = 0
         self._final: dict[str, Any] | None = None
+        self._receipt: Receipted | None = None
 
     def response(self, done: Completion) -> dict[str, Any]:
         """The whole `response` object for a finished generation."""
@@ -291,6 +293,9 @@ class ResponsesRenderer:
             return self._items.reasoning(event)
         if isinstance(event, ToolCallDelta):
             return self._items.tool_call(event)
+        if isinstance(event, Receipted):
+            self._receipt = event
+            return []
         if isinstance(event, Finished) and event.reason != "cancelled":
             is_cut_short = event.reason == "length"
             payloads = self._items.finish(is_cut_short=is_cut_short)
@@ -298,8 +303,19 @@ class ResponsesRenderer:
                 "incomplete" if is_cut_short else "completed"
             )
             self._final = self.body(status, usage=event.usage)
-            return [*payloads, {"type": f"response.{status}", "response": self._final}]
+            return [
+                *payloads,
+                *self._receipt_event(),
+                {"type": f"response.{status}", "response": self._final},
+            ]
         return self._failed(event)
+
+    def _receipt_event(self) -> list[dict[str, Any]]:
+        """The provider's signed receipt just before the terminal event. Not an OpenAI event
+        type: the SDKs pass unknown types through untouched."""
+        if self._receipt is None:
+            return []
+        return [{"type": "moonflower.receipt", "receipt": self._receipt.payload()}]
 
     def _failed(self, event: Finished | Failed) -> list[dict[str, Any]]:
         self._items.abandon()
@@ -312,7 +328,11 @@ class ResponsesRenderer:
             "message": described["message"],
             "param": described["param"],
         }
-        return [error_event, {"type": "response.failed", "response": self._final}]
+        return [
+            error_event,
+            *self._receipt_event(),
+            {"type": "response.failed", "response": self._final},
+        ]
 
     def _frame(self, payload: dict[str, Any]) -> bytes:
         kind = payload["type"]

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 from moonflower.generation import (
     FinishReason,
+    GeneratedEvent,
     GenerationRequest,
-    OutputEvent,
     TextDelta,
     TokenLogprob,
 )
@@ -84,7 +84,7 @@ class OutputAssembler:
         """The stop string that ended the output, if one did."""
         return self._scanner.stopped
 
-    def push(self, piece: bytes, logprob: TokenLogprob | None = None) -> list[OutputEvent]:
+    def push(self, piece: bytes, logprob: TokenLogprob | None = None) -> list[GeneratedEvent]:
         text = self._decoder.decode(piece)
         self._decoded += len(text)
         if text:
@@ -97,7 +97,7 @@ class OutputAssembler:
         self._released += len(released)
         return self._events(self._shaper.push(released) if released else [])
 
-    def finish(self, *, complete: bool) -> list[OutputEvent]:
+    def finish(self, *, complete: bool) -> list[GeneratedEvent]:
         """The events still held when generation ends. A character cut off by the end is
         dropped: its bytes alone are not text. `complete`: the model ended the output itself
         (end of generation or a stop string) rather than being cut short."""
@@ -111,7 +111,7 @@ class OutputAssembler:
         """`stop` becomes `tool_calls` when the output made a call."""
         return "tool_calls" if ended == "stop" and self._shaper.calls else ended
 
-    def _events(self, shaped: list[Shaped]) -> list[OutputEvent]:
+    def _events(self, shaped: list[Shaped]) -> list[GeneratedEvent]:
         consumed = self._released - self._shaper.held
         ready: list[TokenLogprob] = []
         while self._waiting:
@@ -119,7 +119,7 @@ class OutputAssembler:
             if end is None or end > consumed:
                 break
             ready.append(self._waiting.popleft().logprob)
-        events: list[OutputEvent] = []
+        events: list[GeneratedEvent] = []
         for item in shaped:
             if isinstance(item, str):
                 # Tokens spent on tool calls have no text delta to ride on and are dropped.
