@@ -16,10 +16,17 @@ wire shapes: each dialect owns exactly one mapping from these to its own error b
     ├── ProviderFailed            the provider broke or went away mid-job
     ├── UpstreamTimeout           the provider did not answer in time
     ├── ProtocolError             a peer sent a message the wire protocol does not allow
+    ├── TrustFailure              something signed or sealed did not hold (`reason` says why)
+    │   ├── AttestationError      a statement or challenge status
+    │   ├── ReceiptError          a job receipt
+    │   ├── MdaError              an Apple device attestation chain
+    │   └── SealError             a sealed value would not seal or open
     └── ProviderSetupError        a provider cannot start as asked
         ├── ModelSourceError      the model spec names nothing loadable
         ├── EngineUnavailable     unknown engine, or its library is not installed
-        └── RegistrationRejected  the coordinator refused this provider
+        ├── RegistrationRejected  the coordinator refused this provider
+        ├── KeyFileError          the signing-key file is unsafe or unreadable
+        └── CodeIdentityUnavailable  the running code cannot be hashed
 
 Messages never quote prompt or completion text.
 """
@@ -130,6 +137,38 @@ class ChatTemplateRejected(InvalidRequest):
         )
 
 
+class TrustFailure(MoonflowerError):
+    """Something signed or sealed did not hold. `reason` is a short code for machines (each
+    raising module lists its own); messages never carry secrets or payloads."""
+
+    what = "check"
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{self.what} rejected ({reason}): {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class AttestationError(TrustFailure):
+    code = "attestation_failed"
+    what = "attestation"
+
+
+class ReceiptError(TrustFailure):
+    code = "receipt_invalid"
+    what = "receipt"
+
+
+class MdaError(TrustFailure):
+    code = "device_attestation_invalid"
+    what = "Apple device attestation"
+
+
+class SealError(TrustFailure):
+    code = "seal_failed"
+    what = "sealed value"
+
+
 class ProviderSetupError(MoonflowerError):
     code = "provider_setup"
 
@@ -161,3 +200,15 @@ def from_failure(failure: Failed) -> MoonflowerError:
     if failure.code == "timeout":
         return UpstreamTimeout(failure.message)
     return ProviderFailed(failure.message)
+
+
+class KeyFileError(ProviderSetupError):
+    """The signing-key file cannot be used: unsafe permissions, not a file, or not a key."""
+
+    code = "signing_key_unusable"
+
+
+class CodeIdentityUnavailable(ProviderSetupError):
+    """The code or runtime to hash cannot be read, so the provider cannot say what it runs."""
+
+    code = "code_identity_unavailable"

@@ -13,8 +13,9 @@ import asyncio
 import logging
 
 from moonflower import errors, wire
-from moonflower.crypto.envelope import EncryptionKeyPair, SealedChannel, SealError
+from moonflower.crypto.envelope import EncryptionKeyPair, SealedChannel
 from moonflower.crypto.signing import b64e
+from moonflower.errors import SealError
 from moonflower.generation import Failed, GenerationEvent, GenerationRequest
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,8 @@ from moonflower import errors, wire
 from moonflower.coordinator.channel import JobChannel
 from moonflower.coordinator.registry import ProviderSession, Registry
 from moonflower.coordinator.trust import TrustLevel
-from moonflower.crypto.receipt import ReceiptError, receipt_hash, request_digest, verify_receipt
+from moonflower.crypto.receipt import receipt_hash, request_digest, verify_receipt
+from moonflower.errors import ReceiptError
 from moonflower.generation import (
     Failed,
     Finished,

@@ -17,8 +17,9 @@ import time
 from dataclasses import dataclass, field
 
 from moonflower import wire
-from moonflower.crypto.statement import AttestationError, Statement, verify_statement
+from moonflower.crypto.statement import Statement, verify_statement
 from moonflower.crypto.status import Challenge, ChallengeStatus, verify_status
+from moonflower.errors import AttestationError
 from moonflower.provider.posture import is_negative
 from moonflower.settings import CoordinatorSettings
 

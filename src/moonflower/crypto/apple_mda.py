@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import ExtensionOID
 
 from moonflower.crypto.apple_roots import apple_enterprise_attestation_root
-from moonflower.errors import MoonflowerError
+from moonflower.errors import MdaError
 
 MdaReason = Literal[
     "malformed",  # not a parseable chain, or a certificate or OID value breaks the format
@@ -78,16 +78,6 @@ _HANDLED_CRITICAL: Final = frozenset(
         ExtensionOID.SUBJECT_ALTERNATIVE_NAME,
     }
 )
-
-
-class MdaError(MoonflowerError):
-    """An Apple device attestation chain was rejected; `reason` is one `MdaReason`."""
-
-    code = "device_attestation_invalid"
-
-    def __init__(self, reason: MdaReason, detail: str) -> None:
-        super().__init__(f"Apple device attestation rejected ({reason}): {detail}")
-        self.reason: MdaReason = reason
 
 
 @dataclass(frozen=True)

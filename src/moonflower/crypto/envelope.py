@@ -24,28 +24,13 @@ import nacl.utils
 
 from moonflower.crypto.canonical import sha256_hex
 from moonflower.crypto.signing import b64d, b64e
-from moonflower.errors import MoonflowerError
+from moonflower.errors import SealError
 
 KEY_BYTES = 32
 NONCE_BYTES = nacl.public.Box.NONCE_SIZE
 TAG_BYTES = 16
 
 SealErrorReason = Literal["malformed", "bad_key", "open_failed"]
-
-
-class SealError(MoonflowerError):
-    """A value could not be sealed or opened.
-
-    `reason`: `malformed` (not base64, or shorter than a nonce and a tag), `bad_key` (a
-    public key that is not 32 bytes or gives no usable shared secret), `open_failed` (wrong
-    key, or the value was changed after sealing).
-    """
-
-    code = "seal_failed"
-
-    def __init__(self, reason: SealErrorReason, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 class EncryptionKeyPair:

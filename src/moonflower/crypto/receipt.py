@@ -46,7 +46,7 @@ from moonflower.crypto.signing import (
     verify_signature,
 )
 from moonflower.crypto.statement import MAX_SIGNED_BYTES, SIGNED_FORMAT, Count, UnixSeconds
-from moonflower.errors import MoonflowerError
+from moonflower.errors import ReceiptError
 from moonflower.generation import GenerationRequest, ToolCall
 
 RECEIPT_VERSION: Final = 1
@@ -65,22 +65,6 @@ ReceiptReason = Literal[
     "request_mismatch",
     "output_mismatch",
 ]
-
-
-class ReceiptError(MoonflowerError):
-    """A receipt was rejected; `reason` says why, for machines.
-
-    `malformed`, `not_canonical`, `unsupported_version`, `bad_signature`, `key_mismatch`
-    (names another key's fingerprint), and — when the verifier said what to expect —
-    `job_mismatch`, `model_mismatch`, `request_mismatch`, `output_mismatch`.
-    """
-
-    code = "receipt_invalid"
-
-    def __init__(self, reason: ReceiptReason, detail: str) -> None:
-        super().__init__(f"receipt rejected ({reason}): {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 @dataclass(frozen=True, kw_only=True, config=SIGNED_FORMAT)

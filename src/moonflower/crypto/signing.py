@@ -26,17 +26,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from moonflower.crypto.canonical import sha256_hex
-from moonflower.errors import ProviderSetupError
+from moonflower.errors import KeyFileError
 
 KeyStorage = Literal["software", "secure_enclave"]
 PUBLIC_KEY_BYTES = 65
 _ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
-
-
-class KeyFileError(ProviderSetupError):
-    """The signing-key file cannot be used: unsafe permissions, not a file, or not a key."""
-
-    code = "signing_key_unusable"
 
 
 class Signer(Protocol):

@@ -40,7 +40,7 @@ from moonflower.crypto.signing import (
     key_fingerprint,
     verify_signature,
 )
-from moonflower.errors import MoonflowerError
+from moonflower.errors import AttestationError
 
 STATEMENT_VERSION: Final = 1
 MAX_SIGNED_BYTES = 64 * 1024
@@ -61,24 +61,6 @@ AttestationReason = Literal[
     "future",
     "late",
 ]
-
-
-class AttestationError(MoonflowerError):
-    """A statement or challenge status was rejected; `reason` says why, for machines.
-
-    `malformed` (not UTF-8 JSON of the right shape, or too large), `not_canonical` (valid
-    and signed, but not the canonical bytes), `unsupported_version`, `bad_key` (the
-    statement's signing key is not a P-256 point), `bad_signature`, `key_mismatch` (a status
-    names another key's fingerprint), `nonce_mismatch` (answers another challenge),
-    `stale` / `future` (timestamp outside the window), `late` (answered after the deadline).
-    """
-
-    code = "attestation_failed"
-
-    def __init__(self, reason: AttestationReason, detail: str) -> None:
-        super().__init__(f"attestation rejected ({reason}): {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 def _signing_key(text: str) -> str:

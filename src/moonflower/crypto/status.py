@@ -25,7 +25,6 @@ from moonflower.crypto.signing import Signer, b64d, b64e, key_fingerprint, verif
 from moonflower.crypto.statement import (
     SIGNED_FORMAT,
     STATEMENT_VERSION,
-    AttestationError,
     ModelHashes,
     Posture,
     UnixSeconds,
@@ -34,6 +33,7 @@ from moonflower.crypto.statement import (
     signature_bytes,
     signed_bytes,
 )
+from moonflower.errors import AttestationError
 
 NONCE_BYTES = 32
 CHALLENGE_DEADLINE_S = 30.0

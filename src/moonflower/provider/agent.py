@@ -19,8 +19,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidHandshake, InvalidURI, WebSocketException
 
 from moonflower import __version__, errors, wire
-from moonflower.crypto.envelope import EncryptionKeyPair, SealedChannel, SealError
+from moonflower.crypto.envelope import EncryptionKeyPair, SealedChannel
 from moonflower.crypto.signing import Signer, b64d, b64e
+from moonflower.errors import SealError
 from moonflower.generation import Failed, GenerationEvent
 from moonflower.provider.engines.base import Engine
 from moonflower.provider.identity import ProviderIdentity

@@ -37,17 +37,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import moonflower
-from moonflower.errors import ProviderSetupError
+from moonflower.errors import CodeIdentityUnavailable
 
 _SKIPPED_DIRECTORIES = frozenset({"__pycache__"})
 _SKIPPED_SUFFIXES = (".pyc", ".pyo")
 _PROC_SELF_MAPS = Path("/proc/self/maps")
-
-
-class CodeIdentityUnavailable(ProviderSetupError):
-    """The code or runtime to hash cannot be read, so the provider cannot say what it runs."""
-
-    code = "code_identity_unavailable"
 
 
 def package_root() -> Path:
