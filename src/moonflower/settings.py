@@ -6,6 +6,7 @@ Every field can be set as `MOONFLOWER_<FIELD>` in the environment; CLI flags ove
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -42,6 +43,12 @@ class CoordinatorSettings(BaseSettings):
     challenge_slack_s: float = Field(default=60.0, ge=0)
     """Routing needs a challenge passed within `challenge_interval_s` plus this slack."""
     attestation_max_age_s: float = Field(default=300.0, gt=0)
+    mda_root_pems: tuple[str, ...] = ()
+    """PEM roots for device attestation chains; empty means Apple's Enterprise Attestation
+    Root CA (the only one a real Mac chains to)."""
+    mda_key_binding: Literal["leaf_key", "freshness"] = "freshness"
+    """How a chain binds the provider's signing key: Apple's MDM leaf certifies Apple's own
+    key, so the freshness code carries SHA-256 over the nonce and the signing key."""
     receipt_timeout_s: float = Field(default=10.0, gt=0)
     """How long after a job's last event its provider's receipt may take to arrive."""
     blessed_code_hashes: frozenset[str] = frozenset()

@@ -15,11 +15,16 @@ import enum
 import logging
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from cryptography import x509
 
 from moonflower import wire
+from moonflower.crypto.apple_mda import verify_mda_chain
+from moonflower.crypto.signing import b64d
 from moonflower.crypto.statement import Statement, verify_statement
 from moonflower.crypto.status import Challenge, ChallengeStatus, verify_status
-from moonflower.errors import AttestationError
+from moonflower.errors import AttestationError, MdaError
 from moonflower.provider.posture import is_negative
 from moonflower.settings import CoordinatorSettings
 
@@ -128,7 +133,38 @@ class ProviderTrust:
         except AttestationError as exc:
             return exc.reason
         self._check_status(status)
+        if answer.mda_chain:
+            self._check_device(answer.mda_chain, challenge, settings)
         return None
+
+    def _check_device(
+        self, chain: tuple[str, ...], challenge: Challenge, settings: CoordinatorSettings
+    ) -> None:
+        """`hardware` needs an Apple attestation chain that binds the signing key and this
+        challenge's nonce, attests the serial the statement names, and a secure boot state.
+        A chain that fails grants nothing (and takes nothing away)."""
+        assert self.statement is not None
+        roots = [x509.load_pem_x509_certificate(p.encode()) for p in settings.mda_root_pems]
+        try:
+            device = verify_mda_chain(
+                [b64d(item) for item in chain],
+                expected_public_key=self.statement.signing_key,
+                nonce=b64d(challenge.nonce),
+                now=datetime.now(UTC),
+                roots=roots or None,
+                key_binding=settings.mda_key_binding,
+            )
+        except (MdaError, ValueError) as exc:
+            log.info("device attestation refused: %s", exc)
+            return
+        serial = self.statement.hardware.serial
+        self.is_hardware = (
+            serial is not None
+            and device.serial == serial
+            and device.sip_enabled is not False
+            and device.secure_boot in (None, "Full Security")
+            and device.third_party_kexts_allowed is not True
+        )
 
     def _check_status(self, status: ChallengeStatus) -> None:
         """A negative posture or a changed code or model hash ends trust at once."""
