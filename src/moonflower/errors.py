@@ -16,6 +16,7 @@ wire shapes: each dialect owns exactly one mapping from these to its own error b
     ├── ProviderFailed            the provider broke or went away mid-job
     ├── UpstreamTimeout           the provider did not answer in time
     ├── ProtocolError             a peer sent a message the wire protocol does not allow
+    ├── UnreadableResponse        a saved answer is not a body or stream of its dialect
     ├── TrustFailure              something signed or sealed did not hold (`reason` says why)
     │   ├── AttestationError      a statement or challenge status
     │   ├── ReceiptError          a job receipt
@@ -135,6 +136,12 @@ class ChatTemplateRejected(InvalidRequest):
         super().__init__(
             f"The model's chat template rejected the messages: {reason}", param="messages"
         )
+
+
+class UnreadableResponse(MoonflowerError):
+    """A saved answer is not a body or stream of the dialect it was read as."""
+
+    code = "unreadable_response"
 
 
 class TrustFailure(MoonflowerError):

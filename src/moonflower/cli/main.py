@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from moonflower.cli import chat, coordinator, keys, provider, up
+from moonflower.cli import chat, coordinator, keys, provider, up, verify
 
 app = typer.Typer(
     name="moonflower",
@@ -17,6 +17,7 @@ app.add_typer(provider.app, name="provider")
 app.add_typer(keys.app, name="keys")
 app.command("up")(up.up)
 app.command("chat")(chat.chat)
+app.command("verify")(verify.verify)
 
 
 def run() -> None:

@@ -2,8 +2,9 @@
 
 - `moonflower.client.verify`: check an answer against the provider's signed receipt and
   attested statement, offline, as a list of named checks.
-- `moonflower.client.recorded`: read what was received (a whole body or a recorded stream of
-  any dialect) into the form a receipt hashes, with the receipt a stream carried.
+- `moonflower.client.recorded`: read what was received in a whole body of any dialect into
+  the form a receipt hashes; `moonflower.client.recorded_stream` the same from a recorded
+  stream, with the receipt the stream carried.
 
 Importing this package does nothing.
 """
