@@ -32,8 +32,10 @@ from moonflower.coordinator.routes import (
     receipts,
     responses,
 )
+from moonflower.coordinator.sealed_transport import SealedTransport
 from moonflower.coordinator.services import Services, json_response
 from moonflower.coordinator.trust import TrustLevel
+from moonflower.crypto.envelope import EncryptionKeyPair
 from moonflower.ledger.database import Database, default_database_url
 from moonflower.settings import CoordinatorSettings
 
@@ -56,7 +58,12 @@ async def build_services(settings: CoordinatorSettings) -> Services:
     )
 
 
-def create_app(settings: CoordinatorSettings, services: Services | None = None) -> FastAPI:
+def create_app(
+    settings: CoordinatorSettings,
+    services: Services | None = None,
+    *,
+    transport_keys: EncryptionKeyPair | None = None,
+) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         built = services or await build_services(settings)
@@ -77,6 +84,8 @@ def create_app(settings: CoordinatorSettings, services: Services | None = None) 
     app.include_router(attestation.router)
     app.include_router(receipts.router)
     install_error_handlers(app)
+    # Consumers may seal requests to this key (per process; `GET /v1/encryption-key`).
+    app.add_middleware(SealedTransport, keys=transport_keys or EncryptionKeyPair.generate())
 
     @app.api_route(
         "/v1/{path:path}",
