@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from starlette.requests import Request
+from starlette.responses import Response
 
 from moonflower import errors
+from moonflower.coordinator import sse
 from moonflower.coordinator.dispatch import Job
+from moonflower.coordinator.services import json_response
 from moonflower.coordinator.trust import TrustLevel
 from moonflower.crypto.receipt import receipt_hash
 from moonflower.generation import (
@@ -163,6 +167,26 @@ class CompletionBuilder:
             logprobs=self.logprobs,
             finished=finished,
         )
+
+
+async def answer(
+    job: Job,
+    request: Request,
+    *,
+    stream: Callable[[], AsyncIterator[bytes]] | None,
+    whole: Callable[[Completion], Any],
+) -> Response:
+    """The response to an accepted job: the dialect's SSE stream when `stream` is given,
+    else the dialect's whole body once the job ends. Either way the job is closed (and so
+    cancelled if the client leaves) and its headers say who served it."""
+    headers = job_headers(job)
+    if stream is not None:
+        return sse.EventStreamResponse(stream(), on_close=job.close, headers=headers)
+    try:
+        completion = await collect(job, request)
+    finally:
+        await job.close()
+    return json_response(whole(completion), headers={**headers, **receipt_headers(job)})
 
 
 async def collect(job: Job, request: Request) -> Completion:

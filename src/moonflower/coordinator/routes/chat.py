@@ -12,17 +12,10 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from moonflower.coordinator import sse
 from moonflower.coordinator.auth import authenticate
 from moonflower.coordinator.dialects import openai_chat, openai_chat_render
-from moonflower.coordinator.exchange import (
-    collect,
-    job_headers,
-    read_json,
-    receipt_headers,
-    trust_floor,
-)
-from moonflower.coordinator.services import Services, json_response
+from moonflower.coordinator.exchange import answer, read_json, trust_floor
+from moonflower.coordinator.services import Services
 
 router = APIRouter()
 
@@ -39,14 +32,11 @@ async def chat_completions(request: Request) -> Response:
         prompt_tokens=job.prompt_tokens,
         has_logprobs=call.request.logprobs is not None,
     )
-    headers = job_headers(job)
-    if call.is_stream:
-        body = renderer.stream(job.events(), include_usage=call.include_usage)
-        return sse.EventStreamResponse(body, on_close=job.close, headers=headers)
-    try:
-        completion = await collect(job, request)
-    finally:
-        await job.close()
-    return json_response(
-        renderer.completion(completion), headers={**headers, **receipt_headers(job)}
+    return await answer(
+        job,
+        request,
+        stream=(lambda: renderer.stream(job.events(), include_usage=call.include_usage))
+        if call.is_stream
+        else None,
+        whole=renderer.completion,
     )

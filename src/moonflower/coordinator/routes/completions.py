@@ -12,17 +12,10 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from moonflower.coordinator import sse
 from moonflower.coordinator.auth import authenticate
 from moonflower.coordinator.dialects import openai_completions
-from moonflower.coordinator.exchange import (
-    collect,
-    job_headers,
-    read_json,
-    receipt_headers,
-    trust_floor,
-)
-from moonflower.coordinator.services import Services, json_response
+from moonflower.coordinator.exchange import answer, read_json, trust_floor
+from moonflower.coordinator.services import Services
 
 router = APIRouter()
 
@@ -34,14 +27,11 @@ async def completions(request: Request) -> Response:
     call = openai_completions.parse(await read_json(request))
     job = await services.dispatcher.start(call.request, caller, trust_floor(request))
     renderer = openai_completions.CompletionRenderer(call, fingerprint="fp_" + job.card.sha256[:12])
-    headers = job_headers(job)
-    if call.is_stream:
-        body = renderer.stream(job.events(), include_usage=call.include_usage)
-        return sse.EventStreamResponse(body, on_close=job.close, headers=headers)
-    try:
-        completion = await collect(job, request)
-    finally:
-        await job.close()
-    return json_response(
-        renderer.completion(completion), headers={**headers, **receipt_headers(job)}
+    return await answer(
+        job,
+        request,
+        stream=(lambda: renderer.stream(job.events(), include_usage=call.include_usage))
+        if call.is_stream
+        else None,
+        whole=renderer.completion,
     )

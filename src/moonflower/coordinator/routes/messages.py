@@ -13,16 +13,9 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from moonflower.coordinator import sse
 from moonflower.coordinator.auth import authenticate
 from moonflower.coordinator.dialects import anthropic_messages, anthropic_render
-from moonflower.coordinator.exchange import (
-    collect,
-    job_headers,
-    read_json,
-    receipt_headers,
-    trust_floor,
-)
+from moonflower.coordinator.exchange import answer, job_headers, read_json, trust_floor
 from moonflower.coordinator.services import Services, json_response
 
 router = APIRouter()
@@ -37,15 +30,12 @@ async def create_message(request: Request) -> Response:
     renderer = anthropic_render.MessageRenderer(
         model=call.request.model, prompt_tokens=job.prompt_tokens, is_thinking=call.is_thinking
     )
-    headers = job_headers(job)
-    if call.is_stream:
-        body = renderer.stream(job.events())
-        return sse.EventStreamResponse(body, on_close=job.close, headers=headers)
-    try:
-        completion = await collect(job, request)
-    finally:
-        await job.close()
-    return json_response(renderer.message(completion), headers={**headers, **receipt_headers(job)})
+    return await answer(
+        job,
+        request,
+        stream=(lambda: renderer.stream(job.events())) if call.is_stream else None,
+        whole=renderer.message,
+    )
 
 
 @router.post("/v1/messages/count_tokens")

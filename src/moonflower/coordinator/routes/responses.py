@@ -11,17 +11,10 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from moonflower.coordinator import sse
 from moonflower.coordinator.auth import authenticate
 from moonflower.coordinator.dialects import openai_responses, openai_responses_render
-from moonflower.coordinator.exchange import (
-    collect,
-    job_headers,
-    read_json,
-    receipt_headers,
-    trust_floor,
-)
-from moonflower.coordinator.services import Services, json_response
+from moonflower.coordinator.exchange import answer, read_json, trust_floor
+from moonflower.coordinator.services import Services
 
 router = APIRouter()
 
@@ -37,12 +30,9 @@ async def responses(request: Request) -> Response:
         max_output_tokens=job.request.max_tokens,
         echo=call.echo,
     )
-    headers = job_headers(job)
-    if call.is_stream:
-        body = renderer.stream(job.events())
-        return sse.EventStreamResponse(body, on_close=job.close, headers=headers)
-    try:
-        completion = await collect(job, request)
-    finally:
-        await job.close()
-    return json_response(renderer.response(completion), headers={**headers, **receipt_headers(job)})
+    return await answer(
+        job,
+        request,
+        stream=(lambda: renderer.stream(job.events())) if call.is_stream else None,
+        whole=renderer.response,
+    )
