@@ -10,6 +10,8 @@ wire shapes: each dialect owns exactly one mapping from these to its own error b
     │   ├── ChatTemplateMissing   the model cannot format chat messages at all
     │   └── ChatTemplateRejected  the model's own template refused the conversation
     ├── AuthenticationFailed      missing, unknown or revoked API key
+    ├── PermissionDenied          a valid key that may not do this (admin, provider-only)
+    ├── InsufficientFunds         the account cannot cover the request's reservation
     ├── RouteNotFound             no such endpoint
     ├── ModelNotFound             no provider has ever served this model
     ├── NoProviderAvailable       the model is known but nobody serving it is connected
@@ -70,6 +72,26 @@ class BodyTooLarge(InvalidRequest):
 
 class AuthenticationFailed(MoonflowerError):
     code = "invalid_api_key"
+
+
+class PermissionDenied(MoonflowerError):
+    code = "permission_denied"
+
+
+class InsufficientFunds(MoonflowerError):
+    """Available credit (balance minus holds) is below what the request could cost."""
+
+    code = "insufficient_funds"
+
+    def __init__(self, *, needed_micro_usd: int, available_micro_usd: int) -> None:
+        super().__init__(
+            f"Insufficient funds: this request needs up to ${needed_micro_usd / 1e6:.6f} "
+            f"reserved but the account has ${available_micro_usd / 1e6:.6f} available. "
+            "Add credit, or lower max_tokens (the reservation assumes the whole token "
+            "budget is used)."
+        )
+        self.needed_micro_usd = needed_micro_usd
+        self.available_micro_usd = available_micro_usd
 
 
 class RouteNotFound(MoonflowerError):

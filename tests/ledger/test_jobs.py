@@ -23,6 +23,10 @@ from moonflower.ledger.keys import CreatedKey, create_key
 from moonflower.ledger.tables import Job, ServedModel
 
 JOB_COLUMNS = {
+    "billed_prompt_tokens",
+    "billed_completion_tokens",
+    "charged_micro_usd",
+    "receipt_hash",
     "id",
     "account_id",
     "key_id",

@@ -17,7 +17,18 @@ from moonflower.ledger.database import ALEMBIC_INI, Database, default_database_u
 from moonflower.ledger.keys import authenticate, create_key
 from moonflower.ledger.tables import Base
 
-LEDGER_TABLES = {"accounts", "api_keys", "jobs", "served_models", "receipts"}
+LEDGER_TABLES = {
+    "accounts",
+    "api_keys",
+    "jobs",
+    "served_models",
+    "receipts",
+    "ledger_transactions",
+    "ledger_entries",
+    "holds",
+    "model_prices",
+    "pricing_policy",
+}
 
 
 def _head() -> str | None:

@@ -8,6 +8,7 @@ field that could hold it. Money is not handled here.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,28 +35,26 @@ class JobRecord:
     first_token_ms: int | None
     duration_ms: int
     error_code: str | None
+    billed_prompt_tokens: int = 0
+    billed_completion_tokens: int = 0
+    """The counts the consumer paid for (see `moonflower.ledger.billing`)."""
+    charged_micro_usd: int = 0
+    receipt_hash: str | None = None
+    """Hex SHA-256 of the provider's verified receipt, when there is one."""
 
 
 async def record_job(db: Database, record: JobRecord) -> None:
     """Store one finished job; `created_at` must be timezone-aware."""
     async with db.sessions.begin() as session:
-        session.add(
-            Job(
-                id=record.id,
-                account_id=record.account_id,
-                key_id=record.key_id,
-                model=record.model,
-                provider_id=record.provider_id,
-                status=record.status,
-                finish_reason=record.finish_reason,
-                prompt_tokens=record.prompt_tokens,
-                completion_tokens=record.completion_tokens,
-                created_at=record.created_at,
-                first_token_ms=record.first_token_ms,
-                duration_ms=record.duration_ms,
-                error_code=record.error_code,
-            )
-        )
+        session.add(job_row(record))
+
+
+def job_row(record: JobRecord) -> Job:
+    return Job(**dataclasses.asdict(record))
+
+
+def _record(job: Job) -> JobRecord:
+    return JobRecord(**{f.name: getattr(job, f.name) for f in dataclasses.fields(JobRecord)})
 
 
 async def list_jobs(
@@ -69,24 +68,7 @@ async def list_jobs(
         query = query.where(Job.account_id == account_id)
     async with db.sessions() as session:
         jobs = (await session.execute(query)).scalars().all()
-    return [
-        JobRecord(
-            id=job.id,
-            account_id=job.account_id,
-            key_id=job.key_id,
-            model=job.model,
-            provider_id=job.provider_id,
-            status=job.status,
-            finish_reason=job.finish_reason,
-            prompt_tokens=job.prompt_tokens,
-            completion_tokens=job.completion_tokens,
-            created_at=job.created_at,
-            first_token_ms=job.first_token_ms,
-            duration_ms=job.duration_ms,
-            error_code=job.error_code,
-        )
-        for job in jobs
-    ]
+    return [_record(job) for job in jobs]
 
 
 async def note_models_served(db: Database, model_ids: Iterable[str]) -> None:

@@ -25,17 +25,19 @@ class ReceiptRecord:
 
 async def store_receipt(db: Database, record: ReceiptRecord) -> None:
     async with db.sessions() as session, session.begin():
-        session.add(
-            StoredReceipt(
-                job_id=record.job_id,
-                account_id=record.account_id,
-                provider_id=record.provider_id,
-                receipt_json=record.receipt_json,
-                signature=record.signature,
-                signing_public_key=record.signing_public_key,
-                created_at=datetime.now(UTC),
-            )
-        )
+        session.add(receipt_row(record))
+
+
+def receipt_row(record: ReceiptRecord) -> StoredReceipt:
+    return StoredReceipt(
+        job_id=record.job_id,
+        account_id=record.account_id,
+        provider_id=record.provider_id,
+        receipt_json=record.receipt_json,
+        signature=record.signature,
+        signing_public_key=record.signing_public_key,
+        created_at=datetime.now(UTC),
+    )
 
 
 async def find_receipt(db: Database, job_id: str, *, account_id: str) -> ReceiptRecord | None:

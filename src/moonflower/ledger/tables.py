@@ -11,11 +11,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import (
+    BigInteger,
     CheckConstraint,
     DateTime,
     Dialect,
     ForeignKey,
     Index,
+    Integer,
     MetaData,
     String,
     Text,
@@ -62,11 +64,29 @@ class Base(DeclarativeBase):
     type_annotation_map = {datetime: UTCDateTime()}  # noqa: RUF012 (SQLAlchemy reads it)
 
 
+MicroUSD = BigInteger
+"""Money column type: whole micro-USD (1 USD = 1 000 000), never floats."""
+
+
 class Account(Base):
+    """Someone money can belong to. `balance` is the sum of the account's ledger entries,
+    kept here so a hold can be taken with one conditional UPDATE; `held` is the sum of its
+    open holds. Only the `external` account (the world outside) may go below zero."""
+
     __tablename__ = "accounts"
+    __table_args__ = (
+        CheckConstraint("kind IN ('consumer', 'provider', 'platform', 'external')", name="kind"),
+        CheckConstraint(
+            "kind = 'external' OR (held_micro_usd >= 0 AND balance_micro_usd >= held_micro_usd)",
+            name="covered",
+        ),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
+    kind: Mapped[str] = mapped_column(String(16), server_default="consumer")
+    balance_micro_usd: Mapped[int] = mapped_column(MicroUSD, server_default="0")
+    held_micro_usd: Mapped[int] = mapped_column(MicroUSD, server_default="0")
     created_at: Mapped[datetime]
 
 
@@ -79,6 +99,8 @@ class ApiKey(Base):
     account_id: Mapped[str] = mapped_column(String(32), ForeignKey("accounts.id"), index=True)
     key_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
     display_prefix: Mapped[str] = mapped_column(String(16))
+    purpose: Mapped[str] = mapped_column(String(16), server_default="api")
+    """"api" keys call the API; "provider" tokens connect providers that earn for the account."""
     name: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime]
     last_used_at: Mapped[datetime | None]
@@ -94,6 +116,11 @@ class Job(Base):
         CheckConstraint(
             "prompt_tokens >= 0 AND completion_tokens >= 0 AND duration_ms >= 0",
             name="non_negative",
+        ),
+        CheckConstraint(
+            "charged_micro_usd >= 0 AND billed_prompt_tokens >= 0 "
+            "AND billed_completion_tokens >= 0",
+            name="billed_non_negative",
         ),
         Index("ix_jobs_account_id_created_at", "account_id", "created_at"),
     )
@@ -111,6 +138,10 @@ class Job(Base):
     first_token_ms: Mapped[int | None]
     duration_ms: Mapped[int]
     error_code: Mapped[str | None] = mapped_column(String(64))
+    billed_prompt_tokens: Mapped[int] = mapped_column(server_default="0")
+    billed_completion_tokens: Mapped[int] = mapped_column(server_default="0")
+    charged_micro_usd: Mapped[int] = mapped_column(MicroUSD, server_default="0")
+    receipt_hash: Mapped[str | None] = mapped_column(String(64))
 
 
 class ServedModel(Base):
@@ -135,3 +166,96 @@ class StoredReceipt(Base):
     signature: Mapped[str] = mapped_column(Text)
     signing_public_key: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime]
+
+
+class LedgerTransaction(Base):
+    """One movement of money: its entries sum to zero. A settlement is unique per job."""
+
+    __tablename__ = "ledger_transactions"
+    __table_args__ = (
+        CheckConstraint("kind IN ('deposit', 'settlement', 'withdrawal')", name="kind"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    job_id: Mapped[str | None] = mapped_column(String(128), unique=True)
+    memo: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class LedgerEntry(Base):
+    """One account's side of a transaction: positive credits it, negative debits it."""
+
+    __tablename__ = "ledger_entries"
+    __table_args__ = (
+        CheckConstraint(
+            "kind IN ('deposit', 'funding', 'charge', 'provider_share', 'platform_fee', "
+            "'withdrawal', 'payout')",
+            name="kind",
+        ),
+        Index("ix_ledger_entries_account_id_id", "account_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    transaction_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("ledger_transactions.id"), index=True
+    )
+    account_id: Mapped[str] = mapped_column(String(32), ForeignKey("accounts.id"))
+    kind: Mapped[str] = mapped_column(String(16))
+    amount_micro_usd: Mapped[int] = mapped_column(MicroUSD)
+
+
+class Hold(Base):
+    """Credit set aside for one job until it is settled or released."""
+
+    __tablename__ = "holds"
+    __table_args__ = (
+        CheckConstraint("status IN ('held', 'settled', 'released')", name="status"),
+        CheckConstraint("amount_micro_usd >= 0", name="non_negative"),
+        Index("ix_holds_status_created_at", "status", "created_at"),
+    )
+
+    job_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(32), ForeignKey("accounts.id"), index=True)
+    amount_micro_usd: Mapped[int] = mapped_column(MicroUSD)
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime]
+    closed_at: Mapped[datetime | None]
+
+
+class ModelPrice(Base):
+    """An admin's price for one model (or `*`: every model without its own), overriding
+    the coordinator's settings. Micro-USD per million tokens."""
+
+    __tablename__ = "model_prices"
+    __table_args__ = (
+        CheckConstraint(
+            "input_micro_usd_per_mtok >= 0 AND output_micro_usd_per_mtok >= 0",
+            name="non_negative",
+        ),
+    )
+
+    model: Mapped[str] = mapped_column(String(256), primary_key=True)
+    input_micro_usd_per_mtok: Mapped[int] = mapped_column(MicroUSD)
+    output_micro_usd_per_mtok: Mapped[int] = mapped_column(MicroUSD)
+    updated_at: Mapped[datetime]
+
+
+class PricingPolicy(Base):
+    """The admin's minimum charge and platform fee, overriding settings. One row, id 1."""
+
+    __tablename__ = "pricing_policy"
+    __table_args__ = (
+        CheckConstraint("id = 1", name="single_row"),
+        CheckConstraint(
+            "minimum_charge_micro_usd >= 0 AND platform_fee_bps BETWEEN 0 AND 10000",
+            name="in_range",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    minimum_charge_micro_usd: Mapped[int] = mapped_column(MicroUSD)
+    platform_fee_bps: Mapped[int]
+    updated_at: Mapped[datetime]

@@ -19,6 +19,8 @@ _STATUS_AND_TYPE: list[tuple[type[errors.MoonflowerError], int, str]] = [
     (errors.BodyTooLarge, 413, "request_too_large"),
     (errors.InvalidRequest, 400, "invalid_request_error"),
     (errors.AuthenticationFailed, 401, "authentication_error"),
+    (errors.PermissionDenied, 403, "permission_error"),
+    (errors.InsufficientFunds, 402, "billing_error"),
     (errors.RouteNotFound, 404, "not_found_error"),
     (errors.ModelNotFound, 404, "not_found_error"),
     # Anthropic reports "no capacity right now" as 529, which its SDKs retry with backoff.

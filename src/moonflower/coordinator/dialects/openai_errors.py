@@ -17,6 +17,8 @@ _STATUS_AND_TYPE: list[tuple[type[errors.MoonflowerError], int, str]] = [
     (errors.BodyTooLarge, 413, "invalid_request_error"),
     (errors.InvalidRequest, 400, "invalid_request_error"),
     (errors.AuthenticationFailed, 401, "invalid_request_error"),
+    (errors.PermissionDenied, 403, "invalid_request_error"),
+    (errors.InsufficientFunds, 402, "insufficient_quota"),
     (errors.RouteNotFound, 404, "invalid_request_error"),
     (errors.ModelNotFound, 404, "invalid_request_error"),
     (errors.NoProviderAvailable, 503, "service_unavailable_error"),

@@ -1,0 +1,126 @@
+"""The double-entry book: every movement of money is one transaction whose entries sum to
+zero, applied to the accounts' balances in the same database transaction.
+
+Owns posting (`post`, used by deposits and settlements) and deposits themselves. Balances
+are integer micro-USD. Account rows are updated in a fixed order (sorted ids) so that two
+transactions touching the same accounts cannot deadlock on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from moonflower.errors import InvalidRequest
+from moonflower.ledger.accounts import EXTERNAL_ACCOUNT_ID, SYSTEM_ACCOUNT_IDS
+from moonflower.ledger.database import Database
+from moonflower.ledger.tables import Account, LedgerEntry, LedgerTransaction
+
+TransactionKind = Literal["deposit", "settlement", "withdrawal"]
+EntryKind = Literal[
+    "deposit", "funding", "charge", "provider_share", "platform_fee", "withdrawal", "payout"
+]
+MAX_DEPOSIT_MICRO_USD = 10**15
+"""A billion dollars: anything larger is a typo, not a deposit."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    account_id: str
+    kind: EntryKind
+    amount_micro_usd: int
+    """Positive credits the account, negative debits it."""
+
+
+class UnbalancedTransaction(ValueError):
+    """Entries that do not sum to zero: a bug, never a user error."""
+
+
+async def post(
+    session: AsyncSession,
+    kind: TransactionKind,
+    entries: Sequence[Entry],
+    *,
+    job_id: str | None = None,
+    memo: str | None = None,
+    held_changes: Mapping[str, int] | None = None,
+) -> str:
+    """Record one balanced transaction and apply it (and any change to what accounts hold)
+    to the balances, inside the caller's database transaction. Returns its id."""
+    if sum(e.amount_micro_usd for e in entries) != 0:
+        raise UnbalancedTransaction(f"{kind} entries sum to a non-zero amount")
+    transaction_id = uuid.uuid4().hex
+    session.add(
+        LedgerTransaction(
+            id=transaction_id, kind=kind, job_id=job_id, memo=memo, created_at=datetime.now(UTC)
+        )
+    )
+    await session.flush()  # the transaction row must exist before entries point at it
+    balance_changes: dict[str, int] = {}
+    for entry in entries:
+        if entry.amount_micro_usd == 0:
+            continue
+        session.add(
+            LedgerEntry(
+                transaction_id=transaction_id,
+                account_id=entry.account_id,
+                kind=entry.kind,
+                amount_micro_usd=entry.amount_micro_usd,
+            )
+        )
+        balance_changes[entry.account_id] = (
+            balance_changes.get(entry.account_id, 0) + entry.amount_micro_usd
+        )
+    await apply_changes(session, balance_changes, held_changes or {})
+    return transaction_id
+
+
+async def apply_changes(
+    session: AsyncSession, balance_changes: Mapping[str, int], held_changes: Mapping[str, int]
+) -> None:
+    """Move balances and holds, one UPDATE per account, in sorted id order."""
+    for account_id in sorted(set(balance_changes) | set(held_changes)):
+        balance, held = balance_changes.get(account_id, 0), held_changes.get(account_id, 0)
+        if balance == 0 and held == 0:
+            continue
+        result = await session.execute(
+            update(Account)
+            .where(Account.id == account_id)
+            .values(
+                balance_micro_usd=Account.balance_micro_usd + balance,
+                held_micro_usd=Account.held_micro_usd + held,
+            )
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            raise LookupError(f"no account {account_id}")
+
+
+async def deposit(
+    db: Database, account_id: str, amount_micro_usd: int, *, memo: str | None = None
+) -> str:
+    """Credit money from outside (a payment, an admin grant) to a consumer or provider
+    account. Returns the transaction id."""
+    if not 0 < amount_micro_usd <= MAX_DEPOSIT_MICRO_USD:
+        raise InvalidRequest(
+            "A deposit must be more than $0 and at most $1,000,000,000.", param="amount"
+        )
+    if account_id in SYSTEM_ACCOUNT_IDS:
+        raise InvalidRequest("Deposits go to consumer or provider accounts.", param="account")
+    async with db.sessions.begin() as session:
+        if await session.scalar(select(Account.id).where(Account.id == account_id)) is None:
+            raise InvalidRequest(f"No account {account_id!r}.", param="account")
+        return await post(
+            session,
+            "deposit",
+            [
+                Entry(EXTERNAL_ACCOUNT_ID, "funding", -amount_micro_usd),
+                Entry(account_id, "deposit", amount_micro_usd),
+            ],
+            memo=memo,
+        )
