@@ -1,4 +1,5 @@
-"""API keys: issued once, stored only as a hash, authenticated, listed and revoked."""
+"""API keys and provider tokens: issued once, stored only as a hash, authenticated each for
+its own purpose, listed and revoked."""
 
 from __future__ import annotations
 
@@ -11,10 +12,13 @@ import pytest
 from sqlalchemy import MetaData, make_url, select, update
 
 from moonflower.errors import InvalidRequest
+from moonflower.ledger.accounts import create_account, find_account, list_accounts
 from moonflower.ledger.database import Database
 from moonflower.ledger.keys import (
     Caller,
+    KeyPurpose,
     authenticate,
+    authenticate_provider,
     create_key,
     list_keys,
     revoke_key,
@@ -51,6 +55,146 @@ async def test_keys_share_an_account_by_name(ledger_db: Database) -> None:
 
     assert first.account_id == second.account_id != other.account_id
     assert first.key != second.key
+
+
+async def test_api_key_for_a_new_account_creates_a_consumer_account(
+    ledger_db: Database,
+) -> None:
+    created = await create_key(ledger_db, account_name="alice")
+
+    assert created.purpose == "api"
+    account = await find_account(ledger_db, "alice")
+    assert account is not None
+    assert (account.id, account.kind, account.balance_micro_usd) == (
+        created.account_id,
+        "consumer",
+        0,
+    )
+
+
+async def test_provider_token_for_a_new_account_creates_a_provider_account(
+    ledger_db: Database,
+) -> None:
+    created = await create_key(ledger_db, account_name="rig", name="mac", purpose="provider")
+
+    assert created.key.startswith("mfp-")
+    assert len(created.key) == 47
+    assert created.display_prefix == created.key[:12] + "…"
+    assert created.purpose == "provider"
+    account = await find_account(ledger_db, "rig")
+    assert account is not None
+    assert (account.id, account.kind) == (created.account_id, "provider")
+
+
+async def test_provider_tokens_join_an_existing_provider_account(ledger_db: Database) -> None:
+    account = await create_account(ledger_db, "farm", "provider")
+    first = await create_key(ledger_db, account_name="farm", purpose="provider")
+    second = await create_key(ledger_db, account_name="farm", purpose="provider")
+
+    assert first.account_id == second.account_id == account.id
+    assert first.key != second.key
+    assert [a.name for a in await list_accounts(ledger_db) if a.kind == "provider"] == ["farm"]
+
+
+async def test_provider_token_for_a_consumer_account_is_refused(ledger_db: Database) -> None:
+    api_key = await create_key(ledger_db, account_name="alice")
+
+    with pytest.raises(InvalidRequest, match="consumer account") as refused:
+        await create_key(ledger_db, account_name="alice", purpose="provider")
+    assert refused.value.param == "account_name"
+    assert [info.key_id for info in await list_keys(ledger_db)] == [api_key.key_id]
+    account = await find_account(ledger_db, "alice")
+    assert account is not None
+    assert account.kind == "consumer"
+
+
+async def test_provider_account_may_also_hold_api_keys(ledger_db: Database) -> None:
+    token = await create_key(ledger_db, account_name="rig", purpose="provider")
+    api_key = await create_key(ledger_db, account_name="rig")
+
+    assert api_key.account_id == token.account_id
+    assert await authenticate(ledger_db, api_key.key) == Caller(
+        account_id=token.account_id, key_id=api_key.key_id
+    )
+    account = await find_account(ledger_db, "rig")
+    assert account is not None
+    assert account.kind == "provider"
+
+
+@pytest.mark.parametrize("purpose", ["api", "provider"])
+@pytest.mark.parametrize("system_account", ["platform", "external"])
+async def test_system_accounts_hold_no_keys(
+    ledger_db: Database, purpose: KeyPurpose, system_account: str
+) -> None:
+    with pytest.raises(InvalidRequest, match="cannot hold keys"):
+        await create_key(ledger_db, account_name=system_account, purpose=purpose)
+    assert await list_keys(ledger_db) == []
+
+
+async def test_unknown_purpose_is_refused(ledger_db: Database) -> None:
+    with pytest.raises(InvalidRequest) as refused:
+        await create_key(ledger_db, purpose="admin")  # type: ignore[arg-type]
+    assert refused.value.param == "purpose"
+    assert await list_keys(ledger_db) == []
+    assert await find_account(ledger_db, "default") is None
+
+
+async def test_provider_token_authenticates_only_as_a_provider(ledger_db: Database) -> None:
+    token = await create_key(ledger_db, account_name="rig", purpose="provider")
+    api_key = await create_key(ledger_db, account_name="alice")
+
+    assert await authenticate_provider(ledger_db, token.key) == Caller(
+        account_id=token.account_id, key_id=token.key_id
+    )
+    assert await authenticate(ledger_db, token.key) is None
+    assert await authenticate_provider(ledger_db, api_key.key) is None
+    assert await authenticate(ledger_db, api_key.key) is not None
+
+
+async def test_provider_token_with_an_api_key_prefix_is_refused(ledger_db: Database) -> None:
+    """The purpose is checked in the database, not only by the prefix."""
+    token = await create_key(ledger_db, account_name="rig", purpose="provider")
+    async with ledger_db.sessions.begin() as session:
+        await session.execute(update(ApiKey).values(purpose="api"))
+    assert await authenticate_provider(ledger_db, token.key) is None
+    async with ledger_db.sessions.begin() as session:
+        await session.execute(update(ApiKey).values(purpose="provider"))
+    assert await authenticate_provider(ledger_db, token.key) is not None
+
+
+@pytest.mark.parametrize(
+    "raw_token",
+    [
+        "",
+        "mfp-",
+        "mf-" + "a" * 43,
+        "mfp-" + "a" * 42,
+        "mfp-" + "a" * 44,
+        "mfp-" + "!" * 43,
+        "Bearer mfp-" + "a" * 43,
+    ],
+)
+async def test_malformed_provider_tokens_are_refused(ledger_db: Database, raw_token: str) -> None:
+    assert await authenticate_provider(ledger_db, raw_token) is None
+
+
+async def test_unknown_and_revoked_provider_tokens_are_refused(ledger_db: Database) -> None:
+    token = await create_key(ledger_db, account_name="rig", purpose="provider")
+    assert await authenticate_provider(ledger_db, "mfp-" + secrets.token_urlsafe(32)) is None
+
+    assert await revoke_key(ledger_db, token.display_prefix) is True
+    assert await authenticate_provider(ledger_db, token.key) is None
+
+
+async def test_revoking_by_the_api_prefix_does_not_match_provider_tokens(
+    ledger_db: Database,
+) -> None:
+    token = await create_key(ledger_db, account_name="rig", purpose="provider")
+    api_key = await create_key(ledger_db, account_name="alice")
+
+    assert await revoke_key(ledger_db, "mf-") is True  # the one API key, not the token
+    assert await authenticate(ledger_db, api_key.key) is None
+    assert await authenticate_provider(ledger_db, token.key) is not None
 
 
 @pytest.mark.parametrize(
@@ -115,10 +259,27 @@ async def test_list_keys_describes_every_key(ledger_db: Database) -> None:
     [info] = await list_keys(ledger_db)
     assert (info.key_id, info.display_prefix) == (created.key_id, created.display_prefix)
     assert (info.account_id, info.account_name, info.name) == (created.account_id, "team", "ci")
+    assert (info.account_kind, info.purpose) == ("consumer", "api")
     assert info.created_at.tzinfo is UTC
     assert before <= info.created_at <= datetime.now(UTC)
     assert info.last_used_at is None
     assert info.revoked_at is None
+
+
+async def test_list_keys_tells_provider_tokens_from_api_keys(ledger_db: Database) -> None:
+    api_key = await create_key(ledger_db, account_name="alice")
+    token = await create_key(ledger_db, account_name="rig", purpose="provider")
+
+    listed = [
+        (info.key_id, info.display_prefix, info.account_name, info.account_kind, info.purpose)
+        for info in await list_keys(ledger_db)
+    ]
+    assert sorted(listed) == sorted(
+        [
+            (api_key.key_id, api_key.display_prefix, "alice", "consumer", "api"),
+            (token.key_id, token.display_prefix, "rig", "provider", "provider"),
+        ]
+    )
 
 
 async def test_last_used_at_is_written_at_most_once_a_minute(ledger_db: Database) -> None:
@@ -143,13 +304,21 @@ async def test_last_used_at_is_written_at_most_once_a_minute(ledger_db: Database
     assert refreshed > first_use
 
 
+@pytest.mark.parametrize("purpose", ["api", "provider"])
 async def test_raw_key_is_never_stored_or_logged(
-    ledger_db: Database, database_url: str, caplog: pytest.LogCaptureFixture
+    ledger_db: Database,
+    database_url: str,
+    caplog: pytest.LogCaptureFixture,
+    purpose: KeyPurpose,
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    created = await create_key(ledger_db)
-    await authenticate(ledger_db, created.key)
-    secret_part = created.key.removeprefix("mf-")
+    created = await create_key(ledger_db, account_name="owner", purpose=purpose)
+    caller = await (authenticate if purpose == "api" else authenticate_provider)(
+        ledger_db, created.key
+    )
+    assert caller is not None
+    secret_part = created.key.split("-", 1)[1]
+    assert len(secret_part) == 43
 
     rows = await _all_rows_as_text(ledger_db)
     assert created.key_id in rows  # we are looking at the right data
@@ -168,4 +337,6 @@ async def test_bad_names_are_refused(ledger_db: Database) -> None:
         await create_key(ledger_db, account_name="")
     with pytest.raises(InvalidRequest):
         await create_key(ledger_db, name="x" * 201)
+    with pytest.raises(InvalidRequest):
+        await create_key(ledger_db, account_name=" spaced ", purpose="provider")
     assert await list_keys(ledger_db) == []

@@ -1,9 +1,12 @@
-"""API keys: issue, authenticate, list and revoke.
+"""API keys and provider tokens: issue, authenticate, list and revoke.
 
-Owns the key format ("mf-" followed by 43 URL-safe characters) and the rule that a raw key
-exists only in the value `create_key` returns: the database holds its SHA-256 and a short
-display prefix, and nothing here stores or logs the key. Decides nothing about HTTP; callers
-turn a `None` from `authenticate` into their own authentication error.
+Owns the key formats and who may hold which. An API key ("mf-" followed by 43 URL-safe
+characters) calls the inference API for its account; a provider token ("mfp-" and the same 43
+characters) connects provider machines that earn for a `provider` account, and is never
+accepted as an API key (nor an API key as a provider token). A raw key exists only in the
+value `create_key` returns: the database holds its SHA-256 and a short display prefix, and
+nothing here stores or logs the key. Decides nothing about HTTP or WebSockets; callers turn a
+`None` from `authenticate` or `authenticate_provider` into their own authentication error.
 """
 
 from __future__ import annotations
@@ -14,18 +17,24 @@ import string
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Literal, get_args
 
 from sqlalchemy import func, or_, select, update
 
 from moonflower.errors import InvalidRequest
+from moonflower.ledger.accounts import AccountKind
 from moonflower.ledger.database import Database
 from moonflower.ledger.tables import Account, ApiKey
 
+KeyPurpose = Literal["api", "provider"]
+KEY_PURPOSES: tuple[str, ...] = get_args(KeyPurpose)
 KEY_PREFIX = "mf-"
+PROVIDER_PREFIX = "mfp-"
 _TOKEN_BYTES = 32
-_KEY_LENGTH = len(KEY_PREFIX) + 43  # token_urlsafe(32) is 43 characters long
+_TOKEN_LENGTH = 43  # token_urlsafe(32) is 43 characters long
 _KEY_ALPHABET = frozenset(string.ascii_letters + string.digits + "-_")
-DISPLAY_PREFIX_CHARS = 11
+DISPLAY_TOKEN_CHARS = 8
+"""How much of the secret part a display prefix shows, after the "mf-" or "mfp-"."""
 ELLIPSIS = "…"
 # last_used_at is for people, not for auditing: one write a minute per key is plenty.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
@@ -39,6 +48,7 @@ class CreatedKey:
     key_id: str
     display_prefix: str
     account_id: str
+    purpose: KeyPurpose
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +57,8 @@ class KeyInfo:
     display_prefix: str
     account_id: str
     account_name: str
+    account_kind: str
+    purpose: str
     name: str | None
     created_at: datetime
     last_used_at: datetime | None
@@ -55,21 +67,26 @@ class KeyInfo:
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """Who is making a request, as established by a valid API key."""
+    """Who is making a request, as established by a valid API key or provider token."""
 
     account_id: str
     key_id: str
+
+
+def _prefix(purpose: KeyPurpose) -> str:
+    return PROVIDER_PREFIX if purpose == "provider" else KEY_PREFIX
 
 
 def _hash(raw_key: str) -> str:
     return hashlib.sha256(raw_key.encode()).hexdigest()
 
 
-def _is_well_formed(raw_key: str) -> bool:
+def _is_well_formed(raw_key: str, purpose: KeyPurpose) -> bool:
+    prefix = _prefix(purpose)
     return (
-        len(raw_key) == _KEY_LENGTH
-        and raw_key.startswith(KEY_PREFIX)
-        and _KEY_ALPHABET.issuperset(raw_key[len(KEY_PREFIX) :])
+        len(raw_key) == len(prefix) + _TOKEN_LENGTH
+        and raw_key.startswith(prefix)
+        and _KEY_ALPHABET.issuperset(raw_key[len(prefix) :])
     )
 
 
@@ -78,49 +95,97 @@ def _check_name(value: str | None, param: str) -> None:
         raise InvalidRequest(f"'{param}' must be 1 to {MAX_NAME_LENGTH} characters", param=param)
 
 
+def _check_holder(purpose: KeyPurpose, account_name: str, account_kind: str) -> None:
+    """Provider tokens earn for provider accounts only; nobody holds keys to the system
+    accounts, whose money moves only through the book."""
+    if account_kind not in ("consumer", "provider"):
+        raise InvalidRequest(
+            f"The {account_kind} account {account_name!r} cannot hold keys.", param="account_name"
+        )
+    if purpose == "provider" and account_kind != "provider":
+        raise InvalidRequest(
+            f"Account {account_name!r} is a {account_kind} account; provider tokens belong "
+            "to provider accounts.",
+            param="account_name",
+        )
+
+
 async def create_key(
-    db: Database, *, account_name: str = "default", name: str | None = None
+    db: Database,
+    *,
+    account_name: str = "default",
+    name: str | None = None,
+    purpose: KeyPurpose = "api",
 ) -> CreatedKey:
-    """Issue a new key for `account_name`, creating that account if it does not exist."""
+    """Issue a new API key (or, for purpose "provider", a provider token) for `account_name`,
+    creating that account if it does not exist: a consumer account for an API key, a provider
+    account for a provider token. Refuses a provider token for a consumer account."""
+    if purpose not in KEY_PURPOSES:
+        raise InvalidRequest(
+            f"A key's purpose is one of {', '.join(KEY_PURPOSES)}.", param="purpose"
+        )
     _check_name(account_name, "account_name")
+    if account_name != account_name.strip():
+        raise InvalidRequest("An account name has no surrounding spaces.", param="account_name")
     _check_name(name, "name")
-    raw_key = KEY_PREFIX + secrets.token_urlsafe(_TOKEN_BYTES)
+    prefix = _prefix(purpose)
+    raw_key = prefix + secrets.token_urlsafe(_TOKEN_BYTES)
     key_id = uuid.uuid4().hex
-    display_prefix = raw_key[:DISPLAY_PREFIX_CHARS] + ELLIPSIS
+    display_prefix = raw_key[: len(prefix) + DISPLAY_TOKEN_CHARS] + ELLIPSIS
+    new_account_kind: AccountKind = "provider" if purpose == "provider" else "consumer"
     now = datetime.now(UTC)
     async with db.sessions.begin() as session:
         new_account = db.insert_on_conflict(Account).values(
-            id=uuid.uuid4().hex, name=account_name, created_at=now
+            id=uuid.uuid4().hex, name=account_name, kind=new_account_kind, created_at=now
         )
         await session.execute(new_account.on_conflict_do_nothing(index_elements=[Account.name]))
-        account_id = (
-            await session.execute(select(Account.id).where(Account.name == account_name))
-        ).scalar_one()
+        account = (
+            await session.execute(
+                select(Account.id, Account.kind).where(Account.name == account_name)
+            )
+        ).one()
+        _check_holder(purpose, account_name, account.kind)
         session.add(
             ApiKey(
                 id=key_id,
-                account_id=account_id,
+                account_id=account.id,
                 key_hash=_hash(raw_key),
                 display_prefix=display_prefix,
+                purpose=purpose,
                 name=name,
                 created_at=now,
             )
         )
     return CreatedKey(
-        key=raw_key, key_id=key_id, display_prefix=display_prefix, account_id=account_id
+        key=raw_key,
+        key_id=key_id,
+        display_prefix=display_prefix,
+        account_id=account.id,
+        purpose=purpose,
     )
 
 
 async def authenticate(db: Database, raw_key: str) -> Caller | None:
-    """The caller a key belongs to, or None if it is malformed, unknown or revoked."""
-    if not _is_well_formed(raw_key):
+    """The caller an API key belongs to, or None if it is malformed, unknown or revoked.
+    A provider token is not an API key and never authenticates here."""
+    return await _authenticate(db, raw_key, "api")
+
+
+async def authenticate_provider(db: Database, raw_token: str) -> Caller | None:
+    """The provider account a provider token earns for, or None if it is malformed, unknown
+    or revoked. An API key is not a provider token and never authenticates here."""
+    return await _authenticate(db, raw_token, "provider")
+
+
+async def _authenticate(db: Database, raw_key: str, purpose: KeyPurpose) -> Caller | None:
+    if not _is_well_formed(raw_key, purpose):
         return None
     now = datetime.now(UTC)
     async with db.sessions.begin() as session:
         row = (
             await session.execute(
                 select(ApiKey.id, ApiKey.account_id, ApiKey.revoked_at, ApiKey.last_used_at).where(
-                    ApiKey.key_hash == _hash(raw_key)
+                    ApiKey.key_hash == _hash(raw_key), ApiKey.purpose == purpose
                 )
             )
         ).one_or_none()
@@ -138,9 +203,9 @@ async def authenticate(db: Database, raw_key: str) -> Caller | None:
 
 
 async def list_keys(db: Database) -> list[KeyInfo]:
-    """Every key ever issued, revoked ones included, oldest first."""
+    """Every key and provider token ever issued, revoked ones included, oldest first."""
     query = (
-        select(ApiKey, Account.name)
+        select(ApiKey, Account.name, Account.kind)
         .join(Account, ApiKey.account_id == Account.id)
         .order_by(ApiKey.created_at, ApiKey.id)
     )
@@ -152,18 +217,21 @@ async def list_keys(db: Database) -> list[KeyInfo]:
             display_prefix=key.display_prefix,
             account_id=key.account_id,
             account_name=account_name,
+            account_kind=account_kind,
+            purpose=key.purpose,
             name=key.name,
             created_at=key.created_at,
             last_used_at=key.last_used_at,
             revoked_at=key.revoked_at,
         )
-        for key, account_name in rows
+        for key, account_name, account_kind in rows
     ]
 
 
 async def revoke_key(db: Database, key_id_or_prefix: str) -> bool:
-    """Revoke one active key, named by its id, its display prefix (or a start of it), or the
-    raw key itself. Returns False, revoking nothing, unless exactly one active key matches."""
+    """Revoke one active key or provider token, named by its id, its display prefix (or a
+    start of it), or the raw key itself. Returns False, revoking nothing, unless exactly one
+    active key matches."""
     ident = key_id_or_prefix.strip().removesuffix(ELLIPSIS)
     if not ident:
         return False
