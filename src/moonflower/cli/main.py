@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from moonflower.cli import chat, coordinator, keys, provider, up, verify
+from moonflower.cli import accounts, chat, coordinator, keys, provider, up, verify
 
 app = typer.Typer(
     name="moonflower",
@@ -15,6 +15,9 @@ app = typer.Typer(
 app.add_typer(coordinator.app, name="coordinator")
 app.add_typer(provider.app, name="provider")
 app.add_typer(keys.app, name="keys")
+app.add_typer(accounts.app, name="accounts")
+# So that `credit alice -5` is refused as a negative amount, not as an unknown option.
+app.command("credit", context_settings={"ignore_unknown_options": True})(accounts.credit)
 app.command("up")(up.up)
 app.command("chat")(chat.chat)
 app.command("verify")(verify.verify)

@@ -1,0 +1,146 @@
+"""`moonflower accounts create|list` and `moonflower credit`: accounts and admin deposits,
+directly in the coordinator's store.
+
+Owns turning dollars typed by a person into exact micro-USD (never through a float) and back
+into text. Account rules and money movements belong to the ledger; nothing here changes a
+balance except through `book.deposit`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Annotated
+
+import typer
+
+from moonflower.cli.keys import DatabaseUrl, DataDir, print_created_key, with_database
+from moonflower.ledger import accounts, book, keys
+from moonflower.ledger.database import Database
+
+app = typer.Typer(help="Create and list accounts.", no_args_is_help=True)
+
+MICRO_USD_PER_USD = 1_000_000
+_PLAIN_DECIMAL = re.compile(r"[0-9]+(\.[0-9]*)?|\.[0-9]+")
+MAX_MEMO_LENGTH = 200
+
+
+def parse_usd(text: str) -> int:
+    """A positive amount of dollars written like `12.50`, as exact micro-USD. Raises
+    ValueError saying what is wrong: not a number, not positive, finer than a micro-dollar."""
+    try:
+        amount = Decimal(text.strip())
+    except InvalidOperation:
+        raise ValueError(f"{text!r} is not an amount of dollars (write it like 12.50)") from None
+    if not amount.is_finite():
+        raise ValueError(f"{text!r} is not an amount of dollars (write it like 12.50)")
+    if amount <= 0:
+        raise ValueError(f"the amount must be more than $0, not {text!r}")
+    # Exponents and digit separators are legal Decimal syntax but easy typos with money.
+    if not _PLAIN_DECIMAL.fullmatch(text.strip()):
+        raise ValueError(f"write the amount as plain dollars like 12.50, not {text!r}")
+    micro_usd = amount * MICRO_USD_PER_USD
+    if micro_usd != micro_usd.to_integral_value():
+        raise ValueError(f"{text!r} has more than 6 decimals; the smallest amount is $0.000001")
+    return int(micro_usd)
+
+
+def format_usd(micro_usd: int) -> str:
+    """Micro-USD as dollars with all 6 decimals, exactly: -1234567 → "-1.234567"."""
+    return f"{Decimal(micro_usd).scaleb(-6):.6f}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Created:
+    account: accounts.AccountInfo
+    token: keys.CreatedKey | None
+
+
+@app.command("create")
+def create(
+    name: Annotated[str, typer.Argument(help="The new account's name.")],
+    is_provider: Annotated[
+        bool,
+        typer.Option(
+            "--provider",
+            help="A provider account, which earns; also issues its first provider token.",
+        ),
+    ] = False,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Create an empty account. A provider account's token is printed, only this once."""
+
+    async def work(db: Database) -> _Created:
+        if not is_provider:
+            return _Created(await accounts.create_account(db, name, "consumer"), None)
+        account = await accounts.create_account(db, name, "provider")
+        token = await keys.create_key(db, account_name=name, purpose="provider")
+        return _Created(account, token)
+
+    created = with_database(data_dir, database_url, work)
+    account = created.account
+    described = f"created {account.kind} account {account.name} ({account.id})"
+    if created.token is None:
+        typer.echo(described)
+    else:  # stdout carries the token alone, so it can be captured
+        typer.echo(described, err=True)
+        print_created_key(created.token)
+
+
+@app.command("list")
+def list_accounts(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
+    """List every account with its balance, what is held and what is available, in USD."""
+    rows = with_database(data_dir, database_url, accounts.list_accounts)
+    table = [("NAME", "ID", "KIND", "BALANCE", "HELD", "AVAILABLE")] + [
+        (
+            info.name,
+            info.id,
+            info.kind,
+            format_usd(info.balance_micro_usd),
+            format_usd(info.held_micro_usd),
+            format_usd(info.available_micro_usd),
+        )
+        for info in rows
+    ]
+    widths = [max(len(cell) for cell in column) for column in zip(*table, strict=True)]
+    for row in table:
+        cells = [
+            cell.ljust(width) if index < 3 else cell.rjust(width)
+            for index, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ]
+        typer.echo("  ".join(cells).rstrip())
+
+
+def credit(
+    account: Annotated[str, typer.Argument(help="The account's name or id.")],
+    usd: Annotated[str, typer.Argument(help="Dollars to add, like 12.50 (at most 6 decimals).")],
+    memo: Annotated[str, typer.Option(help="Why, for the ledger's record.")] = "admin credit",
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Deposit money into an account (an admin grant or a payment received elsewhere)."""
+    try:
+        amount_micro_usd = parse_usd(usd)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="USD") from None
+    if not 0 < len(memo) <= MAX_MEMO_LENGTH:
+        raise typer.BadParameter(f"1 to {MAX_MEMO_LENGTH} characters", param_hint="--memo")
+
+    async def work(db: Database) -> accounts.AccountInfo | None:
+        found = await accounts.find_account(db, account)
+        if found is None:
+            return None
+        await book.deposit(db, found.id, amount_micro_usd, memo=memo)
+        return await accounts.get_account(db, found.id)
+
+    credited = with_database(data_dir, database_url, work)
+    if credited is None:
+        typer.echo(f"no account named or with id {account!r}", err=True)
+        raise typer.Exit(1)
+    typer.echo(
+        f"credited {format_usd(amount_micro_usd)} USD to {credited.name} ({credited.id}); "
+        f"balance {format_usd(credited.balance_micro_usd)} USD, "
+        f"available {format_usd(credited.available_micro_usd)} USD"
+    )
