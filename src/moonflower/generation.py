@@ -140,6 +140,9 @@ class TokenLogprob:
 class TextDelta:
     text: str
     logprobs: tuple[TokenLogprob, ...] = ()
+    tokens: int = 0
+    """Completion tokens this delta delivers (those sampled since the previous delta): what
+    a consumer is charged for when a job breaks off before it finishes."""
     kind: Literal["text"] = "text"
 
 
@@ -160,6 +163,8 @@ class ToolCallDelta:
     arguments: str = ""
     id: str | None = None
     name: str | None = None
+    tokens: int = 0
+    """As `TextDelta.tokens`."""
     kind: Literal["tool_call"] = "tool_call"
 
 
@@ -211,16 +216,22 @@ class Receipted:
     receipt: str
     signature: str
     response_hash: str
+    cost_usd: str | None = None
+    """What the consumer was charged for the job, when it was settled before the stream
+    ended (decimal dollars, six places)."""
     kind: Literal["receipt"] = "receipt"
 
     def payload(self) -> dict[str, str]:
-        return {
+        fields = {
             "job_id": self.job_id,
             "provider_id": self.provider_id,
             "receipt": self.receipt,
             "signature": self.signature,
             "response_hash": self.response_hash,
         }
+        if self.cost_usd is not None:
+            fields["cost_usd"] = self.cost_usd
+        return fields
 
 
 GeneratedEvent = TextDelta | ReasoningDelta | ToolCallDelta | Finished | Failed

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MAX_TOKENS = 8192
@@ -16,6 +16,13 @@ DEFAULT_MAX_TOKENS = 8192
 
 def default_data_dir() -> Path:
     return Path.home() / ".moonflower"
+
+
+class PriceSetting(BaseModel):
+    """Micro-USD per million tokens."""
+
+    input: int = Field(ge=0)
+    output: int = Field(ge=0)
 
 
 class CoordinatorSettings(BaseSettings):
@@ -55,6 +62,18 @@ class CoordinatorSettings(BaseSettings):
     """When set, only providers running code with one of these hashes are trusted."""
     model_catalog: dict[str, str] = Field(default_factory=dict)
     """Model id → SHA-256 of its weights; a provider serving other weights is not trusted."""
+    admin_key: SecretStr | None = None
+    """Bearer key for admin operations (`PUT /v1/admin/pricing`); none means no admin API."""
+    default_price: PriceSetting = PriceSetting(input=50_000, output=200_000)
+    """What a model without its own price costs, in micro-USD per million tokens."""
+    model_prices: dict[str, PriceSetting] = Field(default_factory=dict)
+    minimum_charge_micro_usd: int = Field(default=100, ge=0)
+    """The least a billed request costs ($0.0001 by default)."""
+    platform_fee_percent: float = Field(default=5.0, ge=0, le=100)
+    """The platform's part of each charge; the provider earns the rest."""
+    max_job_duration_s: float = Field(default=3600.0, gt=0)
+    """The longest a job may run; a hold older than this (plus a margin) belongs to a
+    coordinator that stopped mid-request and is released."""
     log_level: str = "info"
 
 
@@ -64,6 +83,8 @@ class ProviderSettings(BaseSettings):
     coordinator: str = "http://127.0.0.1:8000"
     model: str = "default"
     engine: str = "llama_cpp"
+    token: SecretStr | None = None
+    """A provider token (`mfp-…`) naming the account this provider's earnings go to."""
     data_dir: Path = Field(default_factory=default_data_dir)
     context_length: int | None = Field(default=None, gt=0)
     heartbeat_interval_s: float = Field(default=5.0, gt=0)

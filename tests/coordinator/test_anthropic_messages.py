@@ -93,7 +93,7 @@ def client(net: InProcessNetwork, **headers: str) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=net.base_url, headers={**net.headers, **headers})
 
 
-RECEIPT_FIELDS = {"job_id", "provider_id", "receipt", "signature", "response_hash"}
+RECEIPT_FIELDS = {"job_id", "provider_id", "receipt", "signature", "response_hash", "cost_usd"}
 
 
 def sse(raw: str) -> list[tuple[str, dict[str, Any]]]:

@@ -83,7 +83,7 @@ class ScriptedEngine:
                 break
             if self.token_delay_s:
                 time.sleep(self.token_delay_s)
-            yield TextDelta(text=tokens[produced])
+            yield TextDelta(text=tokens[produced], tokens=1)
             produced += 1
         ending = Finished(reason=reason, usage=Usage(prompt_tokens, produced))  # type: ignore[arg-type]
         self.endings.append(ending)

@@ -19,6 +19,7 @@ from moonflower.coordinator.app import build_services, create_app
 from moonflower.coordinator.services import Services
 from moonflower.crypto.signing import SoftwareSigner
 from moonflower.ledger import keys
+from moonflower.ledger.book import deposit
 from moonflower.provider.agent import ProviderAgent
 from moonflower.settings import CoordinatorSettings, ProviderSettings
 from tests.support.fake_engine import ScriptedEngine
@@ -60,6 +61,10 @@ class InProcessNetwork:
         await asyncio.gather(task, return_exceptions=True)
 
 
+STARTING_CREDIT_MICRO_USD = 100_000_000
+"""$100 on the network's key: far more than any test here spends."""
+
+
 @asynccontextmanager
 async def inprocess_network(
     tmp_path: Path, engines: list[ScriptedEngine], **settings_overrides: object
@@ -75,7 +80,9 @@ async def inprocess_network(
     async with asyncio.timeout(10):
         while not server.started:
             await asyncio.sleep(0.01)
-    key = (await keys.create_key(services.db)).key
+    created = await keys.create_key(services.db)
+    await deposit(services.db, created.account_id, STARTING_CREDIT_MICRO_USD)
+    key = created.key
     network = InProcessNetwork(f"http://127.0.0.1:{settings.port}", key, services, [], [])
     try:
         for engine in engines:

@@ -138,24 +138,24 @@ class LocalNetwork:
             raise RuntimeError(f"{name} exited:\n{process.log()[-3000:]}")
         return process
 
-    def create_key(self, account: str = "default") -> str:
+    def create_key(self, account: str = "default", *, credit_usd: str | None = "100") -> str:
+        """A new API key for `account` (created if missing), which is first credited
+        `credit_usd` dollars unless that is None."""
+        key = self.cli("keys", "create", "--account", account).strip().splitlines()[-1]
+        if credit_usd is not None:
+            self.cli("credit", account, credit_usd)
+        return key
+
+    def cli(self, *args: str) -> str:
+        """Run `moonflower ARGS` against this network's database; its standard output."""
         result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "moonflower",
-                "keys",
-                "create",
-                "--account",
-                account,
-                *self.db_args(),
-            ],
+            [sys.executable, "-m", "moonflower", *args, *self.db_args()],
             capture_output=True,
             env=self.env(),
             timeout=60,
             check=True,
         )
-        return result.stdout.decode().strip().splitlines()[-1]
+        return result.stdout.decode()
 
     def health(self) -> dict[str, object] | None:
         try:

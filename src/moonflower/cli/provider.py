@@ -49,6 +49,13 @@ def serve(
     engine: Annotated[str | None, typer.Option(help="Inference engine.")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="The provider's data directory.")] = None,
     context_length: Annotated[int | None, typer.Option(help="Context window to load.")] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            help="Provider token (mfp-…) of the account that earns for this provider's work; "
+            "or MOONFLOWER_PROVIDER_TOKEN.",
+        ),
+    ] = None,
 ) -> None:
     """Connect out to a coordinator and run the jobs it sends."""
     overrides: dict[str, Any] = {
@@ -57,6 +64,7 @@ def serve(
         "engine": engine,
         "data_dir": data_dir,
         "context_length": context_length,
+        "token": token,
     }
     settings = ProviderSettings(**{k: v for k, v in overrides.items() if v is not None})
     logs.configure(settings.log_level)

@@ -6,6 +6,7 @@ request, unless the caller hands in services it built itself.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -20,6 +21,7 @@ from starlette.responses import Response
 
 from moonflower import __version__, errors
 from moonflower.coordinator.dialects import anthropic_errors, openai_errors
+from moonflower.coordinator.billing import release_abandoned_holds
 from moonflower.coordinator.dispatch import Dispatcher
 from moonflower.coordinator.registry import Registry
 from moonflower.coordinator.routes import (
@@ -41,6 +43,8 @@ from moonflower.settings import CoordinatorSettings
 
 log = logging.getLogger(__name__)
 
+HOLD_SWEEP_INTERVAL_S = 300.0
+
 
 async def build_services(settings: CoordinatorSettings) -> Services:
     url = settings.database_url or default_database_url(settings.data_dir)
@@ -58,6 +62,16 @@ async def build_services(settings: CoordinatorSettings) -> Services:
     )
 
 
+async def sweep_abandoned_holds(db: Database, settings: CoordinatorSettings) -> None:
+    """At start-up, then every few minutes: give back holds no coordinator will settle."""
+    while True:
+        try:
+            await release_abandoned_holds(db, settings)
+        except Exception:
+            log.exception("could not release abandoned holds")
+        await asyncio.sleep(HOLD_SWEEP_INTERVAL_S)
+
+
 def create_app(
     settings: CoordinatorSettings,
     services: Services | None = None,
@@ -68,9 +82,12 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         built = services or await build_services(settings)
         app.state.services = built
+        sweeping = asyncio.create_task(sweep_abandoned_holds(built.db, settings))
         try:
             yield
         finally:
+            sweeping.cancel()
+            await asyncio.gather(sweeping, return_exceptions=True)
             if services is None:
                 await built.db.close()
 

@@ -6,14 +6,14 @@ logs a key and knows nothing of dialect error shapes (it raises `AuthenticationF
 
 from __future__ import annotations
 
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 
 from moonflower import errors
 from moonflower.ledger import keys
 from moonflower.ledger.database import Database
 
 
-def credential(request: Request) -> str | None:
+def credential(request: HTTPConnection) -> str | None:
     header = request.headers.get("authorization")
     if header:
         scheme, _, token = header.partition(" ")

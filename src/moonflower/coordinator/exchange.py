@@ -19,7 +19,7 @@ from starlette.responses import Response
 
 from moonflower import errors
 from moonflower.coordinator import sse
-from moonflower.coordinator.dispatch import Job
+from moonflower.coordinator.job import Job, usd
 from moonflower.coordinator.services import json_response
 from moonflower.coordinator.trust import TrustLevel
 from moonflower.crypto.receipt import receipt_hash
@@ -86,15 +86,17 @@ def job_headers(job: Job) -> dict[str, str]:
     return headers
 
 
-def receipt_headers(job: Job) -> dict[str, str]:
-    """For a whole (non-streaming) answer: the hash of the provider's verified receipt and
-    its signature over that receipt, which anyone holding its attested key can check."""
-    if job.receipt is None:
-        return {}
-    return {
-        "x-response-hash": receipt_hash(job.receipt.json_text),
-        "x-se-signature": job.receipt.signature,
-    }
+def settled_headers(job: Job) -> dict[str, str]:
+    """For a whole (non-streaming) answer: what it cost, the hash of the provider's verified
+    receipt and its signature over that receipt, which anyone holding its attested key can
+    check. (A stream carries the same in its receipt event.)"""
+    headers = {}
+    if job.settlement is not None:
+        headers["x-moonflower-cost-usd"] = usd(job.settlement.charged_micro_usd)
+    if job.receipt is not None:
+        headers["x-response-hash"] = receipt_hash(job.receipt.json_text)
+        headers["x-se-signature"] = job.receipt.signature
+    return headers
 
 
 MIN_TRUST_HEADER = "x-moonflower-min-trust"
@@ -186,7 +188,7 @@ async def answer(
         completion = await collect(job, request)
     finally:
         await job.close()
-    return json_response(whole(completion), headers={**headers, **receipt_headers(job)})
+    return json_response(whole(completion), headers={**headers, **settled_headers(job)})
 
 
 async def collect(job: Job, request: Request) -> Completion:

@@ -34,6 +34,8 @@ class ProviderSession:
     send_frame: SendFrame
     encryption_public_key: bytes
     trust: ProviderTrust
+    account_id: str | None = None
+    """The ledger account this provider's earnings are credited to."""
     connected_at: float = field(default_factory=time.monotonic)
     last_seen: float = field(default_factory=time.monotonic)
     jobs_served: int = 0
@@ -86,7 +88,9 @@ class ProviderSession:
             return
         channel.take_receipt(receipt)
 
-    def forget_receipt(self, job_id: str) -> None:
+    def forget_job(self, job_id: str) -> None:
+        """Stop routing anything more of `job_id` (late events, its receipt) to its channel."""
+        self._jobs.pop(job_id, None)
         self._receipts.pop(job_id, None)
 
     def take_answer(self, answer: wire.ChallengeAnswer) -> None:
@@ -112,7 +116,9 @@ class ProviderSession:
             del self._jobs[job_id]
 
     async def cancel_job(self, job_id: str) -> None:
-        if self._jobs.pop(job_id, None) is None or self._is_closed:
+        """Ask the provider to stop; its last events and receipt still reach the channel
+        until `forget_job`."""
+        if job_id not in self._jobs or self._is_closed:
             return
         try:
             await self.send_frame(wire.encode(wire.JobCancel(job_id=job_id)))

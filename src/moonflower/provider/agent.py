@@ -76,6 +76,10 @@ class ProviderAgent:
             statement=statement,
         )
 
+    def _headers(self) -> dict[str, str]:
+        token = self.settings.token
+        return {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
+
     async def run(self) -> None:
         """Stay connected until cancelled; raises only if the coordinator rejects us."""
         backoff = self.settings.backoff_initial_s
@@ -84,6 +88,7 @@ class ProviderAgent:
                 try:
                     async with connect(
                         self.url,
+                        additional_headers=self._headers(),
                         max_size=wire.MAX_FRAME_BYTES,
                         ping_interval=10,
                         ping_timeout=30,

@@ -219,6 +219,7 @@ class DeltaBatcher:
                 TextDelta(
                     text="".join(d.text for d in self._pending),
                     logprobs=tuple(lp for d in self._pending for lp in d.logprobs),
+                    tokens=sum(d.tokens for d in self._pending),
                 )
             )
             self._pending.clear()

@@ -46,7 +46,10 @@ async def count_tokens(request: Request) -> Response:
     caller = await authenticate(request, services.db)
     conversation = anthropic_messages.parse_count(await read_json(request))
     job = await services.dispatcher.start(
-        dataclasses.replace(conversation, max_tokens=0), caller, trust_floor(request)
+        dataclasses.replace(conversation, max_tokens=0),
+        caller,
+        trust_floor(request),
+        is_billed=False,  # counting is free
     )
     try:
         # The engine ends at once; draining lets the job be recorded as completed rather

@@ -16,12 +16,15 @@ from fastapi import APIRouter
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from moonflower import errors, wire
+from moonflower.coordinator.auth import credential
 from moonflower.coordinator.registry import ProviderSession
 from moonflower.coordinator.services import Services
-from moonflower.coordinator.trust import judge_registration
-from moonflower.crypto.signing import b64d
+from moonflower.coordinator.trust import ProviderTrust, judge_registration
+from moonflower.crypto.signing import b64d, key_fingerprint
 from moonflower.crypto.status import new_challenge
 from moonflower.ledger import jobs as job_ledger
+from moonflower.ledger import keys
+from moonflower.ledger.accounts import ensure_account
 from moonflower.settings import CoordinatorSettings
 
 log = logging.getLogger(__name__)
@@ -45,6 +48,8 @@ async def provider_socket(websocket: WebSocket) -> None:
 
     try:
         registration, sealing_key = await receive_registration(websocket)
+        trust = judge_registration(registration, sealing_key, services.settings)
+        account_id = await earning_account(websocket, trust, services)
     except (errors.ProtocolError, TimeoutError, WebSocketDisconnect) as exc:
         log.warning("provider registration failed: %s", exc)
         await reject(websocket, str(exc))
@@ -54,7 +59,8 @@ async def provider_socket(websocket: WebSocket) -> None:
         registration=registration,
         send_frame=send_frame,
         encryption_public_key=sealing_key,
-        trust=judge_registration(registration, sealing_key, services.settings),
+        trust=trust,
+        account_id=account_id,
     )
     await job_ledger.note_models_served(services.db, [m.id for m in registration.models])
     services.registry.add(session)
@@ -99,6 +105,25 @@ async def receive_registration(websocket: WebSocket) -> tuple[wire.Register, byt
             f"this coordinator speaks version {wire.PROTOCOL_VERSION}"
         )
     return message, encryption_key(message)
+
+
+async def earning_account(websocket: WebSocket, trust: ProviderTrust, services: Services) -> str:
+    """The account this provider earns for: the one its provider token names, else one
+    kept for its attested signing key (so its earnings can be claimed later), else the
+    shared account of providers that proved nothing."""
+    token = credential(websocket)
+    if token is not None:
+        caller = await keys.authenticate_provider(services.db, token)
+        if caller is None:
+            raise errors.ProtocolError("unknown or revoked provider token")
+        return caller.account_id
+    statement = trust.statement
+    name = (
+        f"provider:{key_fingerprint(statement.signing_key)[:32]}"
+        if statement is not None
+        else "provider:unattested"
+    )
+    return (await ensure_account(services.db, name, "provider")).id
 
 
 async def challenge_loop(session: ProviderSession, settings: CoordinatorSettings) -> None:

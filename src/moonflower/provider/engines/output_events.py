@@ -13,6 +13,7 @@ Must not know about models, tokenizers or llama.cpp, and never logs text.
 from __future__ import annotations
 
 import codecs
+import dataclasses
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from moonflower.generation import (
     GenerationRequest,
     TextDelta,
     TokenLogprob,
+    ToolCallDelta,
 )
 from moonflower.provider.engines.grammar import OutputConstraint
 from moonflower.provider.engines.stop_text import StopTextScanner
@@ -78,6 +80,7 @@ class OutputAssembler:
         self._decoded = 0
         self._released = 0
         self._waiting: deque[_Waiting] = deque()
+        self._undelivered_tokens = 0
 
     @property
     def stopped(self) -> str | None:
@@ -85,6 +88,7 @@ class OutputAssembler:
         return self._scanner.stopped
 
     def push(self, piece: bytes, logprob: TokenLogprob | None = None) -> list[GeneratedEvent]:
+        self._undelivered_tokens += 1
         text = self._decoder.decode(piece)
         self._decoded += len(text)
         if text:
@@ -119,12 +123,15 @@ class OutputAssembler:
             if end is None or end > consumed:
                 break
             ready.append(self._waiting.popleft().logprob)
-        events: list[GeneratedEvent] = []
+        events: list[TextDelta | ToolCallDelta] = []
         for item in shaped:
             if isinstance(item, str):
-                # Tokens spent on tool calls have no text delta to ride on and are dropped.
+                # Logprobs of tokens spent on tool calls have no text delta to ride on.
                 events.append(TextDelta(item, tuple(ready)))
                 ready = []
             else:
                 events.append(item)
-        return events
+        if events:  # every token sampled so far is delivered with the last of them
+            events[-1] = dataclasses.replace(events[-1], tokens=self._undelivered_tokens)
+            self._undelivered_tokens = 0
+        return list(events)

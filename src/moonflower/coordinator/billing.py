@@ -1,0 +1,86 @@
+"""The coordinator's side of money: the current price list, what a request must reserve,
+and settling a finished job with the ledger.
+
+Owns the rules that turn a job's outcome into a charge (see `Job.billable_usage` for which
+tokens count) and the reservation bound taken before dispatch. The ledger does the
+bookkeeping; this module only decides amounts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime, timedelta
+
+from moonflower import wire
+from moonflower.generation import GenerationRequest
+from moonflower.ledger import billing
+from moonflower.ledger.database import Database
+from moonflower.ledger.pricing import Price, PriceList, load_price_list, percent_to_bps
+from moonflower.settings import CoordinatorSettings
+
+log = logging.getLogger(__name__)
+
+PRICE_LIST_TTL_S = 2.0
+"""How long a read price list is reused: an admin's change reaches every replica within it."""
+HOLD_MARGIN_S = 600.0
+"""Added to the longest job before a hold counts as abandoned."""
+
+
+def base_price_list(settings: CoordinatorSettings) -> PriceList:
+    return PriceList(
+        default=Price(settings.default_price.input, settings.default_price.output),
+        models={
+            model: Price(price.input, price.output)
+            for model, price in settings.model_prices.items()
+        },
+        minimum_charge_micro_usd=settings.minimum_charge_micro_usd,
+        platform_fee_bps=percent_to_bps(settings.platform_fee_percent),
+    )
+
+
+class Pricing:
+    """The price list in force: settings overlaid by the admin's stored prices."""
+
+    def __init__(self, db: Database, settings: CoordinatorSettings) -> None:
+        self._db = db
+        self.base = base_price_list(settings)
+        self._current: PriceList | None = None
+        self._read_at = 0.0
+        self._lock = asyncio.Lock()
+
+    async def current(self) -> PriceList:
+        async with self._lock:
+            if self._current is None or time.monotonic() - self._read_at > PRICE_LIST_TTL_S:
+                self._current = await load_price_list(self._db, self.base)
+                self._read_at = time.monotonic()
+            return self._current
+
+    def forget(self) -> None:
+        """Read the stored prices again on next use (after an admin changed them)."""
+        self._current = None
+
+
+def prompt_token_bound(request: GenerationRequest, context_length: int) -> int:
+    """At most how many tokens the prompt can be. No tokenizer emits more tokens than the
+    bytes it reads, and the JSON of the request is longer than the text the chat template
+    wraps around it; nothing longer than the context window can be processed at all."""
+    return min(len(wire.request_bytes(request)), context_length)
+
+
+def reservation(prices: PriceList, request: GenerationRequest, card: wire.ModelCard) -> int:
+    """The most `request` can cost on a provider serving `card` (its `max_tokens` set)."""
+    assert request.max_tokens is not None
+    prompt = prompt_token_bound(request, card.context_length)
+    return prices.cost(request.model, prompt, request.max_tokens)
+
+
+async def release_abandoned_holds(db: Database, settings: CoordinatorSettings) -> int:
+    """Release holds older than the longest job can run: their coordinator stopped before
+    settling them. Safe at any time, since a live job never outlives the bound."""
+    cutoff = datetime.now(UTC) - timedelta(seconds=settings.max_job_duration_s + HOLD_MARGIN_S)
+    released = await billing.release_stale(db, older_than=cutoff)
+    if released:
+        log.warning("released %d holds left by a coordinator that stopped mid-request", released)
+    return released
