@@ -20,8 +20,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from moonflower import __version__, errors
-from moonflower.coordinator.dialects import anthropic_errors, openai_errors
 from moonflower.coordinator.billing import release_abandoned_holds
+from moonflower.coordinator.dialects import anthropic_errors, openai_errors
 from moonflower.coordinator.dispatch import Dispatcher
 from moonflower.coordinator.registry import Registry
 from moonflower.coordinator.routes import (
