@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import SecretStr
 
 from moonflower.cli import logs
 from moonflower.cli.coordinator import coordinator_settings, uvicorn_server
@@ -16,12 +17,31 @@ from moonflower.cli.provider import load
 from moonflower.coordinator.app import build_services, create_app
 from moonflower.crypto.signing import load_signer
 from moonflower.ledger import keys
+from moonflower.ledger.accounts import get_account
+from moonflower.ledger.book import deposit
+from moonflower.ledger.database import Database
 from moonflower.provider.agent import ProviderAgent
 from moonflower.provider.engines.base import Engine
 from moonflower.provider.hardware import detect_hardware
 from moonflower.settings import CoordinatorSettings, ProviderSettings
 
 READY_TIMEOUT_S = 60.0
+DEMO_ACCOUNT = "demo"
+PROVIDER_ACCOUNT = "local-provider"
+DEMO_CREDIT_MICRO_USD = 10_000_000
+"""$10: thousands of requests to the default model at the default prices."""
+
+
+async def top_up(db: Database, account_id: str) -> None:
+    """Bring the demo account back up to its starting credit."""
+    account = await get_account(db, account_id)
+    if account.available_micro_usd < DEMO_CREDIT_MICRO_USD:
+        await deposit(
+            db,
+            account_id,
+            DEMO_CREDIT_MICRO_USD - account.available_micro_usd,
+            memo="moonflower up demo credit",
+        )
 
 
 def up(
@@ -50,6 +70,10 @@ async def run_network(
     services = await build_services(settings)
     server = uvicorn_server(settings, create_app(settings, services))
     signer = load_signer(provider_settings.data_dir / "provider")
+    earning = await keys.create_key(
+        services.db, account_name=PROVIDER_ACCOUNT, name="moonflower up", purpose="provider"
+    )
+    provider_settings = provider_settings.model_copy(update={"token": SecretStr(earning.key)})
     agent = ProviderAgent(provider_settings, engine, detect_hardware(), signer)
     serving = asyncio.create_task(server.serve())
     providing: asyncio.Task[None] | None = None
@@ -64,7 +88,10 @@ async def run_network(
             if services.registry.routable_count():
                 break
             await asyncio.sleep(0.05)
-        created = await keys.create_key(services.db, account_name="local", name="moonflower up")
+        created = await keys.create_key(
+            services.db, account_name=DEMO_ACCOUNT, name="moonflower up"
+        )
+        await top_up(services.db, created.account_id)
         print_ready(settings.port, created.key, engine.card.id)
         await serving
     finally:
@@ -92,6 +119,9 @@ def print_ready(port: int, key: str, model: str) -> None:
         f'curl {base}/v1/chat/completions -H "Authorization: Bearer $OPENAI_API_KEY" '
         "-H 'Content-Type: application/json' "
         f"""-d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello!"}}]}}'""",
+        "",
+        f"The key's account '{DEMO_ACCOUNT}' has ${DEMO_CREDIT_MICRO_USD / 1e6:.2f} of credit;"
+        f" the local provider earns for '{PROVIDER_ACCOUNT}'.",
         "",
         "Press Ctrl-C to stop.",
     ]

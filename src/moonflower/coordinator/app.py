@@ -29,6 +29,8 @@ from moonflower.coordinator.routes import (
     chat,
     completions,
     messages,
+    payments,
+    pricing,
     providers,
     public,
     receipts,
@@ -100,6 +102,8 @@ def create_app(
     app.include_router(providers.router)
     app.include_router(attestation.router)
     app.include_router(receipts.router)
+    app.include_router(payments.router)
+    app.include_router(pricing.router)
     install_error_handlers(app)
     # Consumers may seal requests to this key (per process; `GET /v1/encryption-key`).
     app.add_middleware(SealedTransport, keys=transport_keys or EncryptionKeyPair.generate())

@@ -1,0 +1,134 @@
+"""Money routes for account holders: balance, usage, and a provider's earnings.
+
+Amounts are integer micro-USD (`*_micro_usd`) with the same amount as an exact decimal
+dollar string (`*_usd`). Usage and earnings are lists in OpenAI's page shape (`data`,
+`has_more`, `first_id`, `last_id`; continue with `?after=<last_id>`), and carry counts,
+costs and receipt hashes only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from moonflower import errors
+from moonflower.coordinator.auth import authenticate_account
+from moonflower.coordinator.job import usd
+from moonflower.coordinator.services import Services, json_response
+from moonflower.ledger import statements
+from moonflower.ledger.accounts import AccountInfo, get_account
+
+router = APIRouter()
+
+DEFAULT_PAGE = 20
+MAX_PAGE = 100
+
+
+def money(name: str, micro_usd: int) -> dict[str, Any]:
+    return {f"{name}_micro_usd": micro_usd, f"{name}_usd": usd(micro_usd)}
+
+
+def balance_body(account: AccountInfo) -> dict[str, Any]:
+    return {
+        "object": "balance",
+        "account_id": account.id,
+        "account_name": account.name,
+        "kind": account.kind,
+        **money("balance", account.balance_micro_usd),
+        **money("held", account.held_micro_usd),
+        **money("available", account.available_micro_usd),
+        **money("withdrawable", account.withdrawable_micro_usd),
+    }
+
+
+@router.get("/v1/payments/balance")
+async def balance(request: Request) -> Response:
+    services = Services.of(request)
+    caller = await authenticate_account(request, services.db)
+    return json_response(balance_body(await get_account(services.db, caller.account_id)))
+
+
+@router.get("/v1/payments/usage")
+async def usage(request: Request) -> Response:
+    services = Services.of(request)
+    caller = await authenticate_account(request, services.db)
+    page = await statements.usage(
+        services.db,
+        caller.account_id,
+        limit=page_limit(request),
+        after=request.query_params.get("after"),
+    )
+    return json_response(
+        page_body(
+            [
+                {
+                    "object": "usage",
+                    "id": line.job_id,
+                    "created": int(line.created_at.timestamp()),
+                    "model": line.model,
+                    "provider_id": line.provider_id,
+                    "status": line.status,
+                    "prompt_tokens": line.prompt_tokens,
+                    "completion_tokens": line.completion_tokens,
+                    **money("cost", line.cost_micro_usd),
+                    "receipt_hash": line.receipt_hash,
+                }
+                for line in page.lines
+            ],
+            has_more=page.has_more,
+        )
+    )
+
+
+@router.get("/v1/provider/earnings")
+async def earnings(request: Request) -> Response:
+    services = Services.of(request)
+    caller = await authenticate_account(request, services.db)
+    account = await get_account(services.db, caller.account_id)
+    if account.kind != "provider":
+        raise errors.PermissionDenied("Earnings belong to provider accounts; this is not one.")
+    page = await statements.earnings(
+        services.db, account.id, limit=page_limit(request), after=request.query_params.get("after")
+    )
+    body = page_body(
+        [
+            {
+                "object": "earning",
+                "id": line.job_id,
+                "created": int(line.created_at.timestamp()),
+                "model": line.model,
+                "provider_id": line.provider_id,
+                "prompt_tokens": line.prompt_tokens,
+                "completion_tokens": line.completion_tokens,
+                **money("earned", line.earned_micro_usd),
+            }
+            for line in page.lines
+        ],
+        has_more=page.has_more,
+    )
+    total = await statements.total_earned(services.db, account.id)
+    return json_response({**body, **money("total_earned", total), "balance": balance_body(account)})
+
+
+def page_limit(request: Request) -> int:
+    raw = request.query_params.get("limit")
+    if raw is None:
+        return DEFAULT_PAGE
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+        raise errors.InvalidRequest(
+            f"'limit' must be a whole number from 1 to {MAX_PAGE}.", param="limit"
+        )
+    return int(raw)
+
+
+def page_body(data: list[dict[str, Any]], *, has_more: bool) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": data,
+        "has_more": has_more,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+    }
