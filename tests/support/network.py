@@ -69,6 +69,9 @@ class LocalNetwork:
     log_level: str = "debug"
     processes: list[Process] = field(default_factory=list)
     coordinator: Process | None = None
+    settings: dict[str, str] = field(default_factory=dict)
+    """Extra `MOONFLOWER_*` environment for every process, e.g. {"MINIMUM_CHARGE_MICRO_USD":
+    "1000"}."""
 
     @property
     def base_url(self) -> str:
@@ -83,6 +86,7 @@ class LocalNetwork:
         env["PYTHONUNBUFFERED"] = "1"
         env["MOONFLOWER_LOG_LEVEL"] = self.log_level
         env["MOONFLOWER_PROVIDER_LOG_LEVEL"] = self.log_level
+        env.update({f"MOONFLOWER_{name}": value for name, value in self.settings.items()})
         return env
 
     def spawn(self, name: str, *args: str) -> Process:
