@@ -112,6 +112,7 @@ def test_stream_ends_with_exactly_one_done(network: LocalNetwork, api_key: str) 
         "receipt",
         "signature",
         "response_hash",
+        "cost_usd",
     }
 
 
