@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,15 +27,17 @@ MODEL = "smollm2-135m-instruct"
 # Odd prices, so a wrong rounding shows up in the last digit.
 PRICES = Prices(input=1_234_567, output=7_654_321, minimum=100, fee_bps=500)
 EARNER = "earner"
+ADMIN_KEY = "admin-" + uuid.uuid4().hex
 QUESTION = [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]
 
 
 def start_billed_network(root: Path) -> tuple[LocalNetwork, Process]:
     """A coordinator at `PRICES` and one provider earning for the provider account
     `EARNER`, ready to serve."""
-    network = LocalNetwork(root, settings=PRICES.settings())
+    network = LocalNetwork(root, settings={**PRICES.settings(), "ADMIN_KEY": ADMIN_KEY})
     network.start_coordinator()
     token = network.cli("accounts", "create", EARNER, "--provider").strip().splitlines()[-1]
+    network.provider_token = token  # type: ignore[attr-defined]
     provider = network.start_provider("provider", "default", "--token", token)
     watcher = network.create_key("watcher", credit_usd=None)
     wait_until(lambda: serves(network, watcher), 60, "the provider to pass its first challenge")
@@ -320,3 +323,113 @@ def test_a_provider_killed_before_the_first_token_costs_nothing(tmp_path: Path) 
         assert after["platform"].balance_micro_usd == before["platform"].balance_micro_usd
     finally:
         network.stop()
+
+
+def test_the_provider_sees_what_each_job_earned_it(billed: LocalNetwork) -> None:
+    _consumer, key = new_consumer(billed)
+    client = openai.OpenAI(base_url=f"{billed.base_url}/v1", api_key=key)
+    raw = client.chat.completions.with_raw_response.create(
+        model=MODEL,
+        messages=QUESTION,  # type: ignore[arg-type]
+        max_tokens=16,
+    )
+    usage = raw.parse().usage
+    assert usage is not None
+    cost = PRICES.cost(usage.prompt_tokens, usage.completion_tokens)
+    token = billed.provider_token  # type: ignore[attr-defined]
+    earnings = httpx.get(
+        f"{billed.base_url}/v1/provider/earnings", headers={"Authorization": f"Bearer {token}"}
+    ).json()
+    newest = earnings["data"][0]
+    assert newest["id"] == raw.headers["x-moonflower-job-id"]
+    assert newest["earned_micro_usd"] == cost - PRICES.fee(cost)
+    assert newest["completion_tokens"] == usage.completion_tokens
+    assert earnings["total_earned_micro_usd"] == accounts(billed)[EARNER].balance_micro_usd
+
+
+def test_an_admin_price_change_applies_to_the_next_request(billed: LocalNetwork) -> None:
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    dearer = Prices(input=2_000_003, output=9_000_001, minimum=PRICES.minimum, fee_bps=700)
+    change = {
+        "model": MODEL,
+        "input_price": dearer.input,
+        "output_price": dearer.output,
+        "platform_fee_percent": 7,
+    }
+    response = httpx.put(f"{billed.base_url}/v1/admin/pricing", headers=admin, json=change)
+    assert response.status_code == 200, response.text
+    try:
+        listed = httpx.get(f"{billed.base_url}/v1/pricing").json()
+        assert {
+            "model": MODEL,
+            "input_price": dearer.input,
+            "output_price": dearer.output,
+        }.items() <= next(p for p in listed["prices"] if p["model"] == MODEL).items()
+        consumer, key = new_consumer(billed)
+        before = accounts(billed)
+        client = openai.OpenAI(base_url=f"{billed.base_url}/v1", api_key=key)
+        completion = client.chat.completions.create(
+            model=MODEL,
+            messages=QUESTION,  # type: ignore[arg-type]
+            max_tokens=16,
+        )
+        assert completion.usage is not None
+        cost = dearer.cost(completion.usage.prompt_tokens, completion.usage.completion_tokens)
+        after = accounts(billed)
+        assert before[consumer].balance_micro_usd - after[consumer].balance_micro_usd == cost
+        fee = dearer.fee(cost)
+        assert after["platform"].balance_micro_usd - before["platform"].balance_micro_usd == fee
+        assert after[EARNER].balance_micro_usd - before[EARNER].balance_micro_usd == cost - fee
+    finally:
+        restore = {
+            "model": MODEL,
+            "input_price": PRICES.input,
+            "output_price": PRICES.output,
+            "platform_fee_percent": PRICES.fee_bps / 100,
+        }
+        assert httpx.put(
+            f"{billed.base_url}/v1/admin/pricing", headers=admin, json=restore
+        ).is_success
+
+
+def held(network: LocalNetwork, consumer: str) -> int:
+    return accounts(network)[consumer].held_micro_usd
+
+
+def test_holds_of_a_crashed_coordinator_are_released_at_start_up(tmp_path: Path) -> None:
+    network, _provider = start_billed_network(tmp_path)
+    try:
+        consumer, key = new_consumer(network)
+        before = accounts(network)
+        with httpx.stream(
+            "POST",
+            f"{network.base_url}/v1/chat/completions",
+            headers={"Authorization": f"Bearer {key}"},
+            json={"model": MODEL, "messages": QUESTION, "max_tokens": 400, "stream": True},
+            timeout=60,
+        ) as response:
+            assert response.status_code == 200
+            assert network.coordinator is not None
+            network.coordinator.stop(signal.SIGKILL)  # mid-request: nobody settles
+            with pytest.raises(httpx.HTTPError):
+                list(response.iter_lines())
+        reserved = held(network, consumer)
+        assert reserved > 0
+        network.start_coordinator()
+        assert held(network, consumer) == reserved  # young: it may belong to a live request
+        assert network.coordinator is not None
+        network.coordinator.stop(signal.SIGKILL)
+        age_holds(network, hours=3)  # older than the longest request may run
+        network.start_coordinator()
+        after = accounts(network)
+        assert after[consumer] == before[consumer]
+    finally:
+        network.stop()
+
+
+def age_holds(network: LocalNetwork, *, hours: int) -> None:
+    database = network.data_dir / "moonflower.db"
+    with sqlite3.connect(database) as connection:
+        connection.execute(
+            "UPDATE holds SET created_at = datetime(created_at, ?)", (f"-{hours} hours",)
+        )

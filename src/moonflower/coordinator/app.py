@@ -65,13 +65,13 @@ async def build_services(settings: CoordinatorSettings) -> Services:
 
 
 async def sweep_abandoned_holds(db: Database, settings: CoordinatorSettings) -> None:
-    """At start-up, then every few minutes: give back holds no coordinator will settle."""
+    """Every few minutes after start-up: give back holds no coordinator will settle."""
     while True:
+        await asyncio.sleep(HOLD_SWEEP_INTERVAL_S)
         try:
             await release_abandoned_holds(db, settings)
         except Exception:
             log.exception("could not release abandoned holds")
-        await asyncio.sleep(HOLD_SWEEP_INTERVAL_S)
 
 
 def create_app(
@@ -84,6 +84,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         built = services or await build_services(settings)
         app.state.services = built
+        await release_abandoned_holds(built.db, settings)  # before serving anyone
         sweeping = asyncio.create_task(sweep_abandoned_holds(built.db, settings))
         try:
             yield
