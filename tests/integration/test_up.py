@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
@@ -73,6 +74,15 @@ def test_up_prints_working_settings_and_stops_on_ctrl_c(tmp_path: Path) -> None:
             )
         )
         assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+
+        # The key's demo account started with $10 and paid for both answers.
+        balance = httpx.get(
+            f"{exports['OPENAI_BASE_URL']}/payments/balance",
+            headers={"Authorization": f"Bearer {exports['OPENAI_API_KEY']}"},
+        ).json()
+        assert balance["account_name"] == "demo"
+        assert 0 < balance["balance_micro_usd"] < 10_000_000
+        assert balance["held_micro_usd"] == 0
     finally:
         process.send_signal(signal.SIGINT)
         try:
