@@ -1,0 +1,1 @@
+"""Tests for the engines' engine-neutral parts: turning sampled tokens into output events."""
