@@ -68,11 +68,15 @@ def check_name(name: str) -> None:
         )
 
 
+def _check_kind(kind: str) -> None:
+    if kind not in ("consumer", "provider"):
+        raise InvalidRequest("Only consumer and provider accounts can be created.", param="kind")
+
+
 async def create_account(db: Database, name: str, kind: AccountKind = "consumer") -> AccountInfo:
     """A new, empty account. Refuses a name already taken and the system kinds."""
     check_name(name)
-    if kind not in ("consumer", "provider"):
-        raise InvalidRequest("Only consumer and provider accounts can be created.", param="kind")
+    _check_kind(kind)
     async with db.sessions.begin() as session:
         if await session.scalar(select(Account.id).where(Account.name == name)) is not None:
             raise InvalidRequest(f"An account named {name!r} already exists.", param="name")
@@ -89,8 +93,10 @@ async def create_account(db: Database, name: str, kind: AccountKind = "consumer"
 
 
 async def ensure_account(db: Database, name: str, kind: AccountKind = "consumer") -> AccountInfo:
-    """The account called `name`, created (of `kind`) if it does not exist yet."""
+    """The account called `name`, created (of `kind`) if it does not exist yet. Refuses the
+    system kinds, like `create_account`, and a name already taken by another kind."""
     check_name(name)
+    _check_kind(kind)
     insert = db.insert_on_conflict(Account).values(
         id=uuid.uuid4().hex,
         name=name,
@@ -102,6 +108,11 @@ async def ensure_account(db: Database, name: str, kind: AccountKind = "consumer"
     async with db.sessions.begin() as session:
         await session.execute(insert.on_conflict_do_nothing(index_elements=[Account.name]))
         row = (await session.execute(select(Account).where(Account.name == name))).scalar_one()
+        if row.kind != kind:  # money meant for one kind of account must not reach another
+            raise InvalidRequest(
+                f"The account named {name!r} is a {row.kind} account, not a {kind} one.",
+                param="name",
+            )
         return _info(row)
 
 

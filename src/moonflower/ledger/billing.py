@@ -109,10 +109,6 @@ async def settle(
         else:
             reserved = closed.amount_micro_usd
             charged = min(cost_micro_usd, reserved)
-            if charged == 0:
-                await session.execute(
-                    update(Hold).where(Hold.job_id == job.id).values(status="released")
-                )
         fee = charged * platform_fee_bps // BASIS_POINTS
         share = charged - fee
         if provider_account_id is None:  # nobody to pay: the platform keeps the share
@@ -150,7 +146,8 @@ async def _settled_before(session: AsyncSession, job_id: str) -> Settlement | No
                 .where(LedgerTransaction.job_id == job_id, LedgerEntry.kind == "platform_fee")
             )
         ) or 0
-    reserved = hold.amount_micro_usd if hold is not None else 0
+    # A hold `release` closed before this job was settled was not this settlement's to close.
+    reserved = hold.amount_micro_usd if hold is not None and hold.status == "settled" else 0
     return Settlement(job_id, reserved, charged, charged - fee, fee)
 
 
