@@ -120,17 +120,17 @@ def test_the_prompts_checked_are_long_enough_to_matter(count_prompt_tokens: Coun
     assert count_prompt_tokens(PROMPTS["many short messages"]) > 1000
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tool_prompt.call_arguments re-serializes a past call's arguments with "
-    "json.loads/json.dumps, so '1e9' (3 bytes) reaches the model as '1000000000.0' "
-    "(one token per digit): the prompt outgrows the bytes of the request",
-)
 def test_the_bound_holds_for_tool_call_arguments_written_in_exponent_notation(
     count_prompt_tokens: CountTokens,
 ) -> None:
     request = with_call("[" + ",".join(["1e9"] * 300) + "]")
     assert prompt_token_bound(request, UNBOUNDED) >= count_prompt_tokens(request)
+
+
+def test_arguments_nested_too_deep_to_parse_are_counted_as_sent() -> None:
+    arguments = "[" * 100_000 + "]" * 100_000
+    request = with_call(arguments)
+    assert prompt_token_bound(request, UNBOUNDED) == len(wire.request_bytes(request))
 
 
 @pytest.mark.parametrize("context_length", [1, 2, 64, 300])

@@ -228,11 +228,6 @@ async def test_page_limits_at_the_bounds_are_accepted(tmp_path: Path, limit: str
     assert response.status_code == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="page_limit checks str.isdigit(), which accepts '²', then int('²') raises "
-    "ValueError: an unhandled error and a 500 instead of a 400",
-)
 async def test_a_superscript_digit_limit_is_a_400_not_a_500(tmp_path: Path) -> None:
     async with (
         inprocess_network(tmp_path, []) as net,

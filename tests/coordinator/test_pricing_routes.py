@@ -226,11 +226,6 @@ async def test_a_body_that_is_not_json_is_a_400(tmp_path: Path) -> None:
     assert response.json()["error"]["code"] == "invalid_json"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a minimum over 10^12 passes PricingUpdate (ge=0 only) and is refused by "
-    "PriceList, whose error names 'minimum_charge', not the field the caller sent",
-)
 async def test_a_minimum_charge_too_large_names_the_field_sent(tmp_path: Path) -> None:
     async with inprocess_network(tmp_path, [], **WITH_ADMIN) as net:
         response = await put_pricing(net, {"minimum_charge_micro_usd": 10**12 + 1})
@@ -238,11 +233,6 @@ async def test_a_minimum_charge_too_large_names_the_field_sent(tmp_path: Path) -
     assert response.json()["error"]["param"] == "minimum_charge_micro_usd"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="put_pricing stores the model's price before set_policy validates the policy: "
-    "a request refused with a 400 still changes the stored price",
-)
 async def test_a_refused_change_stores_no_part_of_itself(tmp_path: Path) -> None:
     async with inprocess_network(tmp_path, [], **WITH_ADMIN) as net:
         response = await put_pricing(

@@ -9,6 +9,8 @@ bookkeeping; this module only decides amounts.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
 import time
 from datetime import UTC, datetime, timedelta
@@ -65,8 +67,32 @@ class Pricing:
 def prompt_token_bound(request: GenerationRequest, context_length: int) -> int:
     """At most how many tokens the prompt can be. No tokenizer emits more tokens than the
     bytes it reads, and the JSON of the request is longer than the text the chat template
-    wraps around it; nothing longer than the context window can be processed at all."""
-    return min(len(wire.request_bytes(request)), context_length)
+    wraps around it; nothing longer than the context window can be processed at all.
+
+    Earlier tool calls' arguments are counted as a provider writes them into the prompt —
+    parsed and written again as ASCII JSON — since that can be longer than what was sent
+    (`1e9` becomes `1000000000.0`, `é` becomes `\u00e9`)."""
+    messages = tuple(
+        dataclasses.replace(
+            m,
+            tool_calls=tuple(
+                dataclasses.replace(c, arguments=_as_written(c.arguments)) for c in m.tool_calls
+            ),
+        )
+        if m.tool_calls
+        else m
+        for m in request.messages
+    )
+    written = dataclasses.replace(request, messages=messages)
+    return min(len(wire.request_bytes(written)), context_length)
+
+
+def _as_written(arguments: str) -> str:
+    try:
+        rewritten = json.dumps(json.loads(arguments))
+    except (ValueError, RecursionError):
+        return arguments
+    return rewritten if len(rewritten) > len(arguments) else arguments
 
 
 def reservation(prices: PriceList, request: GenerationRequest, card: wire.ModelCard) -> int:

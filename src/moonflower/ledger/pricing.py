@@ -112,34 +112,51 @@ async def load_price_list(db: Database, base: PriceList) -> PriceList:
 
 async def set_model_price(db: Database, model: str, price: Price) -> None:
     """Store the admin's price for `model` (`*` for the default)."""
-    if not 0 < len(model) <= 256:
-        raise InvalidRequest("'model' must be 1 to 256 characters.", param="model")
-    values = {
-        "model": model,
-        "input_micro_usd_per_mtok": price.input_micro_usd_per_mtok,
-        "output_micro_usd_per_mtok": price.output_micro_usd_per_mtok,
-        "updated_at": datetime.now(UTC),
-    }
-    insert = db.insert_on_conflict(ModelPrice).values(**values)
-    upsert = insert.on_conflict_do_update(index_elements=[ModelPrice.model], set_=values)
-    async with db.sessions.begin() as session:
-        await session.execute(upsert)
+    await store_pricing(db, model_price=(model, price))
 
 
 async def set_policy(db: Database, *, minimum_charge_micro_usd: int, platform_fee_bps: int) -> None:
     """Store the admin's minimum charge and fee (validated like a `PriceList`)."""
-    PriceList(
-        Price(0, 0),
-        minimum_charge_micro_usd=minimum_charge_micro_usd,
-        platform_fee_bps=platform_fee_bps,
-    )
-    values = {
-        "id": 1,
-        "minimum_charge_micro_usd": minimum_charge_micro_usd,
-        "platform_fee_bps": platform_fee_bps,
-        "updated_at": datetime.now(UTC),
-    }
-    insert = db.insert_on_conflict(PricingPolicy).values(**values)
-    upsert = insert.on_conflict_do_update(index_elements=[PricingPolicy.id], set_=values)
+    await store_pricing(db, policy=(minimum_charge_micro_usd, platform_fee_bps))
+
+
+async def store_pricing(
+    db: Database,
+    *,
+    model_price: tuple[str, Price] | None = None,
+    policy: tuple[int, int] | None = None,
+) -> None:
+    """Store a model's price and/or the (minimum charge, fee bps) policy, all or nothing:
+    everything is validated before anything is written, and written in one transaction."""
+    now = datetime.now(UTC)
+    statements = []
+    if model_price is not None:
+        model, price = model_price
+        if not 0 < len(model) <= 256:
+            raise InvalidRequest("'model' must be 1 to 256 characters.", param="model")
+        values = {
+            "model": model,
+            "input_micro_usd_per_mtok": price.input_micro_usd_per_mtok,
+            "output_micro_usd_per_mtok": price.output_micro_usd_per_mtok,
+            "updated_at": now,
+        }
+        insert = db.insert_on_conflict(ModelPrice).values(**values)
+        statements.append(
+            insert.on_conflict_do_update(index_elements=[ModelPrice.model], set_=values)
+        )
+    if policy is not None:
+        minimum, fee_bps = policy
+        PriceList(Price(0, 0), minimum_charge_micro_usd=minimum, platform_fee_bps=fee_bps)
+        values = {
+            "id": 1,
+            "minimum_charge_micro_usd": minimum,
+            "platform_fee_bps": fee_bps,
+            "updated_at": now,
+        }
+        insert = db.insert_on_conflict(PricingPolicy).values(**values)
+        statements.append(
+            insert.on_conflict_do_update(index_elements=[PricingPolicy.id], set_=values)
+        )
     async with db.sessions.begin() as session:
-        await session.execute(upsert)
+        for statement in statements:
+            await session.execute(statement)

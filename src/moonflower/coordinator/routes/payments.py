@@ -117,7 +117,7 @@ def page_limit(request: Request) -> int:
     raw = request.query_params.get("limit")
     if raw is None:
         return DEFAULT_PAGE
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_PAGE:
         raise errors.InvalidRequest(
             f"'limit' must be a whole number from 1 to {MAX_PAGE}.", param="limit"
         )

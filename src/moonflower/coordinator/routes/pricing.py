@@ -23,11 +23,11 @@ from moonflower.coordinator.job import usd
 from moonflower.coordinator.services import Services, json_response
 from moonflower.ledger.pricing import (
     DEFAULT_MODEL,
+    MAX_PRICE,
     Price,
     PriceList,
     percent_to_bps,
-    set_model_price,
-    set_policy,
+    store_pricing,
 )
 
 router = APIRouter()
@@ -40,9 +40,9 @@ class PricingUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str | None = Field(default=None, min_length=1, max_length=256)
-    input_price: StrictInt | None = Field(default=None, ge=0)
-    output_price: StrictInt | None = Field(default=None, ge=0)
-    minimum_charge_micro_usd: StrictInt | None = Field(default=None, ge=0)
+    input_price: StrictInt | None = Field(default=None, ge=0, le=MAX_PRICE)
+    output_price: StrictInt | None = Field(default=None, ge=0, le=MAX_PRICE)
+    minimum_charge_micro_usd: StrictInt | None = Field(default=None, ge=0, le=MAX_PRICE)
     platform_fee_percent: float | None = Field(default=None, ge=0, le=100)
 
 
@@ -91,14 +91,14 @@ async def put_pricing(request: Request) -> Response:
         if update.minimum_charge_micro_usd is not None
         else current.minimum_charge_micro_usd
     )
+    model_price = None
     if update.model is not None:
         assert update.input_price is not None
         assert update.output_price is not None
-        await set_model_price(
-            services.db, update.model, Price(update.input_price, update.output_price)
-        )
-    if is_policy:
-        await set_policy(services.db, minimum_charge_micro_usd=minimum, platform_fee_bps=fee_bps)
+        model_price = (update.model, Price(update.input_price, update.output_price))
+    await store_pricing(
+        services.db, model_price=model_price, policy=(minimum, fee_bps) if is_policy else None
+    )
     services.dispatcher.pricing.forget()
     prices = await services.dispatcher.pricing.current()
     return json_response(pricing_body(prices, set(services.registry.models())))

@@ -61,7 +61,7 @@ def call_arguments(call: ToolCall) -> Any:
     them as an object), else the text as it was sent."""
     try:
         return json.loads(call.arguments)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deep to read
         return call.arguments
 
 
