@@ -38,10 +38,14 @@ class CoordinatorSettings(BaseSettings):
     """Public model names mapped to served model ids, e.g. {"gpt-4o-mini": "smollm2-135m-instruct"}
     (as JSON in MOONFLOWER_MODEL_ALIASES), for clients that hard-code a model name."""
     first_event_timeout_s: float = Field(default=120.0, gt=0)
-    """How long a job may wait for its first event (queueing, prompt processing)."""
+    """How long a job may wait for the provider to accept it (its queue, tokenizing)."""
+    first_token_timeout_s: float = Field(default=120.0, gt=0)
+    """How long after accepting a prompt a provider may take to a first token before the
+    job is given to another provider (nothing has reached the consumer yet)."""
     idle_timeout_s: float = Field(default=600.0, gt=0)
     """Longest silence between two events of a running job."""
-    heartbeat_timeout_s: float = Field(default=30.0, gt=0)
+    heartbeat_timeout_s: float = Field(default=90.0, gt=0)
+    """A provider silent this long is dropped and its jobs end (or move, before a token)."""
     min_trust: str = Field(default="self_signed", pattern=r"^(none|self_signed|hardware)$")
     """The lowest provider trust level a job may be routed to; a request may only raise it
     (header `x-moonflower-min-trust`)."""
@@ -74,6 +78,18 @@ class CoordinatorSettings(BaseSettings):
     max_job_duration_s: float = Field(default=3600.0, gt=0)
     """The longest a job may run; a hold older than this (plus a margin) belongs to a
     coordinator that stopped mid-request and is released."""
+    queue_max_waiting: int = Field(default=64, ge=0)
+    """Requests that may wait per model for a busy provider; beyond that they are refused."""
+    queue_max_wait_s: float = Field(default=30.0, gt=0)
+    """How long a request may wait in its model's queue before it is refused as overloaded."""
+    rate_limit_requests_per_minute: int | None = Field(default=None, gt=0)
+    """Requests each API key may make per minute (a token bucket); none means unlimited."""
+    rate_limit_tokens_per_minute: int | None = Field(default=None, gt=0)
+    """Prompt plus completion tokens each API key may use per minute; none means unlimited."""
+    max_messages: int = Field(default=2048, gt=0)
+    """The most messages (or input items) one request may carry."""
+    sse_keepalive_s: float = Field(default=15.0, gt=0)
+    """Silence after which a stream sends an SSE comment so proxies keep the connection."""
     log_level: str = "info"
 
 
@@ -87,6 +103,10 @@ class ProviderSettings(BaseSettings):
     """A provider token (`mfp-…`) naming the account this provider's earnings go to."""
     data_dir: Path = Field(default_factory=default_data_dir)
     context_length: int | None = Field(default=None, gt=0)
+    slots: int = Field(default=2, ge=1)
+    """How many jobs run at once, each on its own llama.cpp context sharing the weights'
+    pages. Two on the 2-core reference machine gave the best tokens/s per request for the
+    throughput gained (benchmarks/README.md); every slot holds a KV cache of its own."""
     heartbeat_interval_s: float = Field(default=5.0, gt=0)
     stream_batch_interval_s: float = Field(default=0.02, ge=0)
     """Text generated within this interval of the last frame sent is joined into one frame."""

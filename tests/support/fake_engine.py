@@ -36,6 +36,10 @@ class ScriptedEngine:
     requests: list[GenerationRequest] = field(default_factory=list)
     pieces: list[str] | None = None
     starts_in_reasoning: bool = False
+    first_token_delay_s: float = 0.0
+    """Silence after `Started` (ended early by a cancel), as a provider stuck in prefill."""
+    fails_before_first_token: bool = False
+    """Accept the prompt, then fail with `engine_error` before any text."""
 
     @property
     def card(self) -> ModelCard:
@@ -66,6 +70,14 @@ class ScriptedEngine:
             return
         time.sleep(self.start_delay_s)
         yield Started(prompt_tokens=prompt_tokens, starts_in_reasoning=self.starts_in_reasoning)
+        if self.fails_before_first_token:
+            failure = Failed(code="engine_error", message="scripted failure")
+            self.endings.append(failure)
+            yield failure
+            return
+        silent_until = time.monotonic() + self.first_token_delay_s
+        while time.monotonic() < silent_until and not cancel.is_set():
+            time.sleep(0.01)
         tokens = self.pieces
         if tokens is None:
             tokens = [("" if i == 0 else " ") + word for i, word in enumerate(self.script.split())]

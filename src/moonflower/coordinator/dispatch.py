@@ -18,7 +18,7 @@ from moonflower.coordinator.billing import Pricing, reservation
 from moonflower.coordinator.job import Job
 from moonflower.coordinator.registry import ProviderSession, Registry
 from moonflower.coordinator.trust import TrustLevel
-from moonflower.generation import GenerationRequest
+from moonflower.generation import Failed, GenerationRequest
 from moonflower.ledger import billing
 from moonflower.ledger import jobs as job_ledger
 from moonflower.ledger.database import Database
@@ -58,6 +58,8 @@ class Dispatcher:
         job_id = uuid.uuid4().hex
         is_held = False
         tried: set[str] = set()
+        failure: Failed | None = None
+        abandoned: Job | None = None
         try:
             for _attempt in range(MAX_ATTEMPTS):
                 provider = self._pick(request.model, tried, floor)
@@ -74,17 +76,27 @@ class Dispatcher:
                     amount = reservation(prices, request, card)
                     await billing.reserve(self.db, job_id, caller.account_id, amount)
                     is_held = True
-                job = await self._try(job_id, provider, card, request, caller)
-                if job is not None:
+                job, failure = await self._try(job_id, provider, card, request, caller)
+                if failure is None and job is not None:
                     return job
+                abandoned = job or abandoned
         except BaseException:
             if is_held:
                 await billing.release(self.db, job_id)
             raise
+        if abandoned is not None:  # recorded as failed, and its hold released whole
+            abandoned.outcome = abandoned.attempt_failure
+            await self.settle(abandoned)
         if is_held:
             await billing.release(self.db, job_id)
+        if failure is not None and failure.code == "timeout":
+            raise errors.UpstreamTimeout(
+                f"No provider produced a first token in time ({len(tried)} tried)."
+            )
         if tried:
-            raise errors.ProviderFailed("Every provider tried for this request went away.")
+            raise errors.ProviderFailed(
+                f"Every provider tried for this request failed before answering ({len(tried)})."
+            )
         if self.registry.connected_for(request.model):
             level = max(floor or self.registry.default_floor, self.registry.default_floor)
             raise errors.NoProviderAvailable(request.model, required_trust=level.label)
@@ -108,16 +120,17 @@ class Dispatcher:
         card: wire.ModelCard,
         request: GenerationRequest,
         caller: Caller,
-    ) -> Job | None:
-        """Send the job to one provider. None if it went away before accepting the prompt
-        (its unsettled attempt is forgotten, so the same job id can go elsewhere)."""
+    ) -> tuple[Job | None, Failed | None]:
+        """Send the job to one provider and wait for its first output. If the provider
+        failed before that, the attempt is abandoned unsettled (so the same job id can go
+        elsewhere) and returned with why."""
         try:
             channel = await provider.start_job(job_id, request)
         except errors.MoonflowerError:
             raise
         except Exception:
             log.warning("could not send job %s to provider %s", job_id, provider.id)
-            return None
+            return None, Failed(code="provider_gone", message="The job could not be sent.")
         job = Job(
             job_id=job_id,
             request=request,
@@ -130,14 +143,21 @@ class Dispatcher:
             settle=self.settle,
         )
         try:
-            if await job.wait_started():
-                log.info("job %s started on provider %s", job_id, provider.id)
-                return job
+            if await job.wait_ready():
+                log.info("job %s answering from provider %s", job_id, provider.id)
+                return job, None
         except BaseException:
             await job.close()
             raise
-        provider.forget_job(job_id)
-        return None
+        await job.abandon()
+        failure = job.attempt_failure
+        log.info(
+            "job %s: provider %s failed before its first token (%s); trying another",
+            job_id,
+            provider.id,
+            failure.code if failure else "unknown",
+        )
+        return job, failure
 
     async def settle(self, job: Job) -> billing.Settlement | None:
         """Charge what `job` delivered, pay its provider and the platform, and record it,

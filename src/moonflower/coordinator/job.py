@@ -38,6 +38,11 @@ from moonflower.settings import CoordinatorSettings
 
 Settle = Callable[["Job"], Awaitable[Settlement | None]]
 
+RETRYABLE_BEFORE_FIRST_TOKEN = frozenset(
+    {"provider_gone", "timeout", "engine_error", "overloaded", "model_not_loaded"}
+)
+"""Failures of a provider rather than of the request: another provider may do better."""
+
 
 class Job:
     """One generation on one provider, from the moment it is sent until it is settled."""
@@ -82,6 +87,10 @@ class Job:
         self._is_cancelled_by_us = False
         self._is_receipt_rejected = False
         self._is_closed = False
+        self._held_back: GenerationEvent | None = None
+        """The first output, read before the job was handed to the consumer."""
+        self.attempt_failure: Failed | None = None
+        """Why this attempt did not become the consumer's job, when it did not."""
 
     async def _next(self, wait_s: float) -> GenerationEvent:
         left_s = self._settings.max_job_duration_s - (time.monotonic() - self._t0)
@@ -95,18 +104,36 @@ class Job:
             self._is_ended_by_provider = True
         return event
 
-    async def wait_started(self) -> bool:
-        """Wait until the provider accepts the prompt. False if the provider vanished first
-        (the job may be retried elsewhere); a refusal raises the matching domain error."""
+    async def wait_ready(self) -> bool:
+        """Wait until the provider has accepted the prompt and produced its first output (or
+        ended). False when this attempt failed in a way another provider may not — it went
+        away, broke, or was too slow to a first token — so the job can go elsewhere, nothing
+        having reached the consumer; a refusal of the request itself raises its error."""
         first = await self._next(self._settings.first_event_timeout_s)
         if isinstance(first, Started):
             self.prompt_tokens = first.prompt_tokens
             self.starts_in_reasoning = first.starts_in_reasoning
-            return True
-        self.outcome = first if isinstance(first, Failed) else _unexpected(first)
-        if self.outcome.code == "provider_gone":
-            return False
-        raise errors.from_failure(self.outcome)
+            first = await self._next(self._settings.first_token_timeout_s)
+        elif not isinstance(first, Failed):
+            first = _unexpected(first)
+        if isinstance(first, Failed):
+            self.attempt_failure = first
+            if first.code in RETRYABLE_BEFORE_FIRST_TOKEN:
+                return False
+            self.outcome = first
+            raise errors.from_failure(first)
+        self._first_token_ms = _elapsed_ms(self._t0)
+        self._held_back = first
+        return True
+
+    async def abandon(self) -> None:
+        """Give up this attempt before anything reached the consumer: stop the provider's
+        work and forget the job on its connection. Nothing is settled (the hold stays with
+        the request, which may go to another provider)."""
+        self._is_closed = True
+        if not self._is_ended_by_provider:
+            await self.provider.cancel_job(self.id)
+        self.provider.forget_job(self.id)
 
     def events(self) -> AsyncIterator[OutputEvent]:
         """What the provider generated — text (with `<think>` blocks split off as
@@ -117,7 +144,10 @@ class Job:
 
     async def _provider_events(self) -> AsyncIterator[OutputEvent]:
         while self.outcome is None:
-            event = await self._next(self._settings.idle_timeout_s)
+            if self._held_back is not None:
+                event, self._held_back = self._held_back, None
+            else:
+                event = await self._next(self._settings.idle_timeout_s)
             if isinstance(event, Started):
                 continue
             if isinstance(event, Finished | Failed):
@@ -127,8 +157,6 @@ class Job:
                     yield self._receipted()
                 yield self.outcome
                 return
-            if self._first_token_ms is None:
-                self._first_token_ms = _elapsed_ms(self._t0)
             if isinstance(event, TextDelta | ToolCallDelta):
                 self.delivered_tokens += event.tokens
             yield event
