@@ -15,6 +15,10 @@ wire shapes: each dialect owns exactly one mapping from these to its own error b
     ├── RouteNotFound             no such endpoint
     ├── ModelNotFound             no provider has ever served this model
     ├── NoProviderAvailable       the model is known but nobody serving it is connected
+    ├── Overloaded                every provider for the model is busy and the wait for one
+    │                             is full or timed out (`retry_after_s`)
+    ├── RateLimited               the API key used up its requests or tokens per minute
+    │                             (`limit`, `retry_after_s`)
     ├── ProviderFailed            the provider broke or went away mid-job
     ├── UpstreamTimeout           the provider did not answer in time
     ├── ProtocolError             a peer sent a message the wire protocol does not allow
@@ -36,7 +40,7 @@ Messages never quote prompt or completion text.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from moonflower.generation import Failed
@@ -123,6 +127,40 @@ class NoProviderAvailable(MoonflowerError):
         super().__init__(message)
         self.model = model
         self.required_trust = required_trust
+
+
+class Overloaded(MoonflowerError):
+    """Every provider serving the model is busy, and the queue for one is full or the wait
+    in it ran out. `retry_after_s` (whole seconds, at least 1) says when to try again."""
+
+    code = "server_is_overloaded"
+
+    def __init__(self, message: str | None = None, *, retry_after_s: int) -> None:
+        super().__init__(
+            message or f"Every provider serving this model is busy; try again in {retry_after_s} s."
+        )
+        self.retry_after_s = retry_after_s
+
+
+RateLimit = Literal["requests", "tokens"]
+
+
+class RateLimited(MoonflowerError):
+    """The API key went over its requests or tokens per minute (`limit` says which);
+    `retry_after_s` (whole seconds, at least 1) is when it is under again."""
+
+    code = "rate_limit_exceeded"
+
+    def __init__(
+        self, *, retry_after_s: int, limit: RateLimit, per_minute: int | None = None
+    ) -> None:
+        allowed = f" (limit: {per_minute} per minute)" if per_minute is not None else ""
+        super().__init__(
+            f"Rate limit reached for {limit} per minute on this API key{allowed}; "
+            f"try again in {retry_after_s} s."
+        )
+        self.retry_after_s = retry_after_s
+        self.limit = limit
 
 
 class ProviderFailed(MoonflowerError):
@@ -220,6 +258,10 @@ class RegistrationRejected(ProviderSetupError):
     code = "registration_rejected"
 
 
+PROVIDER_BUSY_RETRY_AFTER_S = 1
+"""A provider at capacity says nothing about when it frees up; clients back off from here."""
+
+
 def from_failure(failure: Failed) -> MoonflowerError:
     """Translate a provider's failure event into this tree."""
     if failure.code == "context_length_exceeded":
@@ -228,6 +270,9 @@ def from_failure(failure: Failed) -> MoonflowerError:
         return InvalidRequest(failure.message, param=failure.param)
     if failure.code == "timeout":
         return UpstreamTimeout(failure.message)
+    if failure.code == "overloaded":
+        # The provider turned the job away at capacity: a busy model, not a broken one.
+        return Overloaded(failure.message, retry_after_s=PROVIDER_BUSY_RETRY_AFTER_S)
     return ProviderFailed(failure.message)
 
 

@@ -147,13 +147,18 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def render_error(request: Request, exc: errors.MoonflowerError) -> Response:
-    """Render `exc` in the dialect of the route that was called."""
+    """Render `exc` in the dialect of the route that was called; an error that says when to
+    try again (`retry_after_s`) also says it in a `Retry-After` header, which SDKs honour."""
     if is_anthropic_route(request.url.path):
         status, body = anthropic_errors.status_and_body(exc)
         body["request_id"] = "req_" + secrets.token_hex(12)
     else:
         status, body = openai_errors.status_and_body(exc)
-    return json_response(body, status_code=status)
+    response = json_response(body, status_code=status)
+    retry_after_s = getattr(exc, "retry_after_s", None)
+    if isinstance(retry_after_s, int):
+        response.headers["Retry-After"] = str(max(1, retry_after_s))
+    return response
 
 
 def is_anthropic_route(path: str) -> bool:

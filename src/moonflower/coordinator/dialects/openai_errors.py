@@ -22,6 +22,13 @@ _STATUS_AND_TYPE: list[tuple[type[errors.MoonflowerError], int, str]] = [
     (errors.RouteNotFound, 404, "invalid_request_error"),
     (errors.ModelNotFound, 404, "invalid_request_error"),
     (errors.NoProviderAvailable, 503, "service_unavailable_error"),
+    # OpenAI keeps 429 for a key's own limits and answers "this model has no capacity right
+    # now" with 503 `server_is_overloaded`: a full or timed-out queue is the network's
+    # capacity, not the caller's quota, so it must not read as one. Both carry Retry-After
+    # and the SDKs retry both.
+    (errors.Overloaded, 503, "service_unavailable_error"),
+    # OpenAI names the exhausted limit in `type` ("requests" or "tokens"); see below.
+    (errors.RateLimited, 429, "requests"),
     (errors.UpstreamTimeout, 504, "timeout_error"),
     (errors.ProviderFailed, 502, "server_error"),
 ]
@@ -34,6 +41,8 @@ def status_and_body(exc: errors.MoonflowerError) -> tuple[int, dict[str, Any]]:
     param = getattr(exc, "param", None)
     if isinstance(exc, errors.ModelNotFound):
         param = "model"
+    if isinstance(exc, errors.RateLimited):
+        kind = exc.limit
     return status, body(exc.message, kind, param=param, code=exc.code)
 
 
@@ -54,6 +63,15 @@ def from_validation_error(exc: ValidationError) -> errors.InvalidRequest:
             f"Missing required parameter: '{param}'.",
             param=param,
             code="missing_required_parameter",
+        )
+    if first["type"] == "too_long":
+        ctx = first.get("ctx", {})
+        return errors.InvalidRequest(
+            f"Invalid '{param}': array too long. Expected an array with maximum length "
+            f"{ctx.get('max_length')}, but got an array with length "
+            f"{ctx.get('actual_length')} instead.",
+            param=param,
+            code="array_above_max_length",
         )
     return errors.InvalidRequest(
         f"Invalid value for '{param}': {first['msg']}.", param=param, code="invalid_value"

@@ -1,8 +1,10 @@
 """What every dialect's request parsing shares: validating the JSON body against the
-dialect's pydantic model, and resolving a tool choice against the tools offered.
+dialect's pydantic model (with a cap on how many messages a conversation may have), and
+resolving a tool choice against the tools offered.
 
 Dialect-neutral: each dialect passes its own validation-error mapping and field names, so
-errors still come out in its own words. It must not know any dialect's wire shapes.
+errors still come out in its own words. It must not know any dialect's wire shapes; it
+knows only the names of the fields that carry a conversation (`CONVERSATION_FIELDS`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import InitErrorDetails
 
 from moonflower import errors
 from moonflower.generation import Tool, ToolChoice
@@ -21,6 +24,12 @@ log = logging.getLogger(__name__)
 Body = TypeVar("Body", bound=BaseModel)
 ToolMode = Literal["auto", "none", "required", "function"]
 
+MAX_MESSAGES = 2048
+"""The most messages a request may carry, unless the dialect passes its own `max_messages`
+(the coordinator setting of that name, once parsing is handed the settings)."""
+CONVERSATION_FIELDS = ("messages", "input")
+"""Chat and Anthropic messages, and the Responses API's list of input items."""
+
 
 def validate_body(
     model: type[Body],
@@ -28,11 +37,17 @@ def validate_body(
     *,
     to_error: Callable[[ValidationError], errors.InvalidRequest],
     endpoint: str,
+    max_messages: int = MAX_MESSAGES,
 ) -> Body:
     """`payload` as `model`, or the dialect's `InvalidRequest` naming the first bad field.
+    A conversation longer than `max_messages` is refused before anything is validated.
     Unknown fields are accepted; only their names are logged, at debug level."""
     if not isinstance(payload, dict):
         raise errors.InvalidRequest("The request body must be a JSON object.", param=None)
+    for name in CONVERSATION_FIELDS:
+        items = payload.get(name)
+        if isinstance(items, list) and len(items) > max_messages:
+            raise to_error(_too_long(name, items, max_messages)) from None
     try:
         body = model.model_validate(payload)
     except ValidationError as exc:
@@ -40,6 +55,17 @@ def validate_body(
     if body.model_extra:
         log.debug("ignoring unknown %s fields: %s", endpoint, sorted(body.model_extra))
     return body
+
+
+def _too_long(name: str, items: list[object], max_length: int) -> ValidationError:
+    """What pydantic reports for a list over its `max_length`, so each dialect words it."""
+    detail = InitErrorDetails(
+        type="too_long",
+        loc=(name,),
+        input=items,
+        ctx={"field_type": "List", "max_length": max_length, "actual_length": len(items)},
+    )
+    return ValidationError.from_exception_data("request body", [detail])
 
 
 def resolve_tool_choice(
