@@ -15,6 +15,7 @@ wire shapes: each dialect owns exactly one mapping from these to its own error b
     ├── RouteNotFound             no such endpoint
     ├── ModelNotFound             no provider has ever served this model
     ├── NoProviderAvailable       the model is known but nobody serving it is connected
+    ├── ShuttingDown              the coordinator is draining for a restart
     ├── Overloaded                every provider for the model is busy and the wait for one
     │                             is full or timed out (`retry_after_s`)
     ├── RateLimited               the API key used up its requests or tokens per minute
@@ -161,6 +162,12 @@ class RateLimited(MoonflowerError):
         )
         self.retry_after_s = retry_after_s
         self.limit = limit
+
+
+class ShuttingDown(MoonflowerError):
+    """The coordinator is draining for a restart and takes no new requests."""
+
+    code = "shutting_down"
 
 
 class ProviderFailed(MoonflowerError):

@@ -75,6 +75,8 @@ class CoordinatorSettings(BaseSettings):
     """The least a billed request costs ($0.0001 by default)."""
     platform_fee_percent: float = Field(default=5.0, ge=0, le=100)
     """The platform's part of each charge; the provider earns the rest."""
+    shutdown_grace_s: float = Field(default=60.0, ge=0)
+    """On SIGTERM, how long requests in flight may take to finish before they are cut."""
     max_job_duration_s: float = Field(default=3600.0, gt=0)
     """The longest a job may run; a hold older than this (plus a margin) belongs to a
     coordinator that stopped mid-request and is released."""

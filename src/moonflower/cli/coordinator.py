@@ -8,9 +8,12 @@ from typing import Annotated, Any
 
 import typer
 import uvicorn
+from fastapi import FastAPI
 
 from moonflower.cli import logs
 from moonflower.coordinator.app import create_app
+from moonflower.coordinator.services import Services
+from moonflower.coordinator.shutdown import DrainingServer
 from moonflower.settings import CoordinatorSettings
 
 app = typer.Typer(help="Run the coordinator.", no_args_is_help=True)
@@ -43,9 +46,11 @@ def parse_aliases(pairs: list[str]) -> dict[str, str]:
     return aliases
 
 
-def uvicorn_server(settings: CoordinatorSettings, app: object) -> uvicorn.Server:
+def uvicorn_server(settings: CoordinatorSettings, app: FastAPI) -> uvicorn.Server:
+    """The coordinator's server: on SIGTERM it stops accepting, lets requests in flight
+    finish (up to `shutdown_grace_s`), then closes."""
     config = uvicorn.Config(
-        app,  # type: ignore[arg-type]
+        app,
         host=settings.host,
         port=settings.port,
         log_config=None,
@@ -53,7 +58,13 @@ def uvicorn_server(settings: CoordinatorSettings, app: object) -> uvicorn.Server
         ws_max_size=16 * 1024 * 1024,
         timeout_graceful_shutdown=5,
     )
-    return uvicorn.Server(config)
+
+    async def drain() -> None:
+        services: Services | None = getattr(app.state, "services", None)
+        if services is not None:
+            await services.dispatcher.drain(settings.shutdown_grace_s)
+
+    return DrainingServer(config, drain)
 
 
 @app.command("serve")

@@ -9,6 +9,7 @@ when it ends (`Job.close`), with its metadata (never its text) recorded alongsid
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import uuid
@@ -38,6 +39,25 @@ class Dispatcher:
         self.db = db
         self.settings = settings
         self.pricing = Pricing(db, settings)
+        self.live_jobs: set[Job] = set()
+        """Jobs handed to a consumer and not yet closed."""
+        self.is_draining = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def drain(self, deadline_s: float) -> None:
+        """Refuse new requests, and return once every live job has closed or `deadline_s`
+        has passed (the server then cuts what is left, which cancels and settles it)."""
+        self.is_draining = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), deadline_s)
+        except TimeoutError:
+            log.warning("draining: %d jobs still running at the deadline", len(self.live_jobs))
+
+    def _job_closed(self, job: Job) -> None:
+        self.live_jobs.discard(job)
+        if not self.live_jobs:
+            self._idle.set()
 
     async def start(
         self,
@@ -52,6 +72,8 @@ class Dispatcher:
 
         A model alias is resolved here: the provider is asked for the served model, while
         the dialects keep answering with the name the caller used."""
+        if self.is_draining:
+            raise errors.ShuttingDown("The coordinator is restarting; retry in a moment.")
         served = self.settings.model_aliases.get(request.model, request.model)
         if served != request.model:
             request = dataclasses.replace(request, model=served)
@@ -131,6 +153,7 @@ class Dispatcher:
         except Exception:
             log.warning("could not send job %s to provider %s", job_id, provider.id)
             return None, Failed(code="provider_gone", message="The job could not be sent.")
+        log.info("job %s sent to provider %s", job_id, provider.id)
         job = Job(
             job_id=job_id,
             request=request,
@@ -141,10 +164,13 @@ class Dispatcher:
             channel=channel,
             settings=self.settings,
             settle=self.settle,
+            on_close=self._job_closed,
         )
         try:
             if await job.wait_ready():
                 log.info("job %s answering from provider %s", job_id, provider.id)
+                self.live_jobs.add(job)
+                self._idle.clear()
                 return job, None
         except BaseException:
             await job.close()

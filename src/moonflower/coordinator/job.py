@@ -59,6 +59,7 @@ class Job:
         channel: JobChannel,
         settings: CoordinatorSettings,
         settle: Settle,
+        on_close: Callable[[Job], None] = lambda _job: None,
     ) -> None:
         self.id = job_id
         self.request = request
@@ -79,6 +80,7 @@ class Job:
         self.settlement: Settlement | None = None
         self._settings = settings
         self._settle = settle
+        self._on_close = on_close
         self._channel = channel
         self._tally = OutputTally()
         self._t0 = time.monotonic()
@@ -212,8 +214,11 @@ class Job:
             await self.provider.cancel_job(self.id)
             await self._wind_down()
         self.provider.forget_job(self.id)
-        if self.settlement is None:
-            self.settlement = await self._settle(self)
+        try:
+            if self.settlement is None:
+                self.settlement = await self._settle(self)
+        finally:
+            self._on_close(self)
 
     async def _wind_down(self) -> None:
         """After a cancel: take the provider's remaining events (relayed to nobody) until

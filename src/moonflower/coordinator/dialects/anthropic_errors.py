@@ -24,6 +24,7 @@ _STATUS_AND_TYPE: list[tuple[type[errors.MoonflowerError], int, str]] = [
     (errors.RouteNotFound, 404, "not_found_error"),
     (errors.ModelNotFound, 404, "not_found_error"),
     # Anthropic reports "no capacity right now" as 529, which its SDKs retry with backoff.
+    (errors.ShuttingDown, 529, "overloaded_error"),
     (errors.NoProviderAvailable, 529, "overloaded_error"),
     # A full or timed-out queue is the same condition (busy for everyone, not this caller's
     # fault), so 529 too; 429 `rate_limit_error` is Anthropic's answer to a key over its own

@@ -21,6 +21,7 @@ _STATUS_AND_TYPE: list[tuple[type[errors.MoonflowerError], int, str]] = [
     (errors.InsufficientFunds, 402, "insufficient_quota"),
     (errors.RouteNotFound, 404, "invalid_request_error"),
     (errors.ModelNotFound, 404, "invalid_request_error"),
+    (errors.ShuttingDown, 503, "service_unavailable_error"),
     (errors.NoProviderAvailable, 503, "service_unavailable_error"),
     # OpenAI keeps 429 for a key's own limits and answers "this model has no capacity right
     # now" with 503 `server_is_overloaded`: a full or timed-out queue is the network's
