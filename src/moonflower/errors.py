@@ -17,7 +17,8 @@ wire shapes: each dialect owns exactly one mapping from these to its own error b
     ├── NoProviderAvailable       the model is known but nobody serving it is connected
     ├── ShuttingDown              the coordinator is draining for a restart
     ├── Overloaded                every provider for the model is busy and the wait for one
-    │                             is full or timed out (`retry_after_s`)
+    │   │                         is full or timed out (`retry_after_s`)
+    │   └── ProviderOverloaded    the provider running a job turned it away at capacity
     ├── RateLimited               the API key used up its requests or tokens per minute
     │                             (`limit`, `retry_after_s`)
     ├── ProviderFailed            the provider broke or went away mid-job
@@ -141,6 +142,10 @@ class Overloaded(MoonflowerError):
             message or f"Every provider serving this model is busy; try again in {retry_after_s} s."
         )
         self.retry_after_s = retry_after_s
+
+
+class ProviderOverloaded(Overloaded):
+    """The provider running the job turned it away at capacity (reported mid-stream)."""
 
 
 RateLimit = Literal["requests", "tokens"]
@@ -279,7 +284,7 @@ def from_failure(failure: Failed) -> MoonflowerError:
         return UpstreamTimeout(failure.message)
     if failure.code == "overloaded":
         # The provider turned the job away at capacity: a busy model, not a broken one.
-        return Overloaded(failure.message, retry_after_s=PROVIDER_BUSY_RETRY_AFTER_S)
+        return ProviderOverloaded(failure.message, retry_after_s=PROVIDER_BUSY_RETRY_AFTER_S)
     return ProviderFailed(failure.message)
 
 

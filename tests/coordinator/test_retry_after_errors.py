@@ -67,9 +67,9 @@ async def test_openai_rate_limit_is_429_naming_the_limit(limit: errors.RateLimit
     assert f"{limit} per minute" in body["error"]["message"]
 
 
-async def test_openai_overload_is_503_server_is_overloaded() -> None:
+async def test_openai_overload_is_429_server_is_overloaded() -> None:
     response = await call(CHAT, errors.Overloaded("All busy.", retry_after_s=12))
-    assert response.status_code == 503
+    assert response.status_code == 429
     assert response.headers["retry-after"] == "12"
     body = response.json()
     assert_valid_openai("ErrorResponse", body)
@@ -91,13 +91,13 @@ async def test_anthropic_rate_limit_is_429_rate_limit_error() -> None:
     assert body["request_id"].startswith("req_")
 
 
-async def test_anthropic_overload_is_529_overloaded_error() -> None:
+async def test_anthropic_overload_is_429_rate_limit_error() -> None:
     response = await call(MESSAGES, errors.Overloaded(retry_after_s=30))
-    assert response.status_code == 529
+    assert response.status_code == 429
     assert response.headers["retry-after"] == "30"
     body = response.json()
     assert_valid_anthropic("ErrorResponse", body)
-    assert body["error"]["type"] == "overloaded_error"
+    assert body["error"]["type"] == "rate_limit_error"
     assert "30 s" in body["error"]["message"]
 
 
@@ -139,7 +139,7 @@ async def test_the_sdks_raise_their_own_rate_limit_and_overload_errors() -> None
             await oai.chat.completions.create(
                 model="m", messages=[{"role": "user", "content": "x"}]
             )
-        with pytest.raises(openai.InternalServerError) as busy:
+        with pytest.raises(openai.RateLimitError) as busy:
             await oai.chat.completions.create(
                 model="m", messages=[{"role": "user", "content": "x"}]
             )
@@ -148,15 +148,16 @@ async def test_the_sdks_raise_their_own_rate_limit_and_overload_errors() -> None
         message = {"role": "user", "content": "x"}
         with pytest.raises(anthropic.RateLimitError) as a_limited:
             await ant.messages.create(model="m", max_tokens=1, messages=[message])  # type: ignore[list-item]
-        with pytest.raises(anthropic.OverloadedError) as a_busy:
+        with pytest.raises(anthropic.RateLimitError) as a_busy:
             await ant.messages.create(model="m", max_tokens=1, messages=[message])  # type: ignore[list-item]
         await ant.close()
     assert limited.value.code == "rate_limit_exceeded"
     assert limited.value.type == "requests"
     assert limited.value.response.headers["retry-after"] == "5"
-    assert busy.value.status_code == 503 and busy.value.code == "server_is_overloaded"
+    assert busy.value.status_code == 429
+    assert busy.value.code == "server_is_overloaded"
     assert a_limited.value.response.headers["retry-after"] == "7"
-    assert a_busy.value.status_code == 529
+    assert a_busy.value.status_code == 429
     assert a_busy.value.response.headers["retry-after"] == "8"
 
 

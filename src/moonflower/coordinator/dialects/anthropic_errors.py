@@ -26,10 +26,11 @@ _STATUS_AND_TYPE: list[tuple[type[errors.MoonflowerError], int, str]] = [
     # Anthropic reports "no capacity right now" as 529, which its SDKs retry with backoff.
     (errors.ShuttingDown, 529, "overloaded_error"),
     (errors.NoProviderAvailable, 529, "overloaded_error"),
-    # A full or timed-out queue is the same condition (busy for everyone, not this caller's
-    # fault), so 529 too; 429 `rate_limit_error` is Anthropic's answer to a key over its own
-    # limits. Both carry Retry-After, which the SDKs honour.
-    (errors.Overloaded, 529, "overloaded_error"),
+    # A full or timed-out queue is 429 with Retry-After (our API's contract for "wait and
+    # retry"); Anthropic pairs 429 with `rate_limit_error` only, and the message says the
+    # wait is for capacity. The SDKs retry it after Retry-After.
+    (errors.ProviderOverloaded, 529, "overloaded_error"),
+    (errors.Overloaded, 429, "rate_limit_error"),
     (errors.RateLimited, 429, "rate_limit_error"),
     (errors.UpstreamTimeout, 504, "timeout_error"),
     (errors.ProviderFailed, 502, "api_error"),

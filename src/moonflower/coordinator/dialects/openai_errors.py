@@ -23,11 +23,10 @@ _STATUS_AND_TYPE: list[tuple[type[errors.MoonflowerError], int, str]] = [
     (errors.ModelNotFound, 404, "invalid_request_error"),
     (errors.ShuttingDown, 503, "service_unavailable_error"),
     (errors.NoProviderAvailable, 503, "service_unavailable_error"),
-    # OpenAI keeps 429 for a key's own limits and answers "this model has no capacity right
-    # now" with 503 `server_is_overloaded`: a full or timed-out queue is the network's
-    # capacity, not the caller's quota, so it must not read as one. Both carry Retry-After
-    # and the SDKs retry both.
-    (errors.Overloaded, 503, "service_unavailable_error"),
+    # A full or timed-out queue is 429 with Retry-After (our API's contract for "wait and
+    # retry"), told apart from a key's own limits by its type and code
+    # (`service_unavailable_error` / `server_is_overloaded`). The SDKs retry 429s.
+    (errors.Overloaded, 429, "service_unavailable_error"),
     # OpenAI names the exhausted limit in `type` ("requests" or "tokens"); see below.
     (errors.RateLimited, 429, "requests"),
     (errors.UpstreamTimeout, 504, "timeout_error"),
