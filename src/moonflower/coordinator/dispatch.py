@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import uuid
 
 from moonflower import errors, wire
 from moonflower.coordinator.billing import Pricing, reservation
 from moonflower.coordinator.job import Job
+from moonflower.coordinator.limits import RateLimits
+from moonflower.coordinator.queueing import ModelQueues
 from moonflower.coordinator.registry import ProviderSession, Registry
 from moonflower.coordinator.trust import TrustLevel
 from moonflower.generation import Failed, GenerationRequest
@@ -29,6 +32,18 @@ from moonflower.settings import CoordinatorSettings
 
 log = logging.getLogger(__name__)
 
+
+def has_free_slot(provider: ProviderSession) -> bool:
+    return provider.active_jobs < provider.registration.max_concurrent_jobs
+
+
+def worst_card(providers: list[ProviderSession], model: str) -> wire.ModelCard:
+    """The card of `model` with the longest context among `providers`: the reservation
+    must cover whichever of them ends up serving the request."""
+    cards = [c for c in (p.card(model) for p in providers) if c is not None]
+    return max(cards, key=lambda c: c.context_length)
+
+
 MAX_ATTEMPTS = 3
 """A job whose provider vanishes before accepting it is retried on another provider."""
 
@@ -39,6 +54,11 @@ class Dispatcher:
         self.db = db
         self.settings = settings
         self.pricing = Pricing(db, settings)
+        self.queues = ModelQueues(settings.queue_max_waiting, settings.queue_max_wait_s)
+        """Requests waiting, per model, for a provider with a free slot."""
+        self.limits = RateLimits(
+            settings.rate_limit_requests_per_minute, settings.rate_limit_tokens_per_minute
+        )
         self.live_jobs: set[Job] = set()
         """Jobs handed to a consumer and not yet closed."""
         self.is_draining = False
@@ -58,6 +78,7 @@ class Dispatcher:
         self.live_jobs.discard(job)
         if not self.live_jobs:
             self._idle.set()
+        self.queues.notify(job.request.model)
 
     async def start(
         self,
@@ -74,6 +95,7 @@ class Dispatcher:
         the dialects keep answering with the name the caller used."""
         if self.is_draining:
             raise errors.ShuttingDown("The coordinator is restarting; retry in a moment.")
+        self.limits.admit(caller.key_id)
         served = self.settings.model_aliases.get(request.model, request.model)
         if served != request.model:
             request = dataclasses.replace(request, model=served)
@@ -84,20 +106,27 @@ class Dispatcher:
         abandoned: Job | None = None
         try:
             for _attempt in range(MAX_ATTEMPTS):
-                provider = self._pick(request.model, tried, floor)
-                if provider is None:
+                others = [
+                    p for p in self.registry.serving(request.model, floor) if p.id not in tried
+                ]
+                if not others:
                     break
+                if request.max_tokens is None:
+                    context = worst_card(others, request.model).context_length
+                    request = dataclasses.replace(
+                        request, max_tokens=min(self.settings.default_max_tokens, context)
+                    )
+                if is_billed and not is_held:
+                    prices = await self.pricing.current()
+                    amount = reservation(prices, request, worst_card(others, request.model))
+                    await billing.reserve(self.db, job_id, caller.account_id, amount)
+                    is_held = True
+                provider = await self.queues.wait_turn(
+                    served, functools.partial(self._pick, served, tried, floor)
+                )
                 tried.add(provider.id)
                 card = provider.card(request.model)
                 assert card is not None
-                if request.max_tokens is None:
-                    bound = min(self.settings.default_max_tokens, card.context_length)
-                    request = dataclasses.replace(request, max_tokens=bound)
-                if is_billed and not is_held:
-                    prices = await self.pricing.current()
-                    amount = reservation(prices, request, card)
-                    await billing.reserve(self.db, job_id, caller.account_id, amount)
-                    is_held = True
                 job, failure = await self._try(job_id, provider, card, request, caller)
                 if failure is None and job is not None:
                     return job
@@ -129,11 +158,14 @@ class Dispatcher:
     def _pick(
         self, model: str, tried: set[str], floor: TrustLevel | None
     ) -> ProviderSession | None:
+        """The best provider with a free slot that this request has not tried yet."""
         provider = self.registry.pick(model, floor)
-        if provider is None or provider.id in tried:
-            rest = [p for p in self.registry.serving(model, floor) if p.id not in tried]
-            return min(rest, key=lambda p: p.load) if rest else None
-        return provider
+        if provider is not None and provider.id not in tried and has_free_slot(provider):
+            return provider
+        rest = [
+            p for p in self.registry.serving(model, floor) if p.id not in tried and has_free_slot(p)
+        ]
+        return min(rest, key=lambda p: p.load) if rest else None
 
     async def _try(
         self,
@@ -176,6 +208,7 @@ class Dispatcher:
             await job.close()
             raise
         await job.abandon()
+        self.queues.notify(request.model)
         failure = job.attempt_failure
         log.info(
             "job %s: provider %s failed before its first token (%s); trying another",
@@ -198,6 +231,7 @@ class Dispatcher:
                 else prices.cost(job.request.model, usage.prompt_tokens, usage.completion_tokens)
             )
             record = job.record()
+            self.limits.record_tokens(job.key_id, record.prompt_tokens + record.completion_tokens)
             if usage is not None:
                 record = dataclasses.replace(
                     record,
