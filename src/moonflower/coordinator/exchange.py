@@ -20,7 +20,7 @@ from starlette.responses import Response
 from moonflower import errors
 from moonflower.coordinator import sse
 from moonflower.coordinator.job import Job, usd
-from moonflower.coordinator.services import json_response
+from moonflower.coordinator.services import Services, json_response
 from moonflower.coordinator.trust import TrustLevel
 from moonflower.crypto.receipt import receipt_hash
 from moonflower.generation import (
@@ -183,7 +183,12 @@ async def answer(
     cancelled if the client leaves) and its headers say who served it."""
     headers = job_headers(job)
     if stream is not None:
-        return sse.EventStreamResponse(stream(), on_close=job.close, headers=headers)
+        return sse.EventStreamResponse(
+            stream(),
+            on_close=job.close,
+            headers=headers,
+            keepalive_s=Services.of(request).settings.sse_keepalive_s,
+        )
     try:
         completion = await collect(job, request)
     finally:
