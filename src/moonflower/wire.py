@@ -91,6 +91,8 @@ class Heartbeat(_Frame):
     active_jobs: int = Field(ge=0)
     jobs_served: int = Field(ge=0)
     tokens_generated: int = Field(ge=0)
+    free_slots: int | None = Field(default=None, ge=0)
+    """Jobs the provider could start right now; absent from providers that predate it."""
 
 
 class JobEvent(_Frame):

@@ -28,7 +28,11 @@ def load(settings: ProviderSettings) -> Engine:
     logs.progress(f"model {source.id} at {source.path}")
     source = with_weight_hash(source, settings.data_dir, logs.progress)
     engine = load_engine(
-        settings.engine, source, context_length=settings.context_length, progress=logs.progress
+        settings.engine,
+        source,
+        context_length=settings.context_length,
+        slots=settings.slots,
+        progress=logs.progress,
     )
     card = engine.card
     logs.progress(
@@ -49,6 +53,12 @@ def serve(
     engine: Annotated[str | None, typer.Option(help="Inference engine.")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="The provider's data directory.")] = None,
     context_length: Annotated[int | None, typer.Option(help="Context window to load.")] = None,
+    slots: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Jobs run at once, each on its own context (memory: a KV cache each)."
+        ),
+    ] = None,
     token: Annotated[
         str | None,
         typer.Option(
@@ -64,6 +74,7 @@ def serve(
         "engine": engine,
         "data_dir": data_dir,
         "context_length": context_length,
+        "slots": slots,
         "token": token,
     }
     settings = ProviderSettings(**{k: v for k, v in overrides.items() if v is not None})

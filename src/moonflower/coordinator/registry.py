@@ -40,6 +40,7 @@ class ProviderSession:
     last_seen: float = field(default_factory=time.monotonic)
     jobs_served: int = 0
     tokens_generated: int = 0
+    reported_free_slots: int | None = None
     challenge_answer: asyncio.Future[wire.ChallengeAnswer] | None = None
     """Resolved by the answer to the challenge in flight, if one is."""
     _jobs: dict[str, JobChannel] = field(default_factory=dict)

@@ -188,10 +188,13 @@ class ProviderAgent:
     async def _heartbeats(self, send: SendFrame, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
+            active = self.runner.active_jobs
             beat = wire.Heartbeat(
-                active_jobs=self.runner.active_jobs,
+                active_jobs=active,
                 jobs_served=self.runner.jobs_served,
                 tokens_generated=self.runner.tokens_generated,
+                # Jobs waiting for a slot count as active, so there may be more than slots.
+                free_slots=max(0, self.engine.max_concurrent_jobs - active),
             )
             try:
                 await send(wire.encode(beat))

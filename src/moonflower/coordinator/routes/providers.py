@@ -172,6 +172,7 @@ async def serve_session(websocket: WebSocket, session: ProviderSession, silence_
         elif isinstance(message, wire.Heartbeat):
             session.jobs_served = message.jobs_served
             session.tokens_generated = message.tokens_generated
+            session.reported_free_slots = message.free_slots
         elif isinstance(message, wire.Register):
             raise errors.ProtocolError("register sent twice on one connection")
         else:

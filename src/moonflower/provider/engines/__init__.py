@@ -24,16 +24,20 @@ def load_engine(
     source: ModelSource,
     *,
     context_length: int | None = None,
+    slots: int = 1,
     progress: Callable[[str], None] | None = None,
 ) -> Engine:
-    """Load `source` on the engine called `name` ("llama_cpp" or "mlx")."""
+    """Load `source` on the engine called `name` ("llama_cpp" or "mlx"). `slots` is how many
+    jobs llama.cpp runs at once (a context each); MLX decides its own concurrency."""
     if name == "llama_cpp":
         _require(
             "llama_cpp", "the llama_cpp engine needs llama-cpp-python: install moonflower[llamacpp]"
         )
         from moonflower.provider.engines.llama_cpp import LlamaCppEngine
 
-        return LlamaCppEngine.load(source, context_length=context_length, progress=progress)
+        return LlamaCppEngine.load(
+            source, context_length=context_length, slots=slots, progress=progress
+        )
     if name == "mlx":
         _require(
             "mlx_lm",
