@@ -66,18 +66,27 @@ async def test_a_provider_silent_after_accepting_loses_the_job(tmp_path: Path) -
 
 async def test_a_provider_failing_before_its_first_token_loses_the_job(tmp_path: Path) -> None:
     broken = ScriptedEngine(script=SCRIPT, fails_before_first_token=True)
-    working = ScriptedEngine(script=SCRIPT)
+    working = ScriptedEngine(script=SCRIPT + " and more" * 10, token_delay_s=0.05)
     async with (
         inprocess_network(tmp_path, [broken, working]) as net,
         httpx.AsyncClient(base_url=net.base_url, headers=net.headers, timeout=30) as client,
     ):
-        for _ in range(4):  # whichever is tried first, every answer comes whole
-            response = await client.post("/v1/chat/completions", json=chat())
-            assert response.status_code == 200
-            assert response.json()["choices"][0]["message"]["content"] == SCRIPT
-        assert broken.requests  # it was tried, and failed, at least once
+        # Fill both of the working provider's slots, so the next request can only be
+        # sent to the broken one first.
+        busy = [
+            asyncio.create_task(client.post("/v1/chat/completions", json=chat())) for _ in range(2)
+        ]
+        async with asyncio.timeout(10):
+            while len(working.requests) < 2:
+                await asyncio.sleep(0.01)
+        tried_before = len(broken.requests)
+        response = await client.post("/v1/chat/completions", json=chat(max_tokens=4))
+        assert response.status_code == 200
+        assert response.json()["choices"][0]["message"]["content"] == "the answer arrives whole"
+        assert len(broken.requests) == tried_before + 1  # tried, failed, and passed over
+        assert [r.status_code for r in await asyncio.gather(*busy)] == [200, 200]
         jobs = await job_ledger.list_jobs(net.services.db)
-        assert [j.status for j in jobs] == ["completed"] * 4  # one job per request
+        assert [j.status for j in jobs] == ["completed"] * 3  # one job per request
         account = await get_account(net.services.db, jobs[0].account_id)
         assert account.held_micro_usd == 0
         charged = sum(j.charged_micro_usd for j in jobs)

@@ -103,3 +103,61 @@ async def test_rate_limits_per_key_are_429s(tmp_path: Path) -> None:
         assert refused.json()["error"]["type"] == "requests"
         assert int(refused.headers["retry-after"]) >= 1
         assert len(engine.requests) == 3
+
+
+async def test_a_waiting_stream_starts_at_once_and_keeps_alive(tmp_path: Path) -> None:
+    engine = ScriptedEngine(script="slow " * 12, token_delay_s=0.05)  # 2 slots, ~0.6 s a job
+    async with (
+        inprocess_network(tmp_path, [engine], sse_keepalive_s=0.1) as net,
+        httpx.AsyncClient(base_url=net.base_url, headers=net.headers, timeout=60) as client,
+    ):
+        busy = [
+            asyncio.create_task(client.post("/v1/chat/completions", json=chat(f"busy-{n}")))
+            for n in range(2)
+        ]
+        async with asyncio.timeout(10):
+            while len(engine.requests) < 2:
+                await asyncio.sleep(0.01)
+        async with client.stream(
+            "POST", "/v1/chat/completions", json=chat("waiting", stream=True)
+        ) as response:
+            assert response.status_code == 200  # headers before any provider is free
+            body = (await response.aread()).decode()
+        assert [r.status_code for r in await asyncio.gather(*busy)] == [200, 200]
+        lines = body.split("\n\n")
+        assert lines[0] == ": keep-alive"  # the wait was filled with comments
+        assert '"content":"slow"' in body
+        assert body.endswith("data: [DONE]\n\n")
+        assert engine.requests[-1].messages[0].content == "waiting"
+
+
+async def test_a_waiting_stream_that_times_out_ends_with_an_error_event(tmp_path: Path) -> None:
+    engine = ScriptedEngine(script="slow " * 40, token_delay_s=0.05)  # ~2 s a job
+    async with (
+        inprocess_network(tmp_path, [engine], queue_max_wait_s=0.3) as net,
+        httpx.AsyncClient(base_url=net.base_url, headers=net.headers, timeout=60) as client,
+    ):
+        busy = [
+            asyncio.create_task(client.post("/v1/chat/completions", json=chat(f"busy-{n}")))
+            for n in range(2)
+        ]
+        async with asyncio.timeout(10):
+            while len(engine.requests) < 2:
+                await asyncio.sleep(0.01)
+        openai_stream = await client.post("/v1/chat/completions", json=chat("late", stream=True))
+        anthropic_stream = await client.post(
+            "/v1/messages", json={**chat("late", stream=True), "max_tokens": 5}
+        )
+        await asyncio.gather(*busy)
+        caller = await authenticate(net.services.db, net.key)
+        assert caller is not None
+        account = await get_account(net.services.db, caller.account_id)
+    assert openai_stream.status_code == 200
+    events = [e for e in openai_stream.text.split("\n\n") if e.startswith("data: {")]
+    assert len(events) == 1
+    assert '"code":"server_is_overloaded"' in events[0]
+    assert openai_stream.text.endswith("data: [DONE]\n\n")
+    assert anthropic_stream.text.startswith("event: error\ndata: {")
+    assert '"type":"rate_limit_error"' in anthropic_stream.text
+    assert account.held_micro_usd == 0  # the late requests' holds were given back
+    assert len(engine.requests) == 2

@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import logging
 import uuid
+from dataclasses import dataclass
 
 from moonflower import errors, wire
 from moonflower.coordinator.billing import Pricing, reservation
@@ -46,6 +47,18 @@ def worst_card(providers: list[ProviderSession], model: str) -> wire.ModelCard:
 
 MAX_ATTEMPTS = 3
 """A job whose provider vanishes before accepting it is retried on another provider."""
+
+
+@dataclass
+class Admission:
+    """A request the dispatcher accepted and holds credit for, not yet sent anywhere."""
+
+    request: GenerationRequest
+    """With the served model id and `max_tokens` set."""
+    caller: Caller
+    floor: TrustLevel | None
+    job_id: str
+    is_held: bool
 
 
 class Dispatcher:
@@ -88,58 +101,83 @@ class Dispatcher:
         *,
         is_billed: bool = True,
     ) -> Job:
-        """Hold the most `request` can cost, send it to a provider and wait until that
-        provider accepts the prompt. `is_billed=False` (token counting) holds nothing.
+        """`admit` the request, then `run` it: a job whose provider has produced its first
+        output."""
+        return await self.run(await self.admit(request, caller, floor, is_billed=is_billed))
 
-        A model alias is resolved here: the provider is asked for the served model, while
-        the dialects keep answering with the name the caller used."""
+    async def admit(
+        self,
+        request: GenerationRequest,
+        caller: Caller,
+        floor: TrustLevel | None = None,
+        *,
+        is_billed: bool = True,
+    ) -> Admission:
+        """Everything that can refuse a request before the consumer is answered: shutdown,
+        rate limits, an unknown or unserved model, a full queue, and the hold on the most
+        it can cost (`is_billed=False`, token counting, holds nothing).
+
+        A model alias is resolved here: providers are asked for the served model, while the
+        dialects keep answering with the name the caller used."""
         if self.is_draining:
             raise errors.ShuttingDown("The coordinator is restarting; retry in a moment.")
         self.limits.admit(caller.key_id)
         served = self.settings.model_aliases.get(request.model, request.model)
         if served != request.model:
             request = dataclasses.replace(request, model=served)
-        job_id = uuid.uuid4().hex
-        is_held = False
+        candidates = self.registry.serving(served, floor)
+        if not candidates:
+            await self._raise_unavailable(served, floor)
+        if self._pick(served, set(), floor) is None:
+            self.queues.check_room(served)
+        if request.max_tokens is None:
+            context = worst_card(candidates, served).context_length
+            request = dataclasses.replace(
+                request, max_tokens=min(self.settings.default_max_tokens, context)
+            )
+        admission = Admission(request, caller, floor, uuid.uuid4().hex, is_held=False)
+        if is_billed:
+            prices = await self.pricing.current()
+            amount = reservation(prices, request, worst_card(candidates, served))
+            await billing.reserve(self.db, admission.job_id, caller.account_id, amount)
+            admission.is_held = True
+        return admission
+
+    def must_wait(self, admission: Admission) -> bool:
+        """Whether `run` would have to queue for a free slot right now."""
+        model = admission.request.model
+        return self.queues.waiting(model) > 0 or self._pick(model, set(), admission.floor) is None
+
+    async def run(self, admission: Admission) -> Job:
+        """Wait in the model's queue for a provider with a free slot, send it the job and
+        wait for its first output; up to three providers. On any failure the hold is given
+        back whole and the request fails with the right error."""
+        request, floor, job_id = admission.request, admission.floor, admission.job_id
+        model = request.model
         tried: set[str] = set()
         failure: Failed | None = None
         abandoned: Job | None = None
         try:
             for _attempt in range(MAX_ATTEMPTS):
-                others = [
-                    p for p in self.registry.serving(request.model, floor) if p.id not in tried
-                ]
-                if not others:
+                if not any(p.id not in tried for p in self.registry.serving(model, floor)):
                     break
-                if request.max_tokens is None:
-                    context = worst_card(others, request.model).context_length
-                    request = dataclasses.replace(
-                        request, max_tokens=min(self.settings.default_max_tokens, context)
-                    )
-                if is_billed and not is_held:
-                    prices = await self.pricing.current()
-                    amount = reservation(prices, request, worst_card(others, request.model))
-                    await billing.reserve(self.db, job_id, caller.account_id, amount)
-                    is_held = True
                 provider = await self.queues.wait_turn(
-                    served, functools.partial(self._pick, served, tried, floor)
+                    model, functools.partial(self._pick, model, tried, floor)
                 )
                 tried.add(provider.id)
-                card = provider.card(request.model)
+                card = provider.card(model)
                 assert card is not None
-                job, failure = await self._try(job_id, provider, card, request, caller)
+                job, failure = await self._try(job_id, provider, card, request, admission.caller)
                 if failure is None and job is not None:
                     return job
                 abandoned = job or abandoned
+            if abandoned is not None:  # recorded as failed, and its hold released whole
+                abandoned.outcome = abandoned.attempt_failure
+                await self.settle(abandoned)
         except BaseException:
-            if is_held:
-                await billing.release(self.db, job_id)
+            await self._release(admission)
             raise
-        if abandoned is not None:  # recorded as failed, and its hold released whole
-            abandoned.outcome = abandoned.attempt_failure
-            await self.settle(abandoned)
-        if is_held:
-            await billing.release(self.db, job_id)
+        await self._release(admission)
         if failure is not None and failure.code == "timeout":
             raise errors.UpstreamTimeout(
                 f"No provider produced a first token in time ({len(tried)} tried)."
@@ -148,12 +186,20 @@ class Dispatcher:
             raise errors.ProviderFailed(
                 f"Every provider tried for this request failed before answering ({len(tried)})."
             )
-        if self.registry.connected_for(request.model):
+        await self._raise_unavailable(model, floor)
+        raise AssertionError("unreachable")
+
+    async def _release(self, admission: Admission) -> None:
+        if admission.is_held:
+            await billing.release(self.db, admission.job_id)  # a no-op once settled
+
+    async def _raise_unavailable(self, model: str, floor: TrustLevel | None) -> None:
+        if self.registry.connected_for(model):
             level = max(floor or self.registry.default_floor, self.registry.default_floor)
-            raise errors.NoProviderAvailable(request.model, required_trust=level.label)
-        if await job_ledger.has_been_served(self.db, request.model):
-            raise errors.NoProviderAvailable(request.model)
-        raise errors.ModelNotFound(request.model)
+            raise errors.NoProviderAvailable(model, required_trust=level.label)
+        if await job_ledger.has_been_served(self.db, model):
+            raise errors.NoProviderAvailable(model)
+        raise errors.ModelNotFound(model)
 
     def _pick(
         self, model: str, tried: set[str], floor: TrustLevel | None

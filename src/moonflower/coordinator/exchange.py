@@ -19,6 +19,7 @@ from starlette.responses import Response
 
 from moonflower import errors
 from moonflower.coordinator import sse
+from moonflower.coordinator.dispatch import Admission
 from moonflower.coordinator.job import Job, usd
 from moonflower.coordinator.services import Services, json_response
 from moonflower.coordinator.trust import TrustLevel
@@ -169,6 +170,56 @@ class CompletionBuilder:
             logprobs=self.logprobs,
             finished=finished,
         )
+
+
+@dataclass
+class Rendering:
+    """How a dialect answers one job: its SSE stream (for a streaming call), or the whole
+    body built from the gathered completion."""
+
+    stream: Callable[[], AsyncIterator[bytes]] | None
+    whole: Callable[[Completion], Any]
+
+
+async def serve(
+    request: Request,
+    admission: Admission,
+    render: Callable[[Job], Rendering],
+    *,
+    is_stream: bool,
+    error_frames: Callable[[errors.MoonflowerError], bytes],
+) -> Response:
+    """Run an admitted request and answer it in its dialect.
+
+    A stream that must first wait for a free provider starts at once — headers, then SSE
+    keep-alive comments while it waits — and a failure to start then arrives as the
+    dialect's error event (`error_frames`) rather than as an HTTP status. Otherwise the
+    response waits for the provider's first output, so its headers can name the provider."""
+    services = Services.of(request)
+    dispatcher = services.dispatcher
+    if not (is_stream and dispatcher.must_wait(admission)):
+        job = await dispatcher.run(admission)
+        rendering = render(job)
+        return await answer(job, request, stream=rendering.stream, whole=rendering.whole)
+    started: list[Job] = []
+
+    async def opening() -> AsyncIterator[bytes]:
+        job = await dispatcher.run(admission)
+        started.append(job)
+        stream = render(job).stream
+        assert stream is not None
+        return stream()
+
+    async def close() -> None:
+        for job in started:
+            await job.close()
+
+    return sse.EventStreamResponse(
+        sse.deferred(opening, on_error=error_frames),
+        on_close=close,
+        headers={"x-moonflower-job-id": admission.job_id},
+        keepalive_s=services.settings.sse_keepalive_s,
+    )
 
 
 async def answer(

@@ -66,13 +66,7 @@ class ModelQueues:
             taken = try_take()
             if taken is not None:
                 return taken
-        if self.waiting(model) >= self._max_waiting:
-            retry_after_s = self.retry_after_s(model)
-            raise errors.Overloaded(
-                f"Every provider serving '{model}' is busy and {self._max_waiting} requests "
-                f"are already waiting; try again in {retry_after_s} s.",
-                retry_after_s=retry_after_s,
-            )
+        self.check_room(model)
         loop = asyncio.get_running_loop()
         line = self._lines.get(model)
         if line is None:
@@ -97,6 +91,16 @@ class ModelQueues:
             ) from None
         finally:
             self._leave(model, line, waiter)
+
+    def check_room(self, model: str) -> None:
+        """Raise `Overloaded` now if a newcomer for `model` could not even join its queue."""
+        if self.waiting(model) >= self._max_waiting:
+            retry_after_s = self.retry_after_s(model)
+            raise errors.Overloaded(
+                f"Every provider serving '{model}' is busy and {self._max_waiting} requests "
+                f"are already waiting; try again in {retry_after_s} s.",
+                retry_after_s=retry_after_s,
+            )
 
     def notify(self, model: str) -> None:
         """A slot for `model` may have freed: the front waiter tries to take it."""

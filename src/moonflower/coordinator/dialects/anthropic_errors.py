@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from moonflower import errors
+from moonflower.coordinator import sse
 from moonflower.coordinator.dialects.openai_errors import field_path
 from moonflower.generation import Failed, Finished
 
@@ -68,3 +69,9 @@ def stream_error(event: Finished | Failed) -> dict[str, Any]:
     )
     _status, error_body = status_and_body(errors.from_failure(failure))
     return error_body
+
+
+def stream_error_frames(exc: errors.MoonflowerError) -> bytes:
+    """A stream that failed before `message_start`: one `error` event, as Anthropic sends."""
+    _status, error_body = status_and_body(exc)
+    return sse.frame(error_body, event="error")

@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from moonflower import errors
+from moonflower.coordinator import sse
 from moonflower.generation import Failed, Finished
 
 _STATUS_AND_TYPE: list[tuple[type[errors.MoonflowerError], int, str]] = [
@@ -103,3 +104,9 @@ def stream_error(event: Finished | Failed) -> dict[str, Any]:
     )
     _status, error_body = status_and_body(errors.from_failure(failure))
     return error_body
+
+
+def stream_error_frames(exc: errors.MoonflowerError) -> bytes:
+    """A stream that failed before its first chunk: the error as a data event, then DONE."""
+    _status, error_body = status_and_body(exc)
+    return sse.frame(error_body) + sse.DONE

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from moonflower import errors
 from moonflower.coordinator import sse
 from moonflower.coordinator.dialects import openai_errors
 from moonflower.coordinator.exchange import Completion
@@ -369,3 +370,17 @@ def _usage(usage: Usage) -> dict[str, Any]:
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": usage.total_tokens,
     }
+
+
+def stream_error_frames(exc: errors.MoonflowerError) -> bytes:
+    """A stream that failed before `response.created`: one `error` event."""
+    _status, described = openai_errors.status_and_body(exc)
+    error = described["error"]
+    payload = {
+        "type": "error",
+        "sequence_number": 0,
+        "code": error["code"],
+        "message": error["message"],
+        "param": error["param"],
+    }
+    return sse.frame(payload, event="error")

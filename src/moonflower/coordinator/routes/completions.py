@@ -13,8 +13,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from moonflower.coordinator.auth import authenticate
-from moonflower.coordinator.dialects import openai_completions
-from moonflower.coordinator.exchange import answer, read_json, trust_floor
+from moonflower.coordinator.dialects import openai_completions, openai_errors
+from moonflower.coordinator.exchange import Rendering, read_json, serve, trust_floor
+from moonflower.coordinator.job import Job
 from moonflower.coordinator.services import Services
 
 router = APIRouter()
@@ -25,13 +26,23 @@ async def completions(request: Request) -> Response:
     services = Services.of(request)
     caller = await authenticate(request, services.db)
     call = openai_completions.parse(await read_json(request))
-    job = await services.dispatcher.start(call.request, caller, trust_floor(request))
-    renderer = openai_completions.CompletionRenderer(call, fingerprint="fp_" + job.card.sha256[:12])
-    return await answer(
-        job,
+    admission = await services.dispatcher.admit(call.request, caller, trust_floor(request))
+
+    def render(job: Job) -> Rendering:
+        renderer = openai_completions.CompletionRenderer(
+            call, fingerprint="fp_" + job.card.sha256[:12]
+        )
+        return Rendering(
+            stream=(lambda: renderer.stream(job.events(), include_usage=call.include_usage))
+            if call.is_stream
+            else None,
+            whole=renderer.completion,
+        )
+
+    return await serve(
         request,
-        stream=(lambda: renderer.stream(job.events(), include_usage=call.include_usage))
-        if call.is_stream
-        else None,
-        whole=renderer.completion,
+        admission,
+        render,
+        is_stream=call.is_stream,
+        error_frames=openai_errors.stream_error_frames,
     )

@@ -14,8 +14,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from moonflower.coordinator.auth import authenticate
-from moonflower.coordinator.dialects import anthropic_messages, anthropic_render
-from moonflower.coordinator.exchange import answer, job_headers, read_json, trust_floor
+from moonflower.coordinator.dialects import anthropic_errors, anthropic_messages, anthropic_render
+from moonflower.coordinator.exchange import Rendering, job_headers, read_json, serve, trust_floor
+from moonflower.coordinator.job import Job
 from moonflower.coordinator.services import Services, json_response
 
 router = APIRouter()
@@ -26,15 +27,25 @@ async def create_message(request: Request) -> Response:
     services = Services.of(request)
     caller = await authenticate(request, services.db)
     call = anthropic_messages.parse(await read_json(request))
-    job = await services.dispatcher.start(call.request, caller, trust_floor(request))
-    renderer = anthropic_render.MessageRenderer(
-        model=call.request.model, prompt_tokens=job.prompt_tokens, is_thinking=call.is_thinking
-    )
-    return await answer(
-        job,
+    admission = await services.dispatcher.admit(call.request, caller, trust_floor(request))
+
+    def render(job: Job) -> Rendering:
+        renderer = anthropic_render.MessageRenderer(
+            model=call.request.model,
+            prompt_tokens=job.prompt_tokens,
+            is_thinking=call.is_thinking,
+        )
+        return Rendering(
+            stream=(lambda: renderer.stream(job.events())) if call.is_stream else None,
+            whole=renderer.message,
+        )
+
+    return await serve(
         request,
-        stream=(lambda: renderer.stream(job.events())) if call.is_stream else None,
-        whole=renderer.message,
+        admission,
+        render,
+        is_stream=call.is_stream,
+        error_frames=anthropic_errors.stream_error_frames,
     )
 
 

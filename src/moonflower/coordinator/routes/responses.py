@@ -13,7 +13,8 @@ from starlette.responses import Response
 
 from moonflower.coordinator.auth import authenticate
 from moonflower.coordinator.dialects import openai_responses, openai_responses_render
-from moonflower.coordinator.exchange import answer, read_json, trust_floor
+from moonflower.coordinator.exchange import Rendering, read_json, serve, trust_floor
+from moonflower.coordinator.job import Job
 from moonflower.coordinator.services import Services
 
 router = APIRouter()
@@ -24,15 +25,23 @@ async def responses(request: Request) -> Response:
     services = Services.of(request)
     caller = await authenticate(request, services.db)
     call = openai_responses.parse(await read_json(request))
-    job = await services.dispatcher.start(call.request, caller, trust_floor(request))
-    renderer = openai_responses_render.ResponsesRenderer(
-        model=call.request.model,
-        max_output_tokens=job.request.max_tokens,
-        echo=call.echo,
-    )
-    return await answer(
-        job,
+    admission = await services.dispatcher.admit(call.request, caller, trust_floor(request))
+
+    def render(job: Job) -> Rendering:
+        renderer = openai_responses_render.ResponsesRenderer(
+            model=call.request.model,
+            max_output_tokens=job.request.max_tokens,
+            echo=call.echo,
+        )
+        return Rendering(
+            stream=(lambda: renderer.stream(job.events())) if call.is_stream else None,
+            whole=renderer.response,
+        )
+
+    return await serve(
         request,
-        stream=(lambda: renderer.stream(job.events())) if call.is_stream else None,
-        whole=renderer.response,
+        admission,
+        render,
+        is_stream=call.is_stream,
+        error_frames=openai_responses_render.stream_error_frames,
     )
