@@ -4,6 +4,9 @@ The registry holds one `ProviderSession` per open provider WebSocket. A session 
 per-job event queues of that connection, so a provider that disappears fails exactly its
 own jobs. The registry must not do I/O beyond the `send` callable each session is given,
 and knows nothing of HTTP dialects or storage.
+
+Routing looks only at the sessions serving the requested model (an index kept by `add` and
+`remove`), ranks them with `scoring.score` and records how long each pick took.
 """
 
 from __future__ import annotations
@@ -11,18 +14,31 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections import deque
+from collections.abc import Awaitable, Callable, Container, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from moonflower import wire
 from moonflower.coordinator.channel import JobChannel
+from moonflower.coordinator.scoring import ProviderStats, score
 from moonflower.coordinator.trust import ProviderTrust, TrustLevel
 from moonflower.generation import Failed, GenerationRequest
 
 log = logging.getLogger(__name__)
 
 SendFrame = Callable[[str], Awaitable[None]]
+
+TIE_TOLERANCE = 0.05
+"""Scores within 5 % of each other count as equal, so that measurement noise does not send
+every job to one of several equivalent providers; equals take turns."""
+EXPLORE_EVERY = 8
+"""One pick in this many for a model goes to a newcomer (a provider whose record is too
+short to judge), when one is free: newcomers get measured, yet all of them together — and a
+provider reconnecting to shed a bad record — never take more than this share."""
+ROUTING_SAMPLES = 2048
+"""How many of the latest pick durations `Registry.routing_stats` summarises."""
 
 
 @dataclass(eq=False)
@@ -43,6 +59,9 @@ class ProviderSession:
     reported_free_slots: int | None = None
     challenge_answer: asyncio.Future[wire.ChallengeAnswer] | None = None
     """Resolved by the answer to the challenge in flight, if one is."""
+    stats: ProviderStats = field(default_factory=ProviderStats)
+    """What the coordinator measured of this connection's jobs; routing ranks by it. The
+    dispatcher reports to it; nothing rebinds it."""
     _jobs: dict[str, JobChannel] = field(default_factory=dict)
     _receipts: dict[str, JobChannel] = field(default_factory=dict)
     _is_closed: bool = False
@@ -55,13 +74,25 @@ class ProviderSession:
     def load(self) -> float:
         return len(self._jobs) / self.registration.max_concurrent_jobs
 
-    def is_routable(self, floor: TrustLevel, freshness_s: float) -> bool:
+    @property
+    def has_free_slot(self) -> bool:
+        return len(self._jobs) < self.registration.max_concurrent_jobs
+
+    def is_routable(self, floor: TrustLevel, freshness_s: float, now: float | None = None) -> bool:
         if self._is_closed:
             return False
-        return self.trust.is_routable(floor, freshness_s=freshness_s, now=time.monotonic())
+        if now is None:
+            now = time.monotonic()
+        return self.trust.is_routable(floor, freshness_s=freshness_s, now=now)
 
     def card(self, model: str) -> wire.ModelCard | None:
         return next((m for m in self.registration.models if m.id == model), None)
+
+    def is_loaded(self, model: str) -> bool:
+        """Is `model` in memory, ready for a first token without loading? Every registered
+        model is today (the wire protocol has no way to say otherwise); scoring already
+        charges a cold start to a provider for which this says no."""
+        return True
 
     def mark_untrusted(self, reason: str) -> None:
         log.info("provider %s breached a rule", self.id)
@@ -135,6 +166,11 @@ class ProviderSession:
         self._jobs.clear()
 
 
+_Row = tuple["ProviderSession", dict[str, JobChannel], int, ProviderStats, ProviderTrust]
+"""A session and the parts of it a pick reads, none of which it ever rebinds: its jobs, its
+slots, its stats and its trust."""
+
+
 class Registry:
     """The set of live provider sessions.
 
@@ -144,17 +180,34 @@ class Registry:
 
     def __init__(self, *, default_floor: TrustLevel, freshness_s: float) -> None:
         self._sessions: dict[str, ProviderSession] = {}
+        self._by_model: dict[str, dict[str, ProviderSession]] = {}
+        self._row_cache: dict[str, tuple[_Row, ...]] = {}
+        """`_by_model` as rows for picking, rebuilt after a change."""
+        self._explore_turn: dict[str, int] = {}
         self._turn = itertools.count()
+        self._pick_ns: deque[int] = deque(maxlen=ROUTING_SAMPLES)
+        self._picks = 0
         self.default_floor = default_floor
         self.freshness_s = freshness_s
 
     def add(self, session: ProviderSession) -> None:
         self._sessions[session.id] = session
+        for model in {card.id for card in session.registration.models}:
+            self._by_model.setdefault(model, {})[session.id] = session
+            self._row_cache.pop(model, None)
 
     def remove(self, session_id: str) -> None:
         session = self._sessions.pop(session_id, None)
-        if session is not None:
-            session.close()
+        if session is None:
+            return
+        for model in {card.id for card in session.registration.models}:
+            members = self._by_model.get(model)
+            if members is not None and members.pop(session_id, None) is not None:
+                self._row_cache.pop(model, None)
+                if not members:
+                    del self._by_model[model]
+                    self._explore_turn.pop(model, None)
+        session.close()
 
     def __iter__(self) -> Iterator[ProviderSession]:
         return iter(list(self._sessions.values()))
@@ -165,15 +218,21 @@ class Registry:
     def serving(self, model: str, floor: TrustLevel | None = None) -> list[ProviderSession]:
         """Sessions that may take a job for `model` now, at trust `floor` or above."""
         level = max(floor or self.default_floor, self.default_floor)
-        return [
-            s
-            for s in self._sessions.values()
-            if s.card(model) is not None and s.is_routable(level, self.freshness_s)
-        ]
+        now = time.monotonic()
+        return [s for s in self._members(model) if s.is_routable(level, self.freshness_s, now)]
 
     def connected_for(self, model: str) -> bool:
         """Is any connected provider, trusted or not, serving `model`?"""
-        return any(s.card(model) is not None for s in self._sessions.values())
+        return bool(self._by_model.get(model))
+
+    def has_free_slot_for(self, model: str, floor: TrustLevel | None = None) -> bool:
+        """Would `pick` find a provider for `model` now?"""
+        level = max(floor or self.default_floor, self.default_floor)
+        now = time.monotonic()
+        return any(
+            s.has_free_slot and s.is_routable(level, self.freshness_s, now)
+            for s in self._members(model)
+        )
 
     def routable_count(self) -> int:
         return sum(
@@ -182,17 +241,103 @@ class Registry:
             if s.is_routable(self.default_floor, self.freshness_s)
         )
 
-    def pick(self, model: str, floor: TrustLevel | None = None) -> ProviderSession | None:
-        """The least-loaded provider serving `model`; ties rotate so load spreads evenly."""
-        candidates = self.serving(model, floor)
-        if not candidates:
+    def pick(
+        self,
+        model: str,
+        floor: TrustLevel | None = None,
+        *,
+        exclude: Container[str] = (),
+    ) -> ProviderSession | None:
+        """The best-scoring provider that may take a job for `model` now (serves it, meets
+        the trust floor, passed a recent challenge, has a free slot, and its id is not in
+        `exclude`), or None. Equal scores take turns; every `EXPLORE_EVERY`-th pick prefers
+        a newcomer. O(providers serving `model`)."""
+        started_ns = time.perf_counter_ns()
+        try:
+            level = max(floor or self.default_floor, self.default_floor)
+            return self._best(model, level, exclude)
+        finally:
+            self._pick_ns.append(time.perf_counter_ns() - started_ns)
+            self._picks += 1
+
+    def _best(
+        self, model: str, level: TrustLevel, exclude: Container[str]
+    ) -> ProviderSession | None:
+        rows = self._rows(model)
+        if not rows:
             return None
-        turn = next(self._turn)
-        ranked = sorted(
-            enumerate(candidates),
-            key=lambda ic: (ic[1].load, (ic[0] - turn) % len(candidates)),
-        )
-        return ranked[0][1]
+        explore_turn = self._explore_turn.get(model, 0)
+        self._explore_turn[model] = explore_turn + 1
+        start = next(self._turn) % len(rows)
+        now = time.monotonic()
+        freshness_s = self.freshness_s
+        raise_by = 1.0 + TIE_TOLERANCE
+        best: ProviderSession | None = None
+        best_score = 0.0
+        newcomer: ProviderSession | None = None
+        newcomer_score = 0.0
+        # Walk from a rotating start and keep the first of equals: a later candidate must
+        # beat the one kept by more than the tolerance to replace it. Only a candidate that
+        # would be kept is checked further (model loaded, routable, not excluded), so most
+        # cost one score. The loop spells out `has_free_slot` and `load`, and reads each
+        # session's parts from its row: it runs for every provider of the model on every
+        # request, so the memory it touches per provider is what a pick costs.
+        for session, jobs, slots, stats, trust in rows[start:] + rows[:start]:
+            active = len(jobs)
+            if active >= slots:
+                continue
+            load = active / slots
+            value = score(stats, trust=trust.level, load=load)
+            if value <= best_score * raise_by and (
+                value <= newcomer_score * raise_by or stats.is_proven
+            ):
+                continue
+            if (
+                session._is_closed
+                or not trust.is_routable(level, freshness_s=freshness_s, now=now)
+                or session.id in exclude
+            ):
+                continue
+            if not session.is_loaded(model):
+                value = score(stats, trust=trust.level, load=load, is_loaded=False)
+            if value > best_score * raise_by:
+                best, best_score = session, value
+            if value > newcomer_score * raise_by and not stats.is_proven:
+                newcomer, newcomer_score = session, value
+        if newcomer is not None and explore_turn % EXPLORE_EVERY == EXPLORE_EVERY - 1:
+            return newcomer
+        return best
+
+    def _rows(self, model: str) -> tuple[_Row, ...]:
+        rows = self._row_cache.get(model)
+        if rows is None:
+            rows = tuple(
+                (s, s._jobs, s.registration.max_concurrent_jobs, s.stats, s.trust)
+                for s in self._by_model.get(model, {}).values()
+            )
+            if rows:
+                self._row_cache[model] = rows
+        return rows
+
+    def _members(self, model: str) -> Iterable[ProviderSession]:
+        return self._by_model.get(model, {}).values()
+
+    def routing_stats(self) -> dict[str, int | float | None]:
+        """How long picks took: their count ever, and the median, 99th percentile and
+        maximum (milliseconds) of the latest `ROUTING_SAMPLES` (None before any pick)."""
+        window = sorted(self._pick_ns)
+
+        def percentile(q: float) -> float | None:
+            if not window:
+                return None
+            return window[min(len(window) - 1, math.ceil(q * len(window)) - 1)] / 1e6
+
+        return {
+            "count": self._picks,
+            "p50_ms": percentile(0.50),
+            "p99_ms": percentile(0.99),
+            "max_ms": percentile(1.0),
+        }
 
     def models(self) -> dict[str, list[wire.ModelCard]]:
         """Every model served right now, with the cards of the providers serving it."""

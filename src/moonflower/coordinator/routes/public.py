@@ -69,5 +69,6 @@ async def health(request: Request) -> Response:
             "status": "ok",
             "providers": len(services.registry),
             "models": len(services.registry.models()),
+            "routing": services.registry.routing_stats(),
         }
     )
