@@ -36,13 +36,18 @@ async def test_each_request_reaches_the_provider_serving_its_model(tmp_path: Pat
 
 
 async def test_load_spreads_over_providers_of_the_same_model(tmp_path: Path) -> None:
-    engines = [ScriptedEngine(model_id="m", script="x") for _ in range(2)]
+    engines = [ScriptedEngine(model_id="m", script="x y z w", token_delay_s=0.1) for _ in range(2)]
     async with (
         inprocess_network(tmp_path, engines) as net,
         httpx.AsyncClient(base_url=net.base_url, headers=net.headers) as client,
     ):
-        for _ in range(4):
-            assert (await client.post("/v1/chat/completions", json=chat("m"))).status_code == 200
+
+        async def ask(n: int) -> int:
+            await asyncio.sleep(0.02 * n)
+            return (await client.post("/v1/chat/completions", json=chat("m"))).status_code
+
+        # Four at once on two providers of two slots: a busy provider scores lower.
+        assert await asyncio.gather(*(ask(n) for n in range(4))) == [200] * 4
     assert [len(e.endings) for e in engines] == [2, 2]
 
 

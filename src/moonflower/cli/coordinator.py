@@ -56,6 +56,9 @@ def uvicorn_server(settings: CoordinatorSettings, app: FastAPI) -> uvicorn.Serve
         log_config=None,
         access_log=False,
         ws_max_size=16 * 1024 * 1024,
+        # Provider frames are sealed, so compressing them gains nothing; its state would
+        # double the memory each connected provider costs.
+        ws_per_message_deflate=False,
         timeout_graceful_shutdown=5,
     )
 

@@ -34,10 +34,6 @@ from moonflower.settings import CoordinatorSettings
 log = logging.getLogger(__name__)
 
 
-def has_free_slot(provider: ProviderSession) -> bool:
-    return provider.active_jobs < provider.registration.max_concurrent_jobs
-
-
 def worst_card(providers: list[ProviderSession], model: str) -> wire.ModelCard:
     """The card of `model` with the longest context among `providers`: the reservation
     must cover whichever of them ends up serving the request."""
@@ -128,7 +124,7 @@ class Dispatcher:
         candidates = self.registry.serving(served, floor)
         if not candidates:
             await self._raise_unavailable(served, floor)
-        if self._pick(served, set(), floor) is None:
+        if not self.registry.has_free_slot_for(served, floor):
             self.queues.check_room(served)
         if request.max_tokens is None:
             context = worst_card(candidates, served).context_length
@@ -146,7 +142,9 @@ class Dispatcher:
     def must_wait(self, admission: Admission) -> bool:
         """Whether `run` would have to queue for a free slot right now."""
         model = admission.request.model
-        return self.queues.waiting(model) > 0 or self._pick(model, set(), admission.floor) is None
+        return self.queues.waiting(model) > 0 or not self.registry.has_free_slot_for(
+            model, admission.floor
+        )
 
     async def run(self, admission: Admission) -> Job:
         """Wait in the model's queue for a provider with a free slot, send it the job and
@@ -204,14 +202,8 @@ class Dispatcher:
     def _pick(
         self, model: str, tried: set[str], floor: TrustLevel | None
     ) -> ProviderSession | None:
-        """The best provider with a free slot that this request has not tried yet."""
-        provider = self.registry.pick(model, floor)
-        if provider is not None and provider.id not in tried and has_free_slot(provider):
-            return provider
-        rest = [
-            p for p in self.registry.serving(model, floor) if p.id not in tried and has_free_slot(p)
-        ]
-        return min(rest, key=lambda p: p.load) if rest else None
+        """The best-scoring provider with a free slot that this request has not tried."""
+        return self.registry.pick(model, floor, exclude=tried)
 
     async def _try(
         self,

@@ -121,10 +121,12 @@ class Job:
         if isinstance(first, Failed):
             self.attempt_failure = first
             if first.code in RETRYABLE_BEFORE_FIRST_TOKEN:
+                self.provider.stats.job_failed()
                 return False
             self.outcome = first
             raise errors.from_failure(first)
         self._first_token_ms = _elapsed_ms(self._t0)
+        self.provider.stats.job_started(self._first_token_ms / 1000)
         self._held_back = first
         return True
 
@@ -154,6 +156,7 @@ class Job:
                 continue
             if isinstance(event, Finished | Failed):
                 self.outcome = await self._checked_by_receipt(event)
+                self._measure()
                 self.settlement = await self._settle(self)
                 if self.receipt is not None:
                     yield self._receipted()
@@ -162,6 +165,16 @@ class Job:
             if isinstance(event, TextDelta | ToolCallDelta):
                 self.delivered_tokens += event.tokens
             yield event
+
+    def _measure(self) -> None:
+        """Tell the provider's stats how this job went, for routing the next ones."""
+        outcome = self.outcome
+        if isinstance(outcome, Finished) and outcome.reason != "cancelled":
+            first_ms = self._first_token_ms or 0
+            decode_s = max(time.monotonic() - self._t0 - first_ms / 1000, 0.0)
+            self.provider.stats.job_finished(outcome.usage.completion_tokens, decode_s)
+        elif isinstance(outcome, Failed):
+            self.provider.stats.job_failed()
 
     def _receipted(self) -> Receipted:
         assert self.receipt is not None
