@@ -110,6 +110,8 @@ class ProviderSettings(BaseSettings):
     pages. Two on the 2-core reference machine gave the best tokens/s per request for the
     throughput gained (benchmarks/README.md); every slot holds a KV cache of its own."""
     heartbeat_interval_s: float = Field(default=5.0, gt=0)
+    drain_timeout_s: float = Field(default=120.0, ge=0)
+    """On SIGTERM, how long running jobs may take to finish before the provider stops."""
     stream_batch_interval_s: float = Field(default=0.02, ge=0)
     """Text generated within this interval of the last frame sent is joined into one frame."""
     backoff_initial_s: float = Field(default=0.5, gt=0)

@@ -95,6 +95,13 @@ class Heartbeat(_Frame):
     """Jobs the provider could start right now; absent from providers that predate it."""
 
 
+class Draining(_Frame):
+    """The provider is stopping: it finishes the jobs it has, takes no new ones, and closes
+    the connection when they are done."""
+
+    type: Literal["draining"] = "draining"
+
+
 class JobEvent(_Frame):
     """One generation event, sealed to the job's ephemeral key: `base64(nonce ‖ box)` of the
     event's JSON. There is no plaintext form."""
@@ -162,7 +169,8 @@ class JobCancel(_Frame):
 
 
 ProviderMessage = Annotated[
-    Register | Heartbeat | JobEvent | JobReceipt | ChallengeAnswer, Field(discriminator="type")
+    Register | Heartbeat | Draining | JobEvent | JobReceipt | ChallengeAnswer,
+    Field(discriminator="type"),
 ]
 CoordinatorMessage = Annotated[
     Registered | Rejected | JobRequest | JobCancel | Challenge, Field(discriminator="type")
@@ -173,7 +181,7 @@ _coordinator_messages: TypeAdapter[CoordinatorMessage] = TypeAdapter(Coordinator
 
 _T = TypeVar("_T")
 
-FromProvider = Register | Heartbeat | JobEvent | JobReceipt | ChallengeAnswer
+FromProvider = Register | Heartbeat | Draining | JobEvent | JobReceipt | ChallengeAnswer
 FromCoordinator = Registered | Rejected | JobRequest | JobCancel | Challenge
 AnyMessage = FromProvider | FromCoordinator
 

@@ -82,3 +82,30 @@ def ask(network: LocalNetwork, key: str) -> httpx.Response:
         json={"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4},
         timeout=60,
     )
+
+
+def test_sigterm_on_a_provider_finishes_its_jobs_then_deregisters(tmp_path: Path) -> None:
+    network = LocalNetwork(tmp_path)
+    try:
+        network.start_coordinator()
+        key = network.create_key()
+        leaving = network.start_provider("leaving")
+        wait_until(lambda: ask(network, key).status_code == 200, 60, "the provider to serve")
+
+        out: dict[str, Any] = {}
+        reader = threading.Thread(target=read_stream, args=(network.base_url, key, out))
+        reader.start()
+        wait_until(lambda: len(out.get("chunks", [])) >= 3, 30, "the stream to begin")
+        leaving.popen.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        # Draining: still connected, but it takes no new job (nobody else serves it).
+        assert network.provider_count() == 1
+        assert ask(network, key).status_code == 503
+        reader.join(timeout=120)
+        assert out.get("done") is True  # its job in flight ran to the end
+        assert not any("error" in c for c in out["chunks"])
+        assert leaving.popen.wait(timeout=30) == 0
+        wait_until(lambda: network.provider_count() == 0, 10, "the provider to deregister")
+        assert "draining" in leaving.log()
+    finally:
+        network.stop()

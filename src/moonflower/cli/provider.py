@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -82,8 +84,26 @@ def serve(
     loaded = load(settings)
     agent = ProviderAgent(settings, loaded, detect_hardware(), load_signer(settings.data_dir))
     try:
-        asyncio.run(agent.run())
+        asyncio.run(serve_until_stopped(agent, settings.drain_timeout_s))
     except KeyboardInterrupt:
         pass
     finally:
         loaded.close()
+
+
+async def serve_until_stopped(agent: ProviderAgent, drain_timeout_s: float) -> None:
+    """Run the agent; SIGTERM drains it (its jobs finish, no new ones), a second stops it."""
+    loop = asyncio.get_running_loop()
+    running = asyncio.current_task()
+    assert running is not None
+    stopping: list[asyncio.Task[None]] = []
+
+    def on_sigterm() -> None:
+        if agent.is_draining:
+            running.cancel()
+        else:
+            stopping.append(loop.create_task(agent.stop_gracefully(drain_timeout_s)))
+
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    with contextlib.suppress(asyncio.CancelledError):
+        await agent.run()

@@ -51,6 +51,8 @@ class ProviderSession:
     encryption_public_key: bytes
     trust: ProviderTrust
     account_id: str | None = None
+    is_draining: bool = False
+    """The provider said it is stopping: it finishes its jobs but gets no new ones."""
     """The ledger account this provider's earnings are credited to."""
     connected_at: float = field(default_factory=time.monotonic)
     last_seen: float = field(default_factory=time.monotonic)
@@ -79,7 +81,7 @@ class ProviderSession:
         return len(self._jobs) < self.registration.max_concurrent_jobs
 
     def is_routable(self, floor: TrustLevel, freshness_s: float, now: float | None = None) -> bool:
-        if self._is_closed:
+        if self._is_closed or self.is_draining:
             return False
         if now is None:
             now = time.monotonic()

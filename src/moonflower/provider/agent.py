@@ -9,6 +9,7 @@ exponential backoff whenever the coordinator goes away. No inbound port is ever 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Coroutine
@@ -64,6 +65,9 @@ class ProviderAgent:
         self.provider_id: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.is_connected = asyncio.Event()
+        self.is_draining = False
+        self._socket: ClientConnection | None = None
+        self._send: SendFrame | None = None
 
     def registration(self, statement: wire.SignedBlob) -> wire.Register:
         return wire.Register(
@@ -96,6 +100,8 @@ class ProviderAgent:
                     ) as socket:
                         await self._session(socket)
                         backoff = self.settings.backoff_initial_s
+                    if self.is_draining:
+                        return
                 except errors.RegistrationRejected:
                     raise
                 except (OSError, TimeoutError, WebSocketException, errors.ProtocolError) as exc:
@@ -106,6 +112,8 @@ class ProviderAgent:
                 finally:
                     self.is_connected.clear()
                     self.runner.cancel_all()
+                if self.is_draining:
+                    return
                 delay = backoff * random.uniform(0.8, 1.2)
                 log.info("reconnecting in %.1fs", delay)
                 await asyncio.sleep(delay)
@@ -131,6 +139,7 @@ class ProviderAgent:
         if not isinstance(reply, wire.Registered):
             raise errors.ProtocolError(f"expected registered, got {reply.type}")
         self.provider_id = reply.provider_id
+        self._socket, self._send = socket, send
         self.is_connected.set()
         log.info("registered with %s as %s", self.url, reply.provider_id)
         heartbeats = asyncio.create_task(self._heartbeats(send, reply.heartbeat_interval_s))
@@ -150,6 +159,21 @@ class ProviderAgent:
         finally:
             heartbeats.cancel()
         log.info("coordinator closed the connection")
+
+    async def stop_gracefully(self, deadline_s: float) -> None:
+        """Stop like a good citizen: tell the coordinator no new jobs, finish the running
+        ones (up to `deadline_s`), then close the connection; `run` then returns."""
+        if self.is_draining:
+            return
+        self.is_draining = True
+        log.info("draining: finishing %d jobs, taking no new ones", self.runner.active_jobs)
+        if self._send is not None:
+            with contextlib.suppress(WebSocketException):
+                await self._send(wire.encode(wire.Draining()))
+        if not await self.runner.wait_idle(deadline_s):
+            log.warning("draining: jobs still running at the deadline are cancelled")
+        if self._socket is not None:
+            await self._socket.close()
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
@@ -174,6 +198,9 @@ class ProviderAgent:
             return
         channel = SealedChannel(self.encryption, ephemeral)
         sink = self._sealed_sink(message.job_id, channel, send)
+        if self.is_draining:  # sent before the coordinator heard we are stopping
+            await sink.event(Failed(code="overloaded", message="The provider is stopping."))
+            return
         try:
             request = wire.request_from_bytes(channel.open(message.sealed_request))
         except (SealError, errors.ProtocolError):

@@ -82,6 +82,16 @@ class JobRunner:
         for cancel in self._cancels.values():
             cancel.set()
 
+    async def wait_idle(self, deadline_s: float) -> bool:
+        """Wait until no job is running (True) or `deadline_s` passes (False)."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + deadline_s
+        while self.active_jobs:
+            if loop.time() >= until:
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
     async def drain(self) -> None:
         """Cancel everything and wait for the workers to stop."""
         self.cancel_all()

@@ -173,6 +173,9 @@ async def serve_session(websocket: WebSocket, session: ProviderSession, silence_
             session.jobs_served = message.jobs_served
             session.tokens_generated = message.tokens_generated
             session.reported_free_slots = message.free_slots
+        elif isinstance(message, wire.Draining):
+            session.is_draining = True
+            log.info("provider %s is draining: no new jobs", session.id)
         elif isinstance(message, wire.Register):
             raise errors.ProtocolError("register sent twice on one connection")
         else:
