@@ -64,6 +64,7 @@ async def provider_socket(websocket: WebSocket) -> None:
     )
     await job_ledger.note_models_served(services.db, [m.id for m in registration.models])
     services.registry.add(session)
+    notify_waiting(services, session)
     log.info(
         "provider %s connected serving %s (trust %s%s)",
         session.id,
@@ -82,7 +83,7 @@ async def provider_socket(websocket: WebSocket) -> None:
                 )
             )
         )
-        await serve_session(websocket, session, services.settings.heartbeat_timeout_s)
+        await serve_session(websocket, session, services)
     except (errors.ProtocolError, TimeoutError) as exc:
         log.warning("closing provider %s: %s", session.id, exc)
         await close_quietly(websocket, CLOSE_PROTOCOL_ERROR)
@@ -92,6 +93,12 @@ async def provider_socket(websocket: WebSocket) -> None:
         challenges.cancel()
         services.registry.remove(session.id)
         log.info("provider %s disconnected", session.id)
+
+
+def notify_waiting(services: Services, session: ProviderSession) -> None:
+    """A provider arrived or checked in: requests queued for its models may go now."""
+    for card in session.registration.models:
+        services.dispatcher.queues.notify(card.id)
 
 
 async def receive_registration(websocket: WebSocket) -> tuple[wire.Register, bytes]:
@@ -157,8 +164,9 @@ def encryption_key(registration: wire.Register) -> bytes:
     return key
 
 
-async def serve_session(websocket: WebSocket, session: ProviderSession, silence_s: float) -> None:
+async def serve_session(websocket: WebSocket, session: ProviderSession, services: Services) -> None:
     loop = asyncio.get_running_loop()
+    silence_s = services.settings.heartbeat_timeout_s
     while True:
         frame = await asyncio.wait_for(websocket.receive_text(), silence_s)
         session.last_seen = loop.time()
@@ -170,6 +178,7 @@ async def serve_session(websocket: WebSocket, session: ProviderSession, silence_
         elif isinstance(message, wire.ChallengeAnswer):
             session.take_answer(message)
         elif isinstance(message, wire.Heartbeat):
+            notify_waiting(services, session)
             session.jobs_served = message.jobs_served
             session.tokens_generated = message.tokens_generated
             session.reported_free_slots = message.free_slots
