@@ -91,7 +91,7 @@ def count_prompt_tokens() -> Iterator[CountTokens]:
     card = wire.ModelCard(
         id="m", sha256="0" * 64, context_length=8192, engine="llama_cpp", size_bytes=0
     )
-    engine = LlamaCppEngine(llama, card, _Vocabulary(llama))
+    engine = LlamaCppEngine([llama], card, _Vocabulary(llama))
 
     def count(request: GenerationRequest) -> int:
         return len(engine.prompt_tokens(request))
