@@ -107,8 +107,10 @@ class ProviderSettings(BaseSettings):
     context_length: int | None = Field(default=None, gt=0)
     slots: int = Field(default=2, ge=1)
     """How many jobs run at once, each on its own llama.cpp context sharing the weights'
-    pages. Two on the 2-core reference machine gave the best tokens/s per request for the
-    throughput gained (benchmarks/README.md); every slot holds a KV cache of its own."""
+    pages. Two, as many as the 2-core reference machine has cores: there two slots give
+    1.8x the tokens/s of one, and four give no more while each job runs at half the speed
+    (benchmarks/README.md). Every slot holds a KV cache of its own (about 200 MB for the
+    default model at 8k context)."""
     heartbeat_interval_s: float = Field(default=5.0, gt=0)
     drain_timeout_s: float = Field(default=120.0, ge=0)
     """On SIGTERM, how long running jobs may take to finish before the provider stops."""

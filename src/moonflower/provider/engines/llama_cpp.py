@@ -303,11 +303,13 @@ def _start(
 def threads_per_slot(cpus: int, slots: int) -> int:
     """The cores shared out between the slots, at least one thread each.
 
-    Measured on 2 cores with SmolLM2-135M: two single-threaded contexts give about 1.45x the
-    tokens/s of one two-threaded context, while two two-threaded contexts give less than
-    half of it: llama.cpp's threads wait for each other at every layer, and a thread whose
-    core is busy with another context stalls its whole team. More slots than cores run one
-    thread each and share the cores by time."""
+    Measured on 2 cores with SmolLM2-135M (llama-cpp-python directly, 128 tokens): one
+    single-threaded context makes 123 tokens/s and two at once 245 in all, while a
+    two-threaded context makes 60-130 alone and two of them 57-147 in all, depending on
+    OpenMP's wait policy and whatever else runs on the machine. A context's threads meet
+    at a barrier at every layer, so when another context (or process) holds one of their
+    cores the whole team waits; a thread per core never waits for another. More slots than
+    cores run one thread each and share the cores by time."""
     return max(1, cpus // slots)
 
 
