@@ -26,7 +26,11 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from moonflower.errors import ProtocolError
 from moonflower.generation import GenerationEvent, GenerationRequest
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
+"""3: per-job flow control (`job_credit`) and `draining`."""
+
+FLOW_WINDOW_EVENTS = 64
+"""Events of one job a provider may send beyond those its coordinator granted (`job_credit`)."""
 
 HEARTBEAT_INTERVAL_S = 5.0
 """How often a provider sends a heartbeat; the coordinator drops a silent provider after
@@ -168,12 +172,22 @@ class JobCancel(_Frame):
     job_id: str
 
 
+class JobCredit(_Frame):
+    """The consumer of a job read `events` more of its events: the provider may send that
+    many more (beyond its window)."""
+
+    type: Literal["job_credit"] = "job_credit"
+    job_id: str
+    events: int = Field(gt=0)
+
+
 ProviderMessage = Annotated[
     Register | Heartbeat | Draining | JobEvent | JobReceipt | ChallengeAnswer,
     Field(discriminator="type"),
 ]
 CoordinatorMessage = Annotated[
-    Registered | Rejected | JobRequest | JobCancel | Challenge, Field(discriminator="type")
+    Registered | Rejected | JobRequest | JobCancel | JobCredit | Challenge,
+    Field(discriminator="type"),
 ]
 
 _provider_messages: TypeAdapter[ProviderMessage] = TypeAdapter(ProviderMessage)
@@ -182,7 +196,7 @@ _coordinator_messages: TypeAdapter[CoordinatorMessage] = TypeAdapter(Coordinator
 _T = TypeVar("_T")
 
 FromProvider = Register | Heartbeat | Draining | JobEvent | JobReceipt | ChallengeAnswer
-FromCoordinator = Registered | Rejected | JobRequest | JobCancel | Challenge
+FromCoordinator = Registered | Rejected | JobRequest | JobCancel | JobCredit | Challenge
 AnyMessage = FromProvider | FromCoordinator
 
 

@@ -40,6 +40,8 @@ class ScriptedEngine:
     """Silence after `Started` (ended early by a cancel), as a provider stuck in prefill."""
     fails_before_first_token: bool = False
     """Accept the prompt, then fail with `engine_error` before any text."""
+    tokens_produced: int = 0
+    """Tokens yielded so far, over all jobs (the engine's progress, seen from outside)."""
 
     @property
     def card(self) -> ModelCard:
@@ -97,6 +99,7 @@ class ScriptedEngine:
                 time.sleep(self.token_delay_s)
             yield TextDelta(text=tokens[produced], tokens=1)
             produced += 1
+            self.tokens_produced += 1
         ending = Finished(reason=reason, usage=Usage(prompt_tokens, produced))  # type: ignore[arg-type]
         self.endings.append(ending)
         yield ending

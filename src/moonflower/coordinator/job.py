@@ -38,6 +38,9 @@ from moonflower.settings import CoordinatorSettings
 
 Settle = Callable[["Job"], Awaitable[Settlement | None]]
 
+CREDIT_BATCH_EVENTS = 16
+"""Events the consumer reads between two grants of credit to the provider."""
+
 RETRYABLE_BEFORE_FIRST_TOKEN = frozenset(
     {"provider_gone", "timeout", "engine_error", "overloaded", "model_not_loaded"}
 )
@@ -89,6 +92,7 @@ class Job:
         self._is_cancelled_by_us = False
         self._is_receipt_rejected = False
         self._is_closed = False
+        self._consumed = 0
         self._held_back: GenerationEvent | None = None
         """The first output, read before the job was handed to the consumer."""
         self.attempt_failure: Failed | None = None
@@ -165,6 +169,10 @@ class Job:
             if isinstance(event, TextDelta | ToolCallDelta):
                 self.delivered_tokens += event.tokens
             yield event
+            # Read by the consumer: the provider may send more (see provider/flow.py).
+            self._consumed += 1
+            if self._consumed % CREDIT_BATCH_EVENTS == 0:
+                await self.provider.grant_credit(self.id, CREDIT_BATCH_EVENTS)
 
     def _measure(self) -> None:
         """Tell the provider's stats how this job went, for routing the next ones."""

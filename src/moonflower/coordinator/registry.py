@@ -149,6 +149,15 @@ class ProviderSession:
         if event.kind in ("finished", "failed"):
             del self._jobs[job_id]
 
+    async def grant_credit(self, job_id: str, events: int) -> None:
+        """Let the provider send `events` more of `job_id`: its consumer has read them."""
+        if job_id not in self._jobs or self._is_closed:
+            return
+        try:
+            await self.send_frame(wire.encode(wire.JobCredit(job_id=job_id, events=events)))
+        except Exception:  # the socket is going away; its jobs end with it
+            log.debug("could not grant credit for job %s to provider %s", job_id, self.id)
+
     async def cancel_job(self, job_id: str) -> None:
         """Ask the provider to stop; its last events and receipt still reach the channel
         until `forget_job`."""

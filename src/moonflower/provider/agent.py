@@ -150,6 +150,8 @@ class ProviderAgent:
                     await self._accept(message, send)
                 elif isinstance(message, wire.JobCancel):
                     self.runner.cancel(message.job_id)
+                elif isinstance(message, wire.JobCredit):
+                    self.runner.grant(message.job_id, message.events)
                 elif isinstance(message, wire.Challenge):
                     self._spawn(self._answer(message, send))
                 elif isinstance(message, wire.Registered | wire.Rejected):

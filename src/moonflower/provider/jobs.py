@@ -27,6 +27,7 @@ from moonflower.generation import (
     Usage,
 )
 from moonflower.provider.engines.base import Engine
+from moonflower.provider.flow import JobFlow
 from moonflower.receipts import OutputTally, build_receipt
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class JobRunner:
             max_workers=engine.max_concurrent_jobs, thread_name_prefix="engine"
         )
         self._cancels: dict[str, threading.Event] = {}
+        self._flows: dict[str, JobFlow] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.jobs_served = 0
         self.tokens_generated = 0
@@ -77,10 +79,23 @@ class JobRunner:
         if cancel is not None:
             log.info("job %s: cancel received", job_id)
             cancel.set()
+            self._wake(job_id)
+
+    def grant(self, job_id: str, events: int) -> None:
+        """The coordinator's consumer read `events` more of the job: send that many more."""
+        flow = self._flows.get(job_id)
+        if flow is not None:
+            flow.grant(events)
+
+    def _wake(self, job_id: str) -> None:
+        flow = self._flows.get(job_id)
+        if flow is not None:
+            flow.wake()
 
     def cancel_all(self) -> None:
-        for cancel in self._cancels.values():
+        for job_id, cancel in self._cancels.items():
             cancel.set()
+            self._wake(job_id)
 
     async def wait_idle(self, deadline_s: float) -> bool:
         """Wait until no job is running (True) or `deadline_s` passes (False)."""
@@ -139,8 +154,11 @@ class JobRunner:
     ) -> None:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[GenerationEvent | None] = asyncio.Queue()
+        flow = self._flows[job_id] = JobFlow(cancel)
 
         def emit(event: GenerationEvent) -> None:
+            if not isinstance(event, Finished | Failed):
+                flow.make_room()  # a slow consumer stops the engine here
             loop.call_soon_threadsafe(queue.put_nowait, event)
 
         def work() -> None:
@@ -160,10 +178,17 @@ class JobRunner:
         worker = loop.run_in_executor(self._executor, work)
         try:
             while (event := await queue.get()) is not None:
+                is_terminal = isinstance(event, Finished | Failed)
+                if not is_terminal:
+                    await flow.spend()  # the coordinator's grant bounds what is in flight
                 await self._send(job_id, event, send, cancel, tally)
+                if not is_terminal:
+                    flow.sent()
         finally:
             cancel.set()  # stops the worker if we leave early (connection lost, shutdown)
+            flow.wake()
             await asyncio.shield(worker)
+            self._flows.pop(job_id, None)
 
     async def _send(
         self,
