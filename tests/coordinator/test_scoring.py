@@ -16,7 +16,7 @@ import pytest
 
 from moonflower import wire
 from moonflower.coordinator import registry as registry_module
-from moonflower.coordinator.registry import EXPLORE_EVERY, ProviderSession, Registry
+from moonflower.coordinator.registry import EXPLORE_EVERY, Registry
 from moonflower.coordinator.scoring import (
     PRIOR_DECODE_TPS,
     PRIOR_TTFT_S,
@@ -26,6 +26,7 @@ from moonflower.coordinator.scoring import (
     ProviderStats,
     score,
 )
+from moonflower.coordinator.session import ProviderSession
 from moonflower.coordinator.trust import ProviderTrust, TrustLevel
 from moonflower.crypto.envelope import EncryptionKeyPair
 from moonflower.crypto.signing import SoftwareSigner, b64e

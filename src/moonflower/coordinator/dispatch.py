@@ -21,7 +21,8 @@ from moonflower.coordinator.billing import Pricing, reservation
 from moonflower.coordinator.job import Job
 from moonflower.coordinator.limits import RateLimits
 from moonflower.coordinator.queueing import ModelQueues
-from moonflower.coordinator.registry import ProviderSession, Registry
+from moonflower.coordinator.registry import Registry
+from moonflower.coordinator.session import ProviderSession
 from moonflower.coordinator.trust import TrustLevel
 from moonflower.generation import Failed, GenerationRequest
 from moonflower.ledger import billing

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 from moonflower import errors, wire
 from moonflower.coordinator.channel import JobChannel
-from moonflower.coordinator.registry import ProviderSession
+from moonflower.coordinator.session import ProviderSession
 from moonflower.crypto.receipt import receipt_hash, request_digest, verify_receipt
 from moonflower.errors import ReceiptError
 from moonflower.generation import (

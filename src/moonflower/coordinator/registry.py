@@ -1,9 +1,8 @@
 """Live providers: who is connected, what they serve, and which one takes the next job.
 
-The registry holds one `ProviderSession` per open provider WebSocket. A session owns the
-per-job event queues of that connection, so a provider that disappears fails exactly its
-own jobs. The registry must not do I/O beyond the `send` callable each session is given,
-and knows nothing of HTTP dialects or storage.
+The registry holds one `ProviderSession` (`session.py`) per open provider WebSocket. It must
+not do I/O beyond the `send` callable each session is given, and knows nothing of HTTP
+dialects or storage.
 
 Routing looks only at the sessions serving the requested model (an index kept by `add` and
 `remove`), ranks them with `scoring.score` and records how long each pick took.
@@ -11,24 +10,20 @@ Routing looks only at the sessions serving the requested model (an index kept by
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Container, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Container, Iterable, Iterator
 
 from moonflower import wire
 from moonflower.coordinator.channel import JobChannel
 from moonflower.coordinator.scoring import ProviderStats, score
+from moonflower.coordinator.session import ProviderSession
 from moonflower.coordinator.trust import ProviderTrust, TrustLevel
-from moonflower.generation import Failed, GenerationRequest
 
 log = logging.getLogger(__name__)
-
-SendFrame = Callable[[str], Awaitable[None]]
 
 TIE_TOLERANCE = 0.05
 """Scores within 5 % of each other count as equal, so that measurement noise does not send
@@ -41,143 +36,7 @@ ROUTING_SAMPLES = 2048
 """How many of the latest pick durations `Registry.routing_stats` summarises."""
 
 
-@dataclass(eq=False)
-class ProviderSession:
-    """One connected provider, for the life of its WebSocket."""
-
-    id: str
-    registration: wire.Register
-    send_frame: SendFrame
-    encryption_public_key: bytes
-    trust: ProviderTrust
-    account_id: str | None = None
-    is_draining: bool = False
-    """The provider said it is stopping: it finishes its jobs but gets no new ones."""
-    """The ledger account this provider's earnings are credited to."""
-    connected_at: float = field(default_factory=time.monotonic)
-    last_seen: float = field(default_factory=time.monotonic)
-    jobs_served: int = 0
-    tokens_generated: int = 0
-    reported_free_slots: int | None = None
-    challenge_answer: asyncio.Future[wire.ChallengeAnswer] | None = None
-    """Resolved by the answer to the challenge in flight, if one is."""
-    stats: ProviderStats = field(default_factory=ProviderStats)
-    """What the coordinator measured of this connection's jobs; routing ranks by it. The
-    dispatcher reports to it; nothing rebinds it."""
-    _jobs: dict[str, JobChannel] = field(default_factory=dict)
-    _receipts: dict[str, JobChannel] = field(default_factory=dict)
-    _is_closed: bool = False
-
-    @property
-    def active_jobs(self) -> int:
-        return len(self._jobs)
-
-    @property
-    def load(self) -> float:
-        return len(self._jobs) / self.registration.max_concurrent_jobs
-
-    @property
-    def has_free_slot(self) -> bool:
-        return len(self._jobs) < self.registration.max_concurrent_jobs
-
-    def is_routable(self, floor: TrustLevel, freshness_s: float, now: float | None = None) -> bool:
-        if self._is_closed or self.is_draining:
-            return False
-        if now is None:
-            now = time.monotonic()
-        return self.trust.is_routable(floor, freshness_s=freshness_s, now=now)
-
-    def card(self, model: str) -> wire.ModelCard | None:
-        return next((m for m in self.registration.models if m.id == model), None)
-
-    def is_loaded(self, model: str) -> bool:
-        """Is `model` in memory, ready for a first token without loading? Every registered
-        model is today (the wire protocol has no way to say otherwise); scoring already
-        charges a cold start to a provider for which this says no."""
-        return True
-
-    def mark_untrusted(self, reason: str) -> None:
-        log.info("provider %s breached a rule", self.id)
-        self.trust.mark_untrusted(reason)
-
-    async def start_job(self, job_id: str, request: GenerationRequest) -> JobChannel:
-        """Seal `request` to this provider and send it; its opened events land in the
-        channel's queue, its receipt in the channel's future."""
-        channel = JobChannel(job_id, self.encryption_public_key)
-        frame = channel.request_frame(request)
-        self._jobs[job_id] = channel
-        self._receipts[job_id] = channel
-        try:
-            await self.send_frame(frame)
-        except Exception:
-            self._jobs.pop(job_id, None)
-            self._receipts.pop(job_id, None)
-            raise
-        return channel
-
-    def take_receipt(self, job_id: str, receipt: wire.SignedBlob) -> None:
-        channel = self._receipts.pop(job_id, None)
-        if channel is None:
-            log.debug("provider %s sent a receipt nobody waits for (job %s)", self.id, job_id)
-            return
-        channel.take_receipt(receipt)
-
-    def forget_job(self, job_id: str) -> None:
-        """Stop routing anything more of `job_id` (late events, its receipt) to its channel."""
-        self._jobs.pop(job_id, None)
-        self._receipts.pop(job_id, None)
-
-    def take_answer(self, answer: wire.ChallengeAnswer) -> None:
-        """An answer no challenge waits for (late, or unasked) is ignored: the challenge it
-        may belong to has already been judged as unanswered."""
-        waiting = self.challenge_answer
-        if waiting is not None and not waiting.done():
-            waiting.set_result(answer)
-
-    def deliver(self, job_id: str, sealed_event: str) -> None:
-        channel = self._jobs.get(job_id)
-        if channel is None:
-            # Late events of a job already finished or cancelled: nothing waits for them.
-            log.debug("provider %s sent an event for unknown job %s", self.id, job_id)
-            return
-        event = channel.open_event(sealed_event)
-        if event is None:
-            del self._jobs[job_id]
-            self.mark_untrusted("a job frame failed to open")
-            return
-        channel.events.put_nowait(event)
-        if event.kind in ("finished", "failed"):
-            del self._jobs[job_id]
-
-    async def grant_credit(self, job_id: str, events: int) -> None:
-        """Let the provider send `events` more of `job_id`: its consumer has read them."""
-        if job_id not in self._jobs or self._is_closed:
-            return
-        try:
-            await self.send_frame(wire.encode(wire.JobCredit(job_id=job_id, events=events)))
-        except Exception:  # the socket is going away; its jobs end with it
-            log.debug("could not grant credit for job %s to provider %s", job_id, self.id)
-
-    async def cancel_job(self, job_id: str) -> None:
-        """Ask the provider to stop; its last events and receipt still reach the channel
-        until `forget_job`."""
-        if job_id not in self._jobs or self._is_closed:
-            return
-        try:
-            await self.send_frame(wire.encode(wire.JobCancel(job_id=job_id)))
-        except Exception:  # the socket is going away; its jobs end with it
-            log.debug("could not send cancel for job %s to provider %s", job_id, self.id)
-
-    def close(self) -> None:
-        """Fail every job still running on this connection."""
-        self._is_closed = True
-        gone = Failed(code="provider_gone", message="The provider disconnected mid-job.")
-        for channel in self._jobs.values():
-            channel.events.put_nowait(gone)
-        self._jobs.clear()
-
-
-_Row = tuple["ProviderSession", dict[str, JobChannel], int, ProviderStats, ProviderTrust]
+_Row = tuple[ProviderSession, dict[str, JobChannel], int, ProviderStats, ProviderTrust]
 """A session and the parts of it a pick reads, none of which it ever rebinds: its jobs, its
 slots, its stats and its trust."""
 

@@ -10,8 +10,8 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from moonflower.coordinator.registry import ProviderSession
 from moonflower.coordinator.services import Services, json_response
+from moonflower.coordinator.session import ProviderSession
 
 router = APIRouter()
 

@@ -17,8 +17,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from moonflower import errors, wire
 from moonflower.coordinator.auth import credential
-from moonflower.coordinator.registry import ProviderSession
 from moonflower.coordinator.services import Services
+from moonflower.coordinator.session import ProviderSession
 from moonflower.coordinator.trust import ProviderTrust, judge_registration
 from moonflower.crypto.signing import b64d, key_fingerprint
 from moonflower.crypto.status import new_challenge
