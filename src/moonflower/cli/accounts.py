@@ -17,6 +17,7 @@ import typer
 
 from moonflower.cli.keys import DatabaseUrl, DataDir, print_created_key, with_database
 from moonflower.ledger import accounts, book, keys
+from moonflower.ledger.book import format_usd
 from moonflower.ledger.database import Database
 
 app = typer.Typer(help="Create and list accounts.", no_args_is_help=True)
@@ -44,11 +45,6 @@ def parse_usd(text: str) -> int:
     if micro_usd != micro_usd.to_integral_value():
         raise ValueError(f"{text!r} has more than 6 decimals; the smallest amount is $0.000001")
     return int(micro_usd)
-
-
-def format_usd(micro_usd: int) -> str:
-    """Micro-USD as dollars with all 6 decimals, exactly: -1234567 → "-1.234567"."""
-    return f"{Decimal(micro_usd).scaleb(-6):.6f}"
 
 
 @dataclass(frozen=True, slots=True)

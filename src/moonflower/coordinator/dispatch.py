@@ -127,15 +127,15 @@ class Dispatcher:
             await self._raise_unavailable(served, floor)
         if not self.registry.has_free_slot_for(served, floor):
             self.queues.check_room(served)
+        card = worst_card(candidates, served)
         if request.max_tokens is None:
-            context = worst_card(candidates, served).context_length
             request = dataclasses.replace(
-                request, max_tokens=min(self.settings.default_max_tokens, context)
+                request, max_tokens=min(self.settings.default_max_tokens, card.context_length)
             )
         admission = Admission(request, caller, floor, uuid.uuid4().hex, is_held=False)
         if is_billed:
             prices = await self.pricing.current()
-            amount = reservation(prices, request, worst_card(candidates, served))
+            amount = reservation(prices, request, card)
             await billing.reserve(self.db, admission.job_id, caller.account_id, amount)
             admission.is_held = True
         return admission

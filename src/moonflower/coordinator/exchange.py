@@ -20,7 +20,7 @@ from starlette.responses import Response
 from moonflower import errors
 from moonflower.coordinator import sse
 from moonflower.coordinator.dispatch import Admission
-from moonflower.coordinator.job import Job, usd
+from moonflower.coordinator.job import Job
 from moonflower.coordinator.services import Services, json_response
 from moonflower.coordinator.trust import TrustLevel
 from moonflower.crypto.receipt import receipt_hash
@@ -34,6 +34,7 @@ from moonflower.generation import (
     ToolCall,
     ToolCallDelta,
 )
+from moonflower.ledger.book import format_usd
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 """Larger bodies are refused before parsing; a job must also fit one wire frame."""
@@ -93,7 +94,7 @@ def settled_headers(job: Job) -> dict[str, str]:
     check. (A stream carries the same in its receipt event.)"""
     headers = {}
     if job.settlement is not None:
-        headers["x-moonflower-cost-usd"] = usd(job.settlement.charged_micro_usd)
+        headers["x-moonflower-cost-usd"] = format_usd(job.settlement.charged_micro_usd)
     if job.receipt is not None:
         headers["x-response-hash"] = receipt_hash(job.receipt.json_text)
         headers["x-se-signature"] = job.receipt.signature

@@ -32,6 +32,7 @@ from moonflower.generation import (
 )
 from moonflower.ledger import jobs as job_ledger
 from moonflower.ledger.billing import Settlement
+from moonflower.ledger.book import format_usd
 from moonflower.reasoning import split_reasoning
 from moonflower.receipts import OutputTally
 from moonflower.settings import CoordinatorSettings
@@ -193,7 +194,7 @@ class Job:
             receipt=self.receipt.json_text,
             signature=self.receipt.signature,
             response_hash=receipt_hash(self.receipt.json_text),
-            cost_usd=usd(charged) if charged is not None else None,
+            cost_usd=format_usd(charged) if charged is not None else None,
         )
 
     async def _checked_by_receipt(self, ending: Finished | Failed) -> Finished | Failed:
@@ -295,13 +296,6 @@ class Job:
             error_code=outcome.code if isinstance(outcome, Failed) else None,
             receipt_hash=receipt_hash(self.receipt.json_text) if self.receipt else None,
         )
-
-
-def usd(micro_usd: int) -> str:
-    """Micro-USD as a decimal dollar string with six places, exactly."""
-    sign = "-" if micro_usd < 0 else ""
-    whole, part = divmod(abs(micro_usd), 1_000_000)
-    return f"{sign}{whole}.{part:06d}"
 
 
 def _unexpected(event: GenerationEvent) -> Failed:

@@ -38,6 +38,13 @@ class Entry:
     """Positive credits the account, negative debits it."""
 
 
+def format_usd(micro_usd: int) -> str:
+    """Micro-USD as dollars with all six decimals, exactly: -1234567 → "-1.234567"."""
+    sign = "-" if micro_usd < 0 else ""
+    whole, part = divmod(abs(micro_usd), 1_000_000)
+    return f"{sign}{whole}.{part:06d}"
+
+
 class UnbalancedTransaction(ValueError):
     """Entries that do not sum to zero: a bug, never a user error."""
 

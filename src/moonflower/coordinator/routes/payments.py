@@ -16,10 +16,10 @@ from starlette.responses import Response
 
 from moonflower import errors
 from moonflower.coordinator.auth import authenticate_account
-from moonflower.coordinator.job import usd
 from moonflower.coordinator.services import Services, json_response
 from moonflower.ledger import statements
 from moonflower.ledger.accounts import AccountInfo, get_account
+from moonflower.ledger.book import format_usd
 
 router = APIRouter()
 
@@ -28,7 +28,7 @@ MAX_PAGE = 100
 
 
 def money(name: str, micro_usd: int) -> dict[str, Any]:
-    return {f"{name}_micro_usd": micro_usd, f"{name}_usd": usd(micro_usd)}
+    return {f"{name}_micro_usd": micro_usd, f"{name}_usd": format_usd(micro_usd)}
 
 
 def balance_body(account: AccountInfo) -> dict[str, Any]:

@@ -19,8 +19,8 @@ from moonflower import errors
 from moonflower.coordinator.auth import authenticate_admin
 from moonflower.coordinator.dialects.openai_errors import from_validation_error
 from moonflower.coordinator.exchange import read_json
-from moonflower.coordinator.job import usd
 from moonflower.coordinator.services import Services, json_response
+from moonflower.ledger.book import format_usd
 from moonflower.ledger.pricing import (
     DEFAULT_MODEL,
     MAX_PRICE,
@@ -111,7 +111,7 @@ def pricing_body(prices: PriceList, served: set[str]) -> dict[str, Any]:
         "currency": "USD",
         "unit": "micro_usd_per_million_tokens",
         "minimum_charge_micro_usd": prices.minimum_charge_micro_usd,
-        "minimum_charge_usd": usd(prices.minimum_charge_micro_usd),
+        "minimum_charge_usd": format_usd(prices.minimum_charge_micro_usd),
         "platform_fee_percent": prices.platform_fee_bps / 100,
         "default": price_body(DEFAULT_MODEL, prices.default),
         "prices": [price_body(model, prices.price_of(model)) for model in listed],
@@ -123,6 +123,6 @@ def price_body(model: str, price: Price) -> dict[str, Any]:
         "model": model,
         "input_price": price.input_micro_usd_per_mtok,
         "output_price": price.output_micro_usd_per_mtok,
-        "input_usd_per_million_tokens": usd(price.input_micro_usd_per_mtok),
-        "output_usd_per_million_tokens": usd(price.output_micro_usd_per_mtok),
+        "input_usd_per_million_tokens": format_usd(price.input_micro_usd_per_mtok),
+        "output_usd_per_million_tokens": format_usd(price.output_micro_usd_per_mtok),
     }
