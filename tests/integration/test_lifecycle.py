@@ -25,12 +25,19 @@ def ask(network: LocalNetwork, key: str) -> httpx.Response:
     )
 
 
+def serving(network: LocalNetwork, key: str) -> bool:
+    """Whether a provider is registered and past its first challenge (listed in models)."""
+    response = httpx.get(f"{network.base_url}/v1/models", headers={"x-api-key": key}, timeout=10)
+    return bool(response.json()["data"])
+
+
 def test_killed_provider_gives_503_then_a_new_one_serves(tmp_path: Path) -> None:
     network = LocalNetwork(tmp_path)
     try:
         network.start_coordinator()
         key = network.create_key()
         provider = network.start_provider("provider-1")
+        wait_until(lambda: serving(network, key), 30, "the provider to pass its challenge")
         assert ask(network, key).status_code == 200
 
         provider.stop(signal.SIGKILL)
@@ -44,6 +51,15 @@ def test_killed_provider_gives_503_then_a_new_one_serves(tmp_path: Path) -> None
         assert models["data"] == []
 
         network.start_provider("provider-2")
+
+        def listed() -> bool:  # registered, and past its first challenge
+            return bool(
+                httpx.get(
+                    f"{network.base_url}/v1/models", headers={"x-api-key": key}, timeout=10
+                ).json()["data"]
+            )
+
+        wait_until(listed, 30, "the new provider to pass its first challenge")
         response = ask(network, key)
         assert response.status_code == 200
         assert response.json()["usage"]["completion_tokens"] > 0
@@ -57,6 +73,7 @@ def test_provider_reconnects_by_itself_when_the_coordinator_restarts(tmp_path: P
         coordinator = network.start_coordinator()
         key = network.create_key()
         provider = network.start_provider()
+        wait_until(lambda: serving(network, key), 30, "the provider to pass its challenge")
         assert ask(network, key).status_code == 200
 
         # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit status says why.
