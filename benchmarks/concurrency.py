@@ -6,7 +6,8 @@ loopback. Each round sends a burst of 1, then 2, then 4 simultaneous streaming r
 every level alike. Per level it reports the median over rounds of the aggregate completion
 tokens/s (all tokens of the burst over the burst's wall time) and of the mean per-request
 tokens/s (a request's tokens over its own time, prompt evaluation and network included),
-each also as a ratio to the level-1 figure, and the provider's memory after the run. Usage:
+each also as a ratio to the level-1 figure, and the provider's memory after the run;
+printed and written to `benchmarks/results/concurrency.json`. Usage:
 
     .venv/bin/python -m benchmarks.concurrency [--rounds 5] [--max-tokens 128] [--slots 4]
 """
@@ -24,6 +25,7 @@ from typing import Any
 
 import openai
 
+from benchmarks.results import Run
 from moonflower.provider.models import resolve_model
 from tests.support.network import LocalNetwork
 
@@ -96,6 +98,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--slots", type=int, default=4)
     args = parser.parse_args()
+    run = Run.start("concurrency")
 
     with tempfile.TemporaryDirectory() as tmp:
         network = LocalNetwork(Path(tmp), log_level="warning")
@@ -131,6 +134,7 @@ def main() -> None:
         "provider_memory_mb": memory,
     }
     print(json.dumps(report, indent=2))
+    run.write(report)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import json
 import math
 import os
 import platform
@@ -51,9 +50,9 @@ from benchmarks.gateway_processes import (
     start_moonflower,
     start_upstream,
 )
+from benchmarks.results import Run
 from benchmarks.synthetic_upstream import synthetic_tokens
 
-RESULTS = Path(__file__).parent / "results" / "gateway_overhead.json"
 REQUEST_TIMEOUT_S = 120.0
 WARMUP_REQUESTS = 8
 
@@ -302,6 +301,7 @@ def main() -> None:
     parser.add_argument("--interval-ms", type=float, default=5.0)
     parser.add_argument("--skip-litellm", action="store_true")
     args = parser.parse_args()
+    run = Run.start("gateway_overhead")
     providers = max(1, math.ceil(max(args.concurrency) / 64))
     expected = "".join(synthetic_tokens(args.tokens))
     with (
@@ -320,8 +320,7 @@ def main() -> None:
         "results": [asdict(r) for r in results],
         "moonflower_over_litellm_added": ratios,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    run.write(report)
     print(markdown(results, ratios))
     for name, note in notes.items():
         print(f"\n{name}: {note}")

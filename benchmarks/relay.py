@@ -28,9 +28,8 @@ import httpx
 
 from benchmarks.gateway_overhead import Target, percentile, run_level
 from benchmarks.gateway_processes import start_moonflower
+from benchmarks.results import Run
 from benchmarks.synthetic_upstream import synthetic_tokens
-
-RESULTS = Path(__file__).parent / "results" / "relay.json"
 
 
 async def whole_once(client: httpx.AsyncClient, target: Target, expected: str) -> float:
@@ -135,6 +134,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=256)
     parser.add_argument("--degrade", type=float, default=2.0)
     args = parser.parse_args()
+    run = Run.start("relay")
     providers = math.ceil(max(args.concurrency) / 64)
     with (
         tempfile.TemporaryDirectory() as tmp,
@@ -142,8 +142,7 @@ def main() -> None:
     ):
         report = asyncio.run(measure(base_url, key, args))
     report["command_args"] = vars(args)
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    run.write(report)
     print(json.dumps({k: report[k] for k in ("sustained_streaming", "sustained_whole")}, indent=2))
 
 

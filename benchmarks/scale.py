@@ -7,7 +7,8 @@ real protocol, all in this process, with no model and no attestation (trust `non
 they are all registered, `--clients` concurrent consumers each stream `--requests` chat
 completions with httpx. Reported: failed requests (must be 0), the coordinator's own pick
 timings from `GET /health`, client-side latency, the coordinator's CPU time per request,
-and its resident memory before and after the providers connect. Usage:
+and its resident memory before and after the providers connect; printed and written to
+`benchmarks/results/scale.json`. Usage:
 
     .venv/bin/python -m benchmarks.scale [--providers 1000] [--clients 100] [--requests 3]
 """
@@ -29,6 +30,7 @@ from typing import Any
 import httpx
 import orjson
 
+from benchmarks.results import Run
 from tests.support.network import LocalNetwork
 from tests.support.simulated_providers import WORDS, FleetCounters, simulated_fleet
 
@@ -201,6 +203,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--requests", type=int, default=3, help="per client, one at a time")
     args = parser.parse_args()
+    run = Run.start("scale")
     with tempfile.TemporaryDirectory() as tmp:
         network = start_network(Path(tmp))
         try:
@@ -216,7 +219,9 @@ def main() -> None:
             )
         finally:
             network.stop()
-    print(json.dumps(dataclasses.asdict(result), indent=2))
+    report = dataclasses.asdict(result)
+    print(json.dumps(report, indent=2))
+    run.write(report)
 
 
 if __name__ == "__main__":

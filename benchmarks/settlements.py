@@ -5,7 +5,8 @@ Two measurements per backend and concurrency level, each on a freshly migrated d
 and "settle" alone (holds taken beforehand, untimed). `--concurrency` asyncio tasks share
 the work; each task bills its own consumer account and every job pays the same provider and
 platform accounts, as a busy coordinator would. Each measurement stops after `--jobs` jobs or
-`--max-seconds`, whichever comes first, and the books are checked afterwards. Usage:
+`--max-seconds`, whichever comes first, and the books are checked afterwards. Results are
+printed as a table and written to `benchmarks/results/settlements.json`. Usage:
 
     .venv/bin/python -m benchmarks.settlements [--jobs 1000] [--concurrency 1 8]
 """
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from benchmarks.results import Run
 from moonflower.ledger.accounts import PLATFORM_ACCOUNT_ID, create_account, get_account
 from moonflower.ledger.billing import reserve, settle
 from moonflower.ledger.book import deposit
@@ -135,6 +137,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--max-seconds", type=float, default=30.0, help="per measurement")
     args = parser.parse_args()
+    run = Run.start("settlements")
 
     rows = []
     with ExitStack() as stack:
@@ -154,6 +157,21 @@ def main() -> None:
     print("|---|---|---|---|")
     for backend, concurrency, pairs, settles in rows:
         print(f"| {backend} | {concurrency} | {pairs:.0f} | {settles:.0f} |")
+    run.write(
+        {
+            "jobs": args.jobs,
+            "max_seconds": args.max_seconds,
+            "rows": [
+                {
+                    "backend": backend,
+                    "concurrency": concurrency,
+                    "reserve_and_settle_per_s": round(pairs, 1),
+                    "settle_per_s": round(settles, 1),
+                }
+                for backend, concurrency, pairs, settles in rows
+            ],
+        }
+    )
 
 
 if __name__ == "__main__":

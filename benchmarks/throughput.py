@@ -7,7 +7,8 @@ and the provider's slots — `--slots` llama.cpp contexts with `cores // slots` 
 exactly as `moonflower provider serve --slots N` runs them — so the direct side runs its
 concurrent requests on as many contexts as the provider has. Both evaluate the whole prompt
 for every request. Rounds alternate (direct, network, direct, …) so machine noise hits both
-alike, and the ratio of the medians of aggregate tokens/s is reported per concurrency.
+alike, and the ratio of the medians of aggregate tokens/s is reported per concurrency,
+printed and written to `benchmarks/results/throughput.json`.
 
     .venv/bin/python -m benchmarks.throughput [--rounds 5] [--max-tokens 256]
         [--concurrency 1 4] [--slots 2]
@@ -28,6 +29,7 @@ from typing import Any
 
 import openai
 
+from benchmarks.results import Run
 from moonflower.provider.models import resolve_model
 from tests.support.network import LocalNetwork
 
@@ -89,6 +91,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--slots", type=int, default=2)
     args = parser.parse_args()
+    run = Run.start("throughput")
 
     from llama_cpp import Llama
 
@@ -139,6 +142,7 @@ def main() -> None:
         "by_concurrency": results,
     }
     print(json.dumps(report, indent=2))
+    run.write(report)
 
 
 if __name__ == "__main__":
