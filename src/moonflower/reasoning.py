@@ -73,6 +73,13 @@ class ThinkSplitter:
         """Text received but not yet released, because it could still become a tag."""
         return self._held
 
+    def passes_through(self, text: str) -> bool:
+        """Whether `text` is visible text as it stands: nothing held, outside reasoning, not
+        right after a closing tag, and no `<` that could begin one (most deltas)."""
+        return bool(text) and not (
+            self._held or self.is_reasoning or self._is_after_close or "<" in text
+        )
+
     def push(self, text: str, logprobs: tuple[TokenLogprob, ...] = ()) -> list[Piece]:
         buffer = self._held + text
         spans = self._spans
@@ -148,6 +155,9 @@ async def split_reasoning(
     splitter = ThinkSplitter(starts_in_reasoning=starts_in_reasoning)
     async for event in events:
         if isinstance(event, TextDelta):
+            if splitter.passes_through(event.text):
+                yield event
+                continue
             for piece in splitter.push(event.text, event.logprobs):
                 yield piece
             continue

@@ -3,6 +3,7 @@ chunkings, plus one example per documented case and the async adapter's event or
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import re
 from collections.abc import AsyncIterator, Sequence
@@ -128,6 +129,21 @@ def test_any_chunking_gives_the_whole_text_result(
     whole = joined(run([text], starts_in_reasoning=starts_in_reasoning))
     assert whole == (expected.visible, expected.reasoning)
     assert joined(run(chunks, starts_in_reasoning=starts_in_reasoning)) == whole
+
+
+@PROPERTY
+@given(chunked(), st.booleans())
+def test_the_adapter_splits_every_chunking_like_the_splitter(
+    case: tuple[str, list[str]], starts_in_reasoning: bool
+) -> None:
+    """The adapter passes most deltas through untouched; the result must not change."""
+    _text, chunks = case
+    events = [TextDelta(chunk, tokens=1) for chunk in chunks]
+    out = asyncio.run(adapt([*events, FINISHED], starts_in_reasoning=starts_in_reasoning))
+    assert out[-1] == FINISHED
+    pieces = out[:-1]
+    assert all(p.text for p in pieces if isinstance(p, TextDelta | ReasoningDelta))
+    assert joined(pieces) == joined(run(chunks, starts_in_reasoning=starts_in_reasoning))
 
 
 @PROPERTY

@@ -41,19 +41,19 @@ class Client:
     """The server side of one HTTP exchange: what the app sent and when, and a hang-up."""
 
     def __init__(self, *, stalls_on: bytes | None = None) -> None:
+        """`stalls_on`: a frame whose write never completes, as on a stalled socket."""
         self.loop = asyncio.get_running_loop()
         self.started = self.loop.time()
         self.sent: list[tuple[float, dict[str, Any]]] = []
         self.hangup = asyncio.Event()
         self.stalls_on = stalls_on
-        """A chunk whose write never completes, as on a stalled socket."""
 
     async def receive(self) -> dict[str, Any]:
         await self.hangup.wait()
         return {"type": "http.disconnect"}
 
     async def send(self, message: dict[str, Any]) -> None:
-        if self.stalls_on is not None and message.get("body") == self.stalls_on:
+        if self.stalls_on is not None and self.stalls_on in message.get("body", b""):
             await asyncio.Event().wait()
         self.sent.append((self.loop.time() - self.started, message))
 
@@ -61,10 +61,16 @@ class Client:
         return [m["body"] for _t, m in self.sent if m["type"] == "http.response.body" and m["body"]]
 
     def frames(self) -> list[bytes]:
-        return [chunk for chunk in self.chunks() if chunk != sse.KEEPALIVE]
+        """The events sent, one each (frames ready together share a write)."""
+        return [
+            event + b"\n\n"
+            for chunk in self.chunks()
+            if chunk != sse.KEEPALIVE
+            for event in chunk.split(b"\n\n")[:-1]
+        ]
 
-    def sent_at(self, chunk: bytes) -> float:
-        return next(t for t, m in self.sent if m.get("body") == chunk)
+    def sent_at(self, frame: bytes) -> float:
+        return next(t for t, m in self.sent if frame in m.get("body", b""))
 
     def start_at(self) -> float:
         return next(t for t, m in self.sent if m["type"] == "http.response.start")
@@ -130,6 +136,36 @@ async def test_frames_keep_their_order_and_are_not_held_back() -> None:
         assert client.sent_at(chunk) + client.started - at < 0.05
 
 
+async def test_frames_ready_together_go_out_in_one_write() -> None:
+    async def body() -> AsyncIterator[bytes]:
+        yield frame(0)
+        await asyncio.sleep(0.05)
+        for n in range(1, 6):  # ready at once, as when a provider's events queue up
+            yield frame(n)
+
+    client = Client()
+    await serve(sse.EventStreamResponse(body(), on_close=Closed(), keepalive_s=1), client)
+    assert client.chunks() == [frame(0), b"".join(frame(n) for n in range(1, 6))]
+
+
+async def test_a_stalled_client_stops_the_reading_ahead() -> None:
+    read: list[int] = []
+
+    async def body() -> AsyncIterator[bytes]:
+        for n in range(1000):
+            await asyncio.sleep(0)
+            read.append(n)
+            yield frame(n)
+
+    client = Client(stalls_on=frame(0))
+    response = sse.EventStreamResponse(body(), on_close=Closed(), keepalive_s=1)
+    serving = asyncio.create_task(serve(response, client))
+    await asyncio.sleep(0.2)
+    assert sse.KeepAliveStream.MAX_AHEAD <= len(read) <= 2 * sse.KeepAliveStream.MAX_AHEAD
+    client.hangup.set()
+    await serving
+
+
 async def test_headers_go_out_before_a_slow_first_frame() -> None:
     client = Client()
     body = paced([(0.5, 1)])
@@ -181,7 +217,8 @@ async def test_a_client_hanging_up_mid_write_closes_the_body_at_once() -> None:
 
     async def body() -> AsyncIterator[bytes]:
         try:
-            for n in range(10):
+            for n in range(1000):
+                await asyncio.sleep(0.005)
                 yield frame(n)
         finally:
             body_closed.set()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -10,6 +9,7 @@ import typer
 import uvicorn
 from fastapi import FastAPI
 
+from moonflower import eventloop
 from moonflower.cli import logs
 from moonflower.coordinator.app import create_app
 from moonflower.coordinator.services import Services
@@ -87,4 +87,4 @@ def serve(
     settings = coordinator_settings(host, port, data_dir, database_url, alias)
     logs.configure(settings.log_level)
     server = uvicorn_server(settings, create_app(settings))
-    asyncio.run(server.serve())
+    eventloop.run(server.serve())

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
+from moonflower import eventloop
 from moonflower.cli import logs
 from moonflower.crypto.signing import load_signer
 from moonflower.provider.agent import ProviderAgent
@@ -84,7 +85,7 @@ def serve(
     loaded = load(settings)
     agent = ProviderAgent(settings, loaded, detect_hardware(), load_signer(settings.data_dir))
     try:
-        asyncio.run(serve_until_stopped(agent, settings.drain_timeout_s))
+        eventloop.run(serve_until_stopped(agent, settings.drain_timeout_s))
     except KeyboardInterrupt:
         pass
     finally:

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 from pydantic import SecretStr
 
+from moonflower import eventloop
 from moonflower.cli import logs
 from moonflower.cli.coordinator import coordinator_settings, uvicorn_server
 from moonflower.cli.provider import load
@@ -56,7 +57,7 @@ def up(
     provider_settings = ProviderSettings(coordinator=base, model=model, data_dir=settings.data_dir)
     engine = load(provider_settings)
     try:
-        asyncio.run(run_network(settings, provider_settings, engine))
+        eventloop.run(run_network(settings, provider_settings, engine))
     except KeyboardInterrupt:
         pass
     finally:

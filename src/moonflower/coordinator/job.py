@@ -101,10 +101,15 @@ class Job:
 
     async def _next(self, wait_s: float) -> GenerationEvent:
         left_s = self._settings.max_job_duration_s - (time.monotonic() - self._t0)
-        try:
-            event = await asyncio.wait_for(self._channel.events.get(), min(wait_s, left_s))
-        except TimeoutError:  # the provider may still be working: close() cancels it
-            return Failed(code="timeout", message="The provider did not answer in time.")
+        queue = self._channel.events
+        if not queue.empty() and left_s > 0:  # already here: no timer, no task
+            event = queue.get_nowait()
+        else:
+            try:
+                async with asyncio.timeout(min(wait_s, left_s)):
+                    event = await queue.get()
+            except TimeoutError:  # the provider may still be working: close() cancels it
+                return Failed(code="timeout", message="The provider did not answer in time.")
         if not (isinstance(event, Failed) and event.code == "provider_gone"):
             self._tally.add(event)
         if isinstance(event, Finished | Failed):

@@ -46,45 +46,72 @@ def frame(data: Any, *, event: str | None = None) -> bytes:
 class KeepAliveStream:
     """`body`'s frames as they come, with `KEEPALIVE` after every `interval_s` of silence.
 
-    The next frame is awaited in its own task, which a keep-alive does not disturb; `aclose`
-    cancels that task, waits for it, and closes `body`. The owner must call `aclose`.
+    A pump task reads `body` ahead into a buffer, and each step hands over everything
+    buffered as one chunk: a frame is sent the moment the connection can take it, and the
+    frames that arrived while it was busy go out together, in order, in one write (under
+    load, one write carries many events instead of one each). The pump stops reading at
+    `MAX_AHEAD` buffered frames, so a slow client slows the job (and, through flow control,
+    its provider) instead of growing the buffer. `aclose` stops the pump and closes `body`;
+    the owner must call it.
     """
+
+    MAX_AHEAD = 64
 
     def __init__(self, body: AsyncIterator[bytes], interval_s: float) -> None:
         self._body = body
         self._interval_s = interval_s
-        self._next: asyncio.Task[bytes | None] | None = None
+        self._frames: list[bytes] = []
+        self._is_ready = asyncio.Event()
+        """Set while frames are buffered or the body has ended."""
+        self._has_room = asyncio.Event()
+        self._has_room.set()
+        self._is_ended = False
+        self._error: Exception | None = None
+        self._pump: asyncio.Task[None] | None = None
 
     def __aiter__(self) -> KeepAliveStream:
         return self
 
     async def __anext__(self) -> bytes:
-        if self._next is None:
-            self._next = asyncio.create_task(_next_frame(self._body))
-        done, _ = await asyncio.wait({self._next}, timeout=self._interval_s)
-        if not done:
-            return KEEPALIVE
-        task, self._next = self._next, None
-        frame = task.result()
-        if frame is None:
-            raise StopAsyncIteration
-        return frame
+        if self._pump is None:
+            self._pump = asyncio.create_task(self._read_ahead())
+        if not self._is_ready.is_set():
+            try:
+                async with asyncio.timeout(self._interval_s):
+                    await self._is_ready.wait()
+            except TimeoutError:
+                return KEEPALIVE
+        if self._frames:
+            frames, self._frames = self._frames, []
+            if not self._is_ended:
+                self._is_ready.clear()
+            self._has_room.set()
+            return frames[0] if len(frames) == 1 else b"".join(frames)
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        raise StopAsyncIteration
+
+    async def _read_ahead(self) -> None:
+        try:
+            async for frame in self._body:
+                self._frames.append(frame)
+                self._is_ready.set()
+                if len(self._frames) >= self.MAX_AHEAD:
+                    self._has_room.clear()
+                    await self._has_room.wait()
+        except Exception as exc:  # handed to the response, after the frames before it
+            self._error = exc
+        finally:
+            self._is_ended = True
+            self._is_ready.set()
 
     async def aclose(self) -> None:
-        task, self._next = self._next, None
-        if task is not None:
-            task.cancel()
-            await asyncio.wait({task})
-            if not task.cancelled():
-                task.exception()  # retrieved: the stream is over either way
+        pump, self._pump = self._pump, None
+        if pump is not None:
+            pump.cancel()
+            await asyncio.wait({pump})
         await _close(self._body)
-
-
-async def _next_frame(body: AsyncIterator[bytes]) -> bytes | None:
-    try:
-        return await anext(body)
-    except StopAsyncIteration:
-        return None
 
 
 async def _close(body: AsyncIterator[bytes]) -> None:

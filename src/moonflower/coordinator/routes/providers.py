@@ -167,30 +167,36 @@ def encryption_key(registration: wire.Register) -> bytes:
 async def serve_session(websocket: WebSocket, session: ProviderSession, services: Services) -> None:
     loop = asyncio.get_running_loop()
     silence_s = services.settings.heartbeat_timeout_s
-    while True:
-        frame = await asyncio.wait_for(websocket.receive_text(), silence_s)
-        session.last_seen = loop.time()
-        message = wire.decode_from_provider(frame)
-        if isinstance(message, wire.JobEvent):
-            session.deliver(message.job_id, message.sealed_event)
-        elif isinstance(message, wire.JobReceipt):
-            session.take_receipt(message.job_id, message.receipt)
-        elif isinstance(message, wire.ChallengeAnswer):
-            session.take_answer(message)
-        elif isinstance(message, wire.Heartbeat):
-            notify_waiting(services, session)
-            session.jobs_served = message.jobs_served
-            session.tokens_generated = message.tokens_generated
-            session.reported_free_slots = message.free_slots
-        elif isinstance(message, wire.Draining):
-            session.is_draining = True
-            log.info("provider %s is draining: no new jobs", session.id)
-        elif isinstance(message, wire.Register):
-            raise errors.ProtocolError("register sent twice on one connection")
-        else:
-            log.debug(
-                "provider %s sent %s, which this coordinator ignores", session.id, message.type
-            )
+    async with asyncio.timeout(silence_s) as silence:  # moved on by every frame
+        while True:
+            frame = await websocket.receive_text()
+            session.last_seen = loop.time()
+            silence.reschedule(session.last_seen + silence_s)
+            handle_frame(frame, session, services)
+
+
+def handle_frame(frame: str, session: ProviderSession, services: Services) -> None:
+    message = wire.decode_from_provider(frame)
+    if isinstance(message, wire.JobEvent):
+        session.deliver(message.job_id, message.sealed_event)
+    elif isinstance(message, wire.JobReceipt):
+        session.take_receipt(message.job_id, message.receipt)
+    elif isinstance(message, wire.ChallengeAnswer):
+        session.take_answer(message)
+    elif isinstance(message, wire.Heartbeat):
+        notify_waiting(services, session)
+        session.jobs_served = message.jobs_served
+        session.tokens_generated = message.tokens_generated
+        session.reported_free_slots = message.free_slots
+    elif isinstance(message, wire.Draining):
+        session.is_draining = True
+        log.info("provider %s is draining: no new jobs", session.id)
+    elif isinstance(message, wire.Register):
+        raise errors.ProtocolError("register sent twice on one connection")
+    else:
+        log.debug(
+            "provider %s sent %s, which this coordinator ignores", session.id, message.type
+        )
 
 
 async def reject(websocket: WebSocket, reason: str) -> None:
