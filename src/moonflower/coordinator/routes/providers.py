@@ -194,9 +194,7 @@ def handle_frame(frame: str, session: ProviderSession, services: Services) -> No
     elif isinstance(message, wire.Register):
         raise errors.ProtocolError("register sent twice on one connection")
     else:
-        log.debug(
-            "provider %s sent %s, which this coordinator ignores", session.id, message.type
-        )
+        log.debug("provider %s sent %s, which this coordinator ignores", session.id, message.type)
 
 
 async def reject(websocket: WebSocket, reason: str) -> None:
