@@ -5,9 +5,10 @@ to the newest Alembic revision before anyone uses it. Holds no queries of its ow
 settings or environment variables: callers pass the URL in.
 
 SQLite runs in WAL mode with a busy timeout and foreign keys on, and every transaction starts
-with BEGIN IMMEDIATE: writers queue on the busy timeout instead of failing with "database is
-locked" when a read transaction tries to become a write one, so read-modify-write sequences
-(balances) stay serializable. PostgreSQL needs none of this.
+with BEGIN IMMEDIATE: writers queue instead of failing with "database is locked" when a read
+transaction tries to become a write one, so read-modify-write sequences (balances) stay
+serializable. Within a process they queue on a one-connection pool, across processes on the
+busy timeout. PostgreSQL needs none of this.
 """
 
 from __future__ import annotations
@@ -55,7 +56,13 @@ def create_engine(url: str) -> AsyncEngine:
     database = parsed.database
     if database and database != ":memory:" and not database.startswith("file:"):
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    engine = create_async_engine(parsed)
+    # One connection: SQLite has one writer at a time, and every transaction here takes the
+    # write lock (BEGIN IMMEDIATE). Queued on the pool, a transaction starts the moment the
+    # previous one ends; queued on the busy timeout, it would sleep in SQLite's back-off
+    # steps (up to 100 ms each) while the lock was free again.
+    engine = create_async_engine(
+        parsed, pool_size=1, max_overflow=0, pool_timeout=SQLITE_BUSY_TIMEOUT_MS / 1000
+    )
     event.listen(engine.sync_engine, "connect", _configure_sqlite_connection)
     event.listen(engine.sync_engine, "begin", _begin_immediate)
     return engine

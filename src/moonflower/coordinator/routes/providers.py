@@ -167,11 +167,15 @@ def encryption_key(registration: wire.Register) -> bytes:
 async def serve_session(websocket: WebSocket, session: ProviderSession, services: Services) -> None:
     loop = asyncio.get_running_loop()
     silence_s = services.settings.heartbeat_timeout_s
-    async with asyncio.timeout(silence_s) as silence:  # moved on by every frame
+    # Dropped after silence_s to silence_s + slack_s of silence: the deadline moves on only
+    # when a frame finds it nearer than silence_s, not once per frame (a timer each time).
+    slack_s = silence_s / 16
+    async with asyncio.timeout(silence_s) as silence:
         while True:
             frame = await websocket.receive_text()
-            session.last_seen = loop.time()
-            silence.reschedule(session.last_seen + silence_s)
+            now = session.last_seen = loop.time()
+            if (silence.when() or 0.0) < now + silence_s:
+                silence.reschedule(now + silence_s + slack_s)
             handle_frame(frame, session, services)
 
 
