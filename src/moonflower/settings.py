@@ -84,6 +84,9 @@ class CoordinatorSettings(BaseSettings):
     """Requests that may wait per model for a busy provider; beyond that they are refused."""
     queue_max_wait_s: float = Field(default=30.0, gt=0)
     """How long a request may wait in its model's queue before it is refused as overloaded."""
+    api_key_cache_s: float = Field(default=5.0, ge=0)
+    """How long the coordinator remembers whose an API key is, so most requests authenticate
+    without a database transaction; a revoked key stops working within this time. 0: never."""
     rate_limit_requests_per_minute: int | None = Field(default=None, gt=0)
     """Requests each API key may make per minute (a token bucket); none means unlimited."""
     rate_limit_tokens_per_minute: int | None = Field(default=None, gt=0)

@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from moonflower import __version__, errors
+from moonflower.coordinator.auth import CallerCache
 from moonflower.coordinator.billing import release_abandoned_holds
 from moonflower.coordinator.dialects import anthropic_errors, openai_errors
 from moonflower.coordinator.dispatch import Dispatcher
@@ -60,6 +61,7 @@ async def build_services(settings: CoordinatorSettings) -> Services:
         db=db,
         registry=registry,
         dispatcher=Dispatcher(registry, db, settings),
+        callers=CallerCache(db, settings.api_key_cache_s),
         started_at=int(time.time()),
     )
 

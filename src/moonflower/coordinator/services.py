@@ -12,6 +12,7 @@ import orjson
 from starlette.requests import HTTPConnection
 from starlette.responses import Response
 
+from moonflower.coordinator.auth import CallerCache
 from moonflower.coordinator.dispatch import Dispatcher
 from moonflower.coordinator.registry import Registry
 from moonflower.ledger.database import Database
@@ -24,6 +25,7 @@ class Services:
     db: Database
     registry: Registry
     dispatcher: Dispatcher
+    callers: CallerCache
     started_at: int
     """Unix time the coordinator started (the `created` of the models it lists)."""
 

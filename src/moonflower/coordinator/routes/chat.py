@@ -24,7 +24,7 @@ router = APIRouter()
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request) -> Response:
     services = Services.of(request)
-    caller = await authenticate(request, services.db)
+    caller = await authenticate(request, services.callers)
     call = openai_chat.parse(await read_json(request))
     admission = await services.dispatcher.admit(call.request, caller, trust_floor(request))
 

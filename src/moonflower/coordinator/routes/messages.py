@@ -25,7 +25,7 @@ router = APIRouter()
 @router.post("/v1/messages")
 async def create_message(request: Request) -> Response:
     services = Services.of(request)
-    caller = await authenticate(request, services.db)
+    caller = await authenticate(request, services.callers)
     call = anthropic_messages.parse(await read_json(request))
     admission = await services.dispatcher.admit(call.request, caller, trust_floor(request))
 
@@ -54,7 +54,7 @@ async def count_tokens(request: Request) -> Response:
     """The prompt's size as the serving model tokenizes it: a job that generates nothing
     (`max_tokens=0`), so the count includes the chat template, system prompt and tools."""
     services = Services.of(request)
-    caller = await authenticate(request, services.db)
+    caller = await authenticate(request, services.callers)
     conversation = anthropic_messages.parse_count(await read_json(request))
     job = await services.dispatcher.start(
         dataclasses.replace(conversation, max_tokens=0),

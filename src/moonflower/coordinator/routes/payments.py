@@ -47,14 +47,14 @@ def balance_body(account: AccountInfo) -> dict[str, Any]:
 @router.get("/v1/payments/balance")
 async def balance(request: Request) -> Response:
     services = Services.of(request)
-    caller = await authenticate_account(request, services.db)
+    caller = await authenticate_account(request, services.callers)
     return json_response(balance_body(await get_account(services.db, caller.account_id)))
 
 
 @router.get("/v1/payments/usage")
 async def usage(request: Request) -> Response:
     services = Services.of(request)
-    caller = await authenticate_account(request, services.db)
+    caller = await authenticate_account(request, services.callers)
     page = await statements.usage(
         services.db,
         caller.account_id,
@@ -86,7 +86,7 @@ async def usage(request: Request) -> Response:
 @router.get("/v1/provider/earnings")
 async def earnings(request: Request) -> Response:
     services = Services.of(request)
-    caller = await authenticate_account(request, services.db)
+    caller = await authenticate_account(request, services.callers)
     account = await get_account(services.db, caller.account_id)
     if account.kind != "provider":
         raise errors.PermissionDenied("Earnings belong to provider accounts; this is not one.")

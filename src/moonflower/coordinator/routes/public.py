@@ -16,14 +16,14 @@ router = APIRouter()
 @router.get("/v1/models")
 async def list_models(request: Request) -> Response:
     services = Services.of(request)
-    await authenticate(request, services.db)
+    await authenticate(request, services.callers)
     return json_response({"object": "list", "data": model_objects(services)})
 
 
 @router.get("/v1/models/{model_id:path}")
 async def retrieve_model(model_id: str, request: Request) -> Response:
     services = Services.of(request)
-    await authenticate(request, services.db)
+    await authenticate(request, services.callers)
     found = [m for m in model_objects(services) if m["id"] == model_id]
     if not found:
         raise errors.ModelNotFound(model_id)

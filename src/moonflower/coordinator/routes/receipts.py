@@ -21,7 +21,7 @@ router = APIRouter()
 @router.get("/v1/receipts/{job_id}")
 async def get_receipt(job_id: str, request: Request) -> Response:
     services = Services.of(request)
-    caller = await authenticate(request, services.db)
+    caller = await authenticate(request, services.callers)
     found = await find_receipt(services.db, job_id, account_id=caller.account_id)
     if found is None:
         raise errors.RouteNotFound(f"No receipt for job '{job_id}' belongs to this account.")

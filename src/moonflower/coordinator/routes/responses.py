@@ -23,7 +23,7 @@ router = APIRouter()
 @router.post("/v1/responses")
 async def responses(request: Request) -> Response:
     services = Services.of(request)
-    caller = await authenticate(request, services.db)
+    caller = await authenticate(request, services.callers)
     call = openai_responses.parse(await read_json(request))
     admission = await services.dispatcher.admit(call.request, caller, trust_floor(request))
 

@@ -1,0 +1,79 @@
+"""Remembering whose an API key is: a remembered key needs no database transaction until
+its entry expires, a revoked key stops working once it has, and unknown or revoked keys are
+never remembered."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from moonflower.coordinator.auth import CallerCache
+from moonflower.ledger.database import Database, default_database_url
+from moonflower.ledger.keys import create_key, revoke_key
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class CountingDatabase:
+    """The database, counting the sessions opened on it (one per authentication)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self.engine = db.engine
+        self.opened = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._db, name)
+
+    @property
+    def sessions(self) -> object:
+        self.opened += 1
+        return self._db.sessions
+
+
+async def test_a_known_key_is_remembered_until_it_expires(tmp_path: Path) -> None:
+    async with await Database.open(default_database_url(tmp_path)) as db:
+        created = await create_key(db)
+        counting = CountingDatabase(db)
+        clock = Clock()
+        callers = CallerCache(counting, ttl_s=5, clock=clock)  # type: ignore[arg-type]
+        first = await callers.caller(created.key)
+        assert first is not None and first.account_id == created.account_id
+        opened = counting.opened
+        for _ in range(10):
+            assert await callers.caller(created.key) == first
+        assert counting.opened == opened  # no database work while remembered
+        assert await revoke_key(db, created.key_id)
+        clock.now += 4.9
+        assert await callers.caller(created.key) == first  # still within the cache time
+        clock.now += 0.2
+        assert await callers.caller(created.key) is None  # expired: the ledger says revoked
+        assert counting.opened > opened
+
+
+async def test_unknown_and_revoked_keys_are_never_remembered(tmp_path: Path) -> None:
+    async with await Database.open(default_database_url(tmp_path)) as db:
+        created = await create_key(db)
+        assert await revoke_key(db, created.key_id)
+        other = created.key[:-1] + ("a" if created.key[-1] != "a" else "b")
+        counting = CountingDatabase(db)
+        callers = CallerCache(counting, ttl_s=60, clock=Clock())  # type: ignore[arg-type]
+        for key in (created.key, other):
+            assert await callers.caller(key) is None
+            opened = counting.opened
+            assert await callers.caller(key) is None
+            assert counting.opened == opened + 1
+
+
+async def test_a_zero_cache_time_asks_every_time(tmp_path: Path) -> None:
+    async with await Database.open(default_database_url(tmp_path)) as db:
+        created = await create_key(db)
+        callers = CallerCache(db, ttl_s=0, clock=Clock())
+        assert await callers.caller(created.key) is not None
+        assert await revoke_key(db, created.key_id)
+        assert await callers.caller(created.key) is None
