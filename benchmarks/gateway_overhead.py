@@ -2,7 +2,8 @@
 synthetic model, measured in the same run.
 
 Three targets stream the same text (`--tokens` tokens, one every `--interval-ms`) to the
-same httpx client workload:
+same client workload (`benchmarks.http_client`: one kept-alive connection per concurrent
+client, on uvloop, so the load generator takes as little of the shared cores as it can):
 
 - **direct**: `benchmarks.synthetic_upstream`, called directly;
 - **litellm**: LiteLLM's proxy (`litellm --config`, one worker, a master key as its only
@@ -41,7 +42,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 
 from benchmarks.gateway_processes import (
@@ -50,8 +50,10 @@ from benchmarks.gateway_processes import (
     start_moonflower,
     start_upstream,
 )
+from benchmarks.http_client import Connection, HTTPFailure
 from benchmarks.results import Run
 from benchmarks.synthetic_upstream import synthetic_tokens
+from moonflower import eventloop
 
 REQUEST_TIMEOUT_S = 120.0
 WARMUP_REQUESTS = 8
@@ -96,7 +98,7 @@ def summary(values: list[float]) -> dict[str, float]:
     return {f"p{round(q * 100)}": round(percentile(values, q), 2) for q in (0.5, 0.95, 0.99)}
 
 
-async def stream_once(client: httpx.AsyncClient, target: Target, expected: str) -> Sample:
+async def stream_once(connection: Connection, target: Target, expected: str) -> Sample:
     """One streaming chat completion through `target`; raises on anything but the expected
     text ending in `[DONE]`."""
     body = {
@@ -109,17 +111,12 @@ async def stream_once(client: httpx.AsyncClient, target: Target, expected: str) 
     arrivals: list[float] = []
     is_done = False
     t0 = time.perf_counter()
-    url = f"{target.base_url}/v1/chat/completions"
-    async with client.stream("POST", url, json=body, headers=headers) as response:
-        if response.status_code != 200:
-            raise RuntimeError(f"HTTP {response.status_code}: {(await response.aread())[:200]!r}")
-        async for line in response.aiter_lines():
-            if not line.startswith("data: "):
-                continue
-            if line == "data: [DONE]":
+    async with asyncio.timeout(REQUEST_TIMEOUT_S):
+        async for data in connection.stream_events("/v1/chat/completions", body, headers):
+            if data == b"[DONE]":
                 is_done = True
                 continue
-            chunk = orjson.loads(line[6:])
+            chunk = orjson.loads(data)
             if "error" in chunk:
                 raise RuntimeError(f"error event: {chunk['error']}")
             for choice in chunk.get("choices", []):
@@ -137,19 +134,25 @@ async def stream_once(client: httpx.AsyncClient, target: Target, expected: str) 
 
 
 async def run_level(
-    client: httpx.AsyncClient, target: Target, concurrency: int, requests: int, expected: str
+    target: Target, concurrency: int, requests: int, expected: str
 ) -> tuple[list[Sample], list[str], float]:
-    """`requests` requests through `target`, `concurrency` at a time."""
+    """`requests` requests through `target`, `concurrency` at a time, each worker on its
+    own kept-alive connection."""
     samples: list[Sample] = []
     errors: list[str] = []
     remaining = iter(range(requests))
 
     async def worker() -> None:
-        for _ in remaining:
-            try:
-                samples.append(await stream_once(client, target, expected))
-            except (httpx.HTTPError, RuntimeError) as exc:
-                errors.append(f"{type(exc).__name__}: {exc}")
+        connection = Connection(target.base_url)
+        try:
+            for _ in remaining:
+                try:
+                    samples.append(await stream_once(connection, target, expected))
+                except (OSError, HTTPFailure, RuntimeError, TimeoutError, ValueError) as exc:
+                    await connection.close()
+                    errors.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            await connection.close()
 
     t0 = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -202,24 +205,20 @@ def add_overheads(results: list[LevelResult]) -> dict[str, Any]:
 async def measure(
     targets: list[Target], levels: list[int], requests: int, expected: str
 ) -> list[LevelResult]:
-    limits = httpx.Limits(max_connections=max(levels), max_keepalive_connections=max(levels))
     results: list[LevelResult] = []
-    async with httpx.AsyncClient(limits=limits, timeout=REQUEST_TIMEOUT_S) as client:
+    for target in targets:
+        await run_level(target, 2, WARMUP_REQUESTS, expected)
+    for concurrency in levels:
+        count = max(requests, 2 * concurrency)
         for target in targets:
-            await run_level(client, target, 2, WARMUP_REQUESTS, expected)
-        for concurrency in levels:
-            count = max(requests, 2 * concurrency)
-            for target in targets:
-                samples, errors, wall_s = await run_level(
-                    client, target, concurrency, count, expected
-                )
-                result = level_result(target.name, concurrency, samples, errors, wall_s)
-                print(
-                    f"{target.name} c={concurrency}: {result.requests} requests, "
-                    f"{result.errors} errors, ttft p50 {result.ttft_ms['p50']} ms",
-                    flush=True,
-                )
-                results.append(result)
+            samples, errors, wall_s = await run_level(target, concurrency, count, expected)
+            result = level_result(target.name, concurrency, samples, errors, wall_s)
+            print(
+                f"{target.name} c={concurrency}: {result.requests} requests, "
+                f"{result.errors} errors, ttft p50 {result.ttft_ms['p50']} ms",
+                flush=True,
+            )
+            results.append(result)
     return results
 
 
@@ -311,7 +310,7 @@ def main() -> None:
             notes,
         ),
     ):
-        results = asyncio.run(measure(targets, args.concurrency, args.requests, expected))
+        results = eventloop.run(measure(targets, args.concurrency, args.requests, expected))
     ratios = add_overheads(results)
     report = {
         "command": vars(args),

@@ -24,30 +24,31 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
+import orjson
 
-from benchmarks.gateway_overhead import Target, percentile, run_level
+from benchmarks.gateway_overhead import REQUEST_TIMEOUT_S, Target, percentile, run_level
 from benchmarks.gateway_processes import start_moonflower
+from benchmarks.http_client import Connection, HTTPFailure
 from benchmarks.results import Run
 from benchmarks.synthetic_upstream import synthetic_tokens
+from moonflower import eventloop
 
 
-async def whole_once(client: httpx.AsyncClient, target: Target, expected: str) -> float:
+async def whole_once(connection: Connection, target: Target, expected: str) -> float:
     t0 = time.perf_counter()
-    response = await client.post(
-        f"{target.base_url}/v1/chat/completions",
-        json={"model": target.model, "messages": [{"role": "user", "content": "go"}]},
-        headers={"Authorization": f"Bearer {target.api_key}"},
-    )
-    if response.status_code != 200:
-        raise RuntimeError(f"HTTP {response.status_code}")
-    if response.json()["choices"][0]["message"]["content"] != expected:
+    async with asyncio.timeout(REQUEST_TIMEOUT_S):
+        content = await connection.post_json(
+            "/v1/chat/completions",
+            {"model": target.model, "messages": [{"role": "user", "content": "go"}]},
+            {"Authorization": f"Bearer {target.api_key}"},
+        )
+    if orjson.loads(content)["choices"][0]["message"]["content"] != expected:
         raise RuntimeError("unexpected text")
     return (time.perf_counter() - t0) * 1000
 
 
 async def whole_level(
-    client: httpx.AsyncClient, target: Target, concurrency: int, requests: int, expected: str
+    target: Target, concurrency: int, requests: int, expected: str
 ) -> tuple[list[float], int, float]:
     totals: list[float] = []
     errors = 0
@@ -55,11 +56,16 @@ async def whole_level(
 
     async def worker() -> None:
         nonlocal errors
-        for _ in remaining:
-            try:
-                totals.append(await whole_once(client, target, expected))
-            except (httpx.HTTPError, RuntimeError):
-                errors += 1
+        connection = Connection(target.base_url)
+        try:
+            for _ in remaining:
+                try:
+                    totals.append(await whole_once(connection, target, expected))
+                except (OSError, HTTPFailure, RuntimeError, TimeoutError, ValueError):
+                    await connection.close()
+                    errors += 1
+        finally:
+            await connection.close()
 
     t0 = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -98,30 +104,26 @@ def sustained(levels: list[dict[str, Any]], degrade: float) -> dict[str, Any]:
 async def measure(base_url: str, key: str, args: argparse.Namespace) -> dict[str, Any]:
     target = Target("moonflower", base_url, "synthetic", key)
     expected = "".join(synthetic_tokens(args.tokens))
-    limits = httpx.Limits(max_connections=max(args.concurrency) + 8)
     report: dict[str, Any] = {"streaming": [], "whole": []}
-    async with httpx.AsyncClient(timeout=300, limits=limits) as client:
-        await run_level(client, target, 4, 16, expected)  # warm up
-        for concurrency in args.concurrency:
-            requests = max(args.requests, 2 * concurrency)
-            samples, errors, wall = await run_level(client, target, concurrency, requests, expected)
-            if errors:
-                print(f"errors at {concurrency}: {errors[:2]}", flush=True)
-            report["streaming"].append(
-                level(
-                    concurrency,
-                    args.tokens,
-                    [s.total_ms for s in samples],
-                    [s.ttft_ms for s in samples],
-                    len(errors),
-                    wall,
-                )
+    await run_level(target, 4, 16, expected)  # warm up
+    for concurrency in args.concurrency:
+        requests = max(args.requests, 2 * concurrency)
+        samples, errors, wall = await run_level(target, concurrency, requests, expected)
+        if errors:
+            print(f"errors at {concurrency}: {errors[:2]}", flush=True)
+        report["streaming"].append(
+            level(
+                concurrency,
+                args.tokens,
+                [s.total_ms for s in samples],
+                [s.ttft_ms for s in samples],
+                len(errors),
+                wall,
             )
-            totals, failed, wall = await whole_level(
-                client, target, concurrency, requests, expected
-            )
-            report["whole"].append(level(concurrency, args.tokens, totals, [], failed, wall))
-            print(json.dumps(report["streaming"][-1]), flush=True)
+        )
+        totals, failed, wall = await whole_level(target, concurrency, requests, expected)
+        report["whole"].append(level(concurrency, args.tokens, totals, [], failed, wall))
+        print(json.dumps(report["streaming"][-1]), flush=True)
     report["sustained_streaming"] = sustained(report["streaming"], args.degrade)
     report["sustained_whole"] = sustained(report["whole"], args.degrade)
     return report
@@ -140,7 +142,7 @@ def main() -> None:
         tempfile.TemporaryDirectory() as tmp,
         start_moonflower(Path(tmp), args.tokens, 0.0, providers) as (base_url, key),
     ):
-        report = asyncio.run(measure(base_url, key, args))
+        report = eventloop.run(measure(base_url, key, args))
     report["command_args"] = vars(args)
     run.write(report)
     print(json.dumps({k: report[k] for k in ("sustained_streaming", "sustained_whole")}, indent=2))
