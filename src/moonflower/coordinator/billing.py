@@ -110,3 +110,66 @@ async def release_abandoned_holds(db: Database, settings: CoordinatorSettings) -
     if released:
         log.warning("released %d holds left by a coordinator that stopped mid-request", released)
     return released
+
+
+class KnownCredit:
+    """What each account had available after its last hold, less the holds still being
+    written for requests already sent on.
+
+    It lets a request go to a provider while its own hold is still being written, when the
+    account's last hold left enough for it and for every hold still in flight (see
+    `Dispatcher.admit`). A hint only: the hold itself decides, and no output reaches the
+    consumer before it is taken. A stale hint (another coordinator spent the credit) can
+    cost a provider a cancelled job, never anybody money.
+    """
+
+    MAX_ACCOUNTS = 10_000
+
+    def __init__(self) -> None:
+        self._left: dict[str, int] = {}
+        self._in_flight: dict[str, int] = {}
+        self._reports: dict[str, int] = {}
+
+    def covers(self, account_id: str, amount_micro_usd: int) -> bool:
+        """Whether the hint covers a hold of `amount_micro_usd` on top of the holds in
+        flight. Either way that hold is counted as in flight from now until it is
+        `written` or `refused`."""
+        left = self._left.get(account_id)
+        in_flight = self._in_flight.get(account_id, 0)
+        self._in_flight[account_id] = in_flight + amount_micro_usd
+        return left is not None and left - in_flight >= amount_micro_usd
+
+    def reports(self, account_id: str) -> int:
+        """How many holds of the account have reported so far: pass it to `written`."""
+        return self._reports.get(account_id, 0)
+
+    def written(
+        self, account_id: str, left_micro_usd: int, in_flight_micro_usd: int, since: int
+    ) -> None:
+        """A hold of `in_flight_micro_usd` was written and left `left_micro_usd` available.
+
+        Holds written side by side report in any order: if another reported while this one
+        was being written (`since` is `reports` from before it), the lower report stands,
+        since the older one would count the other's credit twice."""
+        self._land(account_id, in_flight_micro_usd)
+        previous = self._left.get(account_id)
+        if previous is not None and self.reports(account_id) != since:
+            left_micro_usd = min(previous, left_micro_usd)
+        if len(self._left) >= self.MAX_ACCOUNTS and previous is None:
+            self._left.clear()
+            self._reports.clear()
+        self._left[account_id] = left_micro_usd
+        self._reports[account_id] = self.reports(account_id) + 1
+
+    def refused(self, account_id: str, in_flight_micro_usd: int) -> None:
+        self._land(account_id, in_flight_micro_usd)
+        self._left.pop(account_id, None)
+        self._reports[account_id] = self.reports(account_id) + 1
+
+    def _land(self, account_id: str, amount_micro_usd: int) -> None:
+        if amount_micro_usd:
+            remaining = self._in_flight.get(account_id, 0) - amount_micro_usd
+            if remaining > 0:
+                self._in_flight[account_id] = remaining
+            else:
+                self._in_flight.pop(account_id, None)

@@ -2,9 +2,17 @@
 
 `Dispatcher.start` returns only once a provider has accepted the prompt (or raises a domain
 error), so a dialect can still answer with a clean 4xx/5xx before it commits to a 200 and a
-stream. Before anything is sent, the consumer's credit for the worst case is held; a job
-that never starts gives the hold back whole, and every started job is settled exactly once
-when it ends (`Job.close`), with its metadata (never its text) recorded alongside.
+stream. Before any output reaches the consumer, the consumer's credit for the worst case is
+held; a job that never starts gives the hold back whole, and every started job is settled
+exactly once when it ends (`Job.close`), with its metadata (never its text) recorded
+alongside.
+
+When the account's previous hold left enough credit (`KnownCredit`) and a provider is free,
+the hold is written while the provider works on the prompt instead of before the job is
+sent, so it adds nothing to the time to first token; the first output still waits for it,
+and a refused hold cancels the job (nothing recorded, nothing charged) and answers 402 as
+before. A request that must queue waits for its hold first, so the queue holds only
+requests that can pay.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ import uuid
 from dataclasses import dataclass
 
 from moonflower import errors, wire
-from moonflower.coordinator.billing import Pricing, reservation
+from moonflower.coordinator.billing import KnownCredit, Pricing, reservation
 from moonflower.coordinator.job import Job
 from moonflower.coordinator.limits import RateLimits
 from moonflower.coordinator.queueing import ModelQueues
@@ -56,6 +64,8 @@ class Admission:
     floor: TrustLevel | None
     job_id: str
     is_held: bool
+    hold: asyncio.Task[None] | None = None
+    """The hold being written while the job already runs, when it was not awaited."""
 
 
 class Dispatcher:
@@ -69,6 +79,7 @@ class Dispatcher:
         self.limits = RateLimits(
             settings.rate_limit_requests_per_minute, settings.rate_limit_tokens_per_minute
         )
+        self.known_credit = KnownCredit()
         self.live_jobs: set[Job] = set()
         """Jobs handed to a consumer and not yet closed."""
         self.is_draining = False
@@ -136,9 +147,27 @@ class Dispatcher:
         if is_billed:
             prices = await self.pricing.current()
             amount = reservation(prices, request, card)
-            await billing.reserve(self.db, admission.job_id, caller.account_id, amount)
+            hold = self._hold(admission.job_id, caller.account_id, amount)
+            if self.known_credit.covers(caller.account_id, amount):
+                admission.hold = asyncio.create_task(hold)
+            else:
+                await hold
             admission.is_held = True
         return admission
+
+    async def _hold(self, job_id: str, account_id: str, amount: int) -> None:
+        since = self.known_credit.reports(account_id)
+        try:
+            left = await billing.reserve(self.db, job_id, account_id, amount)
+        except BaseException:
+            self.known_credit.refused(account_id, amount)
+            raise
+        self.known_credit.written(account_id, left, amount, since)
+
+    async def hold_taken(self, admission: Admission) -> None:
+        """Wait for a hold written alongside the job; raises `InsufficientFunds` if refused."""
+        if admission.hold is not None:
+            await admission.hold
 
     def must_wait(self, admission: Admission) -> bool:
         """Whether `run` would have to queue for a free slot right now."""
@@ -151,7 +180,7 @@ class Dispatcher:
         """Wait in the model's queue for a provider with a free slot, send it the job and
         wait for its first output; up to three providers. On any failure the hold is given
         back whole and the request fails with the right error."""
-        request, floor, job_id = admission.request, admission.floor, admission.job_id
+        request, floor = admission.request, admission.floor
         model = request.model
         tried: set[str] = set()
         failure: Failed | None = None
@@ -160,13 +189,15 @@ class Dispatcher:
             for _attempt in range(MAX_ATTEMPTS):
                 if not any(p.id not in tried for p in self.registry.serving(model, floor)):
                     break
+                if self.must_wait(admission):  # only requests that can pay take a place
+                    await self.hold_taken(admission)
                 provider = await self.queues.wait_turn(
                     model, functools.partial(self._pick, model, tried, floor)
                 )
                 tried.add(provider.id)
                 card = provider.card(model)
                 assert card is not None
-                job, failure = await self._try(job_id, provider, card, request, admission.caller)
+                job, failure = await self._try(admission, provider, card)
                 if failure is None and job is not None:
                     return job
                 abandoned = job or abandoned
@@ -189,8 +220,13 @@ class Dispatcher:
         raise AssertionError("unreachable")
 
     async def _release(self, admission: Admission) -> None:
-        if admission.is_held:
-            await billing.release(self.db, admission.job_id)  # a no-op once settled
+        if not admission.is_held:
+            return
+        try:
+            await self.hold_taken(admission)  # never release before the hold is written
+        except Exception:
+            return  # refused (or failed): there is nothing to give back
+        await billing.release(self.db, admission.job_id)  # a no-op once settled
 
     async def _raise_unavailable(self, model: str, floor: TrustLevel | None) -> None:
         if self.registry.connected_for(model):
@@ -207,16 +243,12 @@ class Dispatcher:
         return self.registry.pick(model, floor, exclude=tried)
 
     async def _try(
-        self,
-        job_id: str,
-        provider: ProviderSession,
-        card: wire.ModelCard,
-        request: GenerationRequest,
-        caller: Caller,
+        self, admission: Admission, provider: ProviderSession, card: wire.ModelCard
     ) -> tuple[Job | None, Failed | None]:
-        """Send the job to one provider and wait for its first output. If the provider
-        failed before that, the attempt is abandoned unsettled (so the same job id can go
-        elsewhere) and returned with why."""
+        """Send the job to one provider and wait for its first output (and the hold). If
+        the provider failed before that, the attempt is abandoned unsettled (so the same job
+        id can go elsewhere) and returned with why."""
+        job_id, request, caller = admission.job_id, admission.request, admission.caller
         try:
             channel = await provider.start_job(job_id, request)
         except errors.MoonflowerError:
@@ -239,6 +271,7 @@ class Dispatcher:
         )
         try:
             if await job.wait_ready():
+                await self._confirm_hold(admission, job)
                 log.info("job %s answering from provider %s", job_id, provider.id)
                 self.live_jobs.add(job)
                 self._idle.clear()
@@ -256,6 +289,16 @@ class Dispatcher:
             failure.code if failure else "unknown",
         )
         return job, failure
+
+    async def _confirm_hold(self, admission: Admission, job: Job) -> None:
+        """The first output is ready: it may go to the consumer once the hold is written. A
+        refused hold ends the job as if it never started: cancelled, unrecorded, unpaid."""
+        try:
+            await self.hold_taken(admission)
+        except errors.InsufficientFunds:
+            await job.abandon()
+            self.queues.notify(admission.request.model)
+            raise
 
     async def settle(self, job: Job) -> billing.Settlement | None:
         """Charge what `job` delivered, pay its provider and the platform, and record it,

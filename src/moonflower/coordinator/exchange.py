@@ -202,6 +202,8 @@ async def serve(
         job = await dispatcher.run(admission)
         rendering = render(job)
         return await answer(job, request, stream=rendering.stream, whole=rendering.whole)
+    # Once the headers are out a refusal can only be an error event: await the hold first.
+    await dispatcher.hold_taken(admission)
     started: list[Job] = []
 
     async def opening() -> AsyncIterator[bytes]:

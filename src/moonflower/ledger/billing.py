@@ -40,22 +40,26 @@ class Settlement:
     platform_fee_micro_usd: int
 
 
-async def reserve(db: Database, job_id: str, account_id: str, amount_micro_usd: int) -> None:
-    """Hold `amount_micro_usd` of the account's available credit for `job_id`, or raise
-    `InsufficientFunds` (saying how much is available) and hold nothing."""
+async def reserve(db: Database, job_id: str, account_id: str, amount_micro_usd: int) -> int:
+    """Hold `amount_micro_usd` of the account's available credit for `job_id` and return
+    what is still available after it, or raise `InsufficientFunds` (saying how much is
+    available) and hold nothing."""
     if amount_micro_usd < 0:
         raise ValueError("a hold cannot be negative")
     async with db.sessions.begin() as session:
-        taken = await session.execute(
-            update(Account)
-            .where(
-                Account.id == account_id,
-                Account.kind.in_(("consumer", "provider")),
-                Account.balance_micro_usd - Account.held_micro_usd >= amount_micro_usd,
+        left = (
+            await session.execute(
+                update(Account)
+                .where(
+                    Account.id == account_id,
+                    Account.kind.in_(("consumer", "provider")),
+                    Account.balance_micro_usd - Account.held_micro_usd >= amount_micro_usd,
+                )
+                .values(held_micro_usd=Account.held_micro_usd + amount_micro_usd)
+                .returning(Account.balance_micro_usd - Account.held_micro_usd)
             )
-            .values(held_micro_usd=Account.held_micro_usd + amount_micro_usd)
-        )
-        if taken.rowcount != 1:  # type: ignore[attr-defined]
+        ).scalar_one_or_none()
+        if left is None:
             available = await session.scalar(
                 select(Account.balance_micro_usd - Account.held_micro_usd).where(
                     Account.id == account_id
@@ -73,6 +77,7 @@ async def reserve(db: Database, job_id: str, account_id: str, amount_micro_usd: 
                 created_at=datetime.now(UTC),
             )
         )
+    return int(left)
 
 
 async def settle(
