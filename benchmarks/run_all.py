@@ -39,7 +39,7 @@ class Benchmark:
 
 
 BENCHMARKS = (
-    Benchmark("throughput", "engine efficiency", ("--rounds", "3", "--max-tokens", "128"), 1800),
+    Benchmark("throughput", "engine efficiency", ("--rounds", "5", "--max-tokens", "128"), 1800),
     Benchmark(
         "settlements", "ledger settlements", ("--jobs", "1000", "--concurrency", "1", "8"), 900
     ),
