@@ -50,7 +50,7 @@ from benchmarks.gateway_processes import (
     start_moonflower,
     start_upstream,
 )
-from benchmarks.http_client import Connection, HTTPFailure
+from benchmarks.http_client import Connection, closed_loop
 from benchmarks.results import Run
 from benchmarks.synthetic_upstream import synthetic_tokens
 from moonflower import eventloop
@@ -136,27 +136,13 @@ async def stream_once(connection: Connection, target: Target, expected: str) -> 
 async def run_level(
     target: Target, concurrency: int, requests: int, expected: str
 ) -> tuple[list[Sample], list[str], float]:
-    """`requests` requests through `target`, `concurrency` at a time, each worker on its
-    own kept-alive connection."""
-    samples: list[Sample] = []
-    errors: list[str] = []
-    remaining = iter(range(requests))
-
-    async def worker() -> None:
-        connection = Connection(target.base_url)
-        try:
-            for _ in remaining:
-                try:
-                    samples.append(await stream_once(connection, target, expected))
-                except (OSError, HTTPFailure, RuntimeError, TimeoutError, ValueError) as exc:
-                    await connection.close()
-                    errors.append(f"{type(exc).__name__}: {exc}")
-        finally:
-            await connection.close()
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return samples, errors, time.perf_counter() - t0
+    """`requests` streaming requests through `target`, `concurrency` at a time."""
+    return await closed_loop(
+        target.base_url,
+        concurrency,
+        requests,
+        lambda connection: stream_once(connection, target, expected),
+    )
 
 
 def level_result(

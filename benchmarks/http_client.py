@@ -13,13 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import orjson
 
 READ_LIMIT = 1 << 20
+
+T = TypeVar("T")
 
 
 class HTTPFailure(Exception):
@@ -138,3 +142,38 @@ class Connection:
             raise
         if response.closes:
             await self.close()
+
+
+REQUEST_FAILURES = (OSError, HTTPFailure, RuntimeError, TimeoutError, ValueError)
+"""What one request of a load may fail with (`once` raises `RuntimeError` on a wrong
+answer) without stopping the load."""
+
+
+async def closed_loop(
+    base_url: str,
+    concurrency: int,
+    requests: int,
+    once: Callable[[Connection], Awaitable[T]],
+) -> tuple[list[T], list[str], float]:
+    """`requests` calls of `once`, `concurrency` at a time, each worker sending its next as
+    soon as its last ends, on its own kept-alive connection (reopened after a failure).
+    Returns the results, the failures (`Type: message`) and the wall time in seconds."""
+    results: list[T] = []
+    failures: list[str] = []
+    remaining = iter(range(requests))
+
+    async def worker() -> None:
+        connection = Connection(base_url)
+        try:
+            for _ in remaining:
+                try:
+                    results.append(await once(connection))
+                except REQUEST_FAILURES as exc:
+                    await connection.close()
+                    failures.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            await connection.close()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return results, failures, time.perf_counter() - t0

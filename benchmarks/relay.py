@@ -28,7 +28,7 @@ import orjson
 
 from benchmarks.gateway_overhead import REQUEST_TIMEOUT_S, Target, percentile, run_level
 from benchmarks.gateway_processes import start_moonflower
-from benchmarks.http_client import Connection, HTTPFailure
+from benchmarks.http_client import Connection, closed_loop
 from benchmarks.results import Run
 from benchmarks.synthetic_upstream import synthetic_tokens
 from moonflower import eventloop
@@ -50,26 +50,13 @@ async def whole_once(connection: Connection, target: Target, expected: str) -> f
 async def whole_level(
     target: Target, concurrency: int, requests: int, expected: str
 ) -> tuple[list[float], int, float]:
-    totals: list[float] = []
-    errors = 0
-    remaining = iter(range(requests))
-
-    async def worker() -> None:
-        nonlocal errors
-        connection = Connection(target.base_url)
-        try:
-            for _ in remaining:
-                try:
-                    totals.append(await whole_once(connection, target, expected))
-                except (OSError, HTTPFailure, RuntimeError, TimeoutError, ValueError):
-                    await connection.close()
-                    errors += 1
-        finally:
-            await connection.close()
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return totals, errors, time.perf_counter() - t0
+    totals, failures, wall_s = await closed_loop(
+        target.base_url,
+        concurrency,
+        requests,
+        lambda connection: whole_once(connection, target, expected),
+    )
+    return totals, len(failures), wall_s
 
 
 def level(
