@@ -48,3 +48,12 @@ def test_a_refusal_forgets_the_hint() -> None:
     assert credit.covers("a", 200)
     credit.refused("a", 200)
     assert not credit.covers("a", 1)
+
+
+def test_what_it_remembers_is_bounded() -> None:
+    credit = KnownCredit()
+    for n in range(KnownCredit.MAX_ACCOUNTS + 5):
+        credit.refused(f"refused-{n}", 0)
+        credit.written(f"paid-{n}", 100, 0, since=0)
+        assert len(credit._reports) <= KnownCredit.MAX_ACCOUNTS
+        assert len(credit._left) <= KnownCredit.MAX_ACCOUNTS

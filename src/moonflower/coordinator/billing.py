@@ -155,15 +155,20 @@ class KnownCredit:
         previous = self._left.get(account_id)
         if previous is not None and self.reports(account_id) != since:
             left_micro_usd = min(previous, left_micro_usd)
-        if len(self._left) >= self.MAX_ACCOUNTS and previous is None:
-            self._left.clear()
-            self._reports.clear()
+        self._count_report(account_id)
         self._left[account_id] = left_micro_usd
-        self._reports[account_id] = self.reports(account_id) + 1
 
     def refused(self, account_id: str, in_flight_micro_usd: int) -> None:
         self._land(account_id, in_flight_micro_usd)
         self._left.pop(account_id, None)
+        self._count_report(account_id)
+
+    def _count_report(self, account_id: str) -> None:
+        """Count a report; past `MAX_ACCOUNTS` accounts every hint is forgotten (a hint
+        forgotten only means holds are awaited again, until the next report)."""
+        if len(self._reports) >= self.MAX_ACCOUNTS and account_id not in self._reports:
+            self._left.clear()
+            self._reports.clear()
         self._reports[account_id] = self.reports(account_id) + 1
 
     def _land(self, account_id: str, amount_micro_usd: int) -> None:
