@@ -20,6 +20,20 @@ def chat(tag: str, **extra: object) -> dict[str, object]:
     return {"model": "fake-model", "messages": [{"role": "user", "content": tag}], **extra}
 
 
+async def fill_both_slots(
+    client: httpx.AsyncClient, engine: ScriptedEngine
+) -> list[asyncio.Task[httpx.Response]]:
+    """Two requests running on the engine's two slots (returned once both have started)."""
+    busy = [
+        asyncio.create_task(client.post("/v1/chat/completions", json=chat(f"busy-{n}")))
+        for n in range(2)
+    ]
+    async with asyncio.timeout(10):
+        while len(engine.requests) < 2:
+            await asyncio.sleep(0.01)
+    return busy
+
+
 async def test_requests_beyond_the_slots_wait_and_run_in_arrival_order(tmp_path: Path) -> None:
     engine = ScriptedEngine(script="a b c d e f", token_delay_s=0.05)  # 2 slots
     async with (
@@ -111,13 +125,7 @@ async def test_a_waiting_stream_starts_at_once_and_keeps_alive(tmp_path: Path) -
         inprocess_network(tmp_path, [engine], sse_keepalive_s=0.1) as net,
         httpx.AsyncClient(base_url=net.base_url, headers=net.headers, timeout=60) as client,
     ):
-        busy = [
-            asyncio.create_task(client.post("/v1/chat/completions", json=chat(f"busy-{n}")))
-            for n in range(2)
-        ]
-        async with asyncio.timeout(10):
-            while len(engine.requests) < 2:
-                await asyncio.sleep(0.01)
+        busy = await fill_both_slots(client, engine)
         async with client.stream(
             "POST", "/v1/chat/completions", json=chat("waiting", stream=True)
         ) as response:
@@ -137,13 +145,7 @@ async def test_a_waiting_stream_that_times_out_ends_with_an_error_event(tmp_path
         inprocess_network(tmp_path, [engine], queue_max_wait_s=0.3) as net,
         httpx.AsyncClient(base_url=net.base_url, headers=net.headers, timeout=60) as client,
     ):
-        busy = [
-            asyncio.create_task(client.post("/v1/chat/completions", json=chat(f"busy-{n}")))
-            for n in range(2)
-        ]
-        async with asyncio.timeout(10):
-            while len(engine.requests) < 2:
-                await asyncio.sleep(0.01)
+        busy = await fill_both_slots(client, engine)
         openai_stream = await client.post("/v1/chat/completions", json=chat("late", stream=True))
         anthropic_stream = await client.post(
             "/v1/messages", json={**chat("late", stream=True), "max_tokens": 5}
