@@ -5,7 +5,9 @@ Every HTTP dialect parses its body into a `GenerationRequest` and renders the st
 types. Nothing here knows about OpenAI, Anthropic, HTTP or WebSockets.
 
 These are plain frozen dataclasses: pydantic validates them where they cross a boundary
-(the wire protocol), and inside a process they are passed around as they are.
+(the wire protocol), and inside a process they are passed around as they are. The bounds in
+their annotations (`TokenCount`, `Label`, …) only apply there: a provider's event that breaks
+one is a protocol error, while constructing a dataclass in-process checks nothing.
 """
 
 from __future__ import annotations
@@ -13,7 +15,47 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
+
+MAX_TOKEN_COUNT = 1 << 24
+"""The largest token count any event may state (16,777,216): above any context window, and
+far below 2**31, so no count can overflow a 32-bit column or an addition of a few of them."""
+MAX_TEXT_CHARS = 1 << 20
+"""The longest text one event may carry (a text delta, a piece of tool-call arguments)."""
+MAX_LABEL_CHARS = 256
+"""The longest name or identifier (tool names and call ids, error params, token strings)."""
+MAX_FAILURE_MESSAGE_CHARS = 1024
+"""A provider's failure message is cut to this length (see `ReadableMessage`)."""
+MAX_LOGPROBS_PER_EVENT = 4096
+MAX_TOP_LOGPROBS = 20
+MAX_TOOL_CALL_INDEX = (1 << 16) - 1
+
+PRINTABLE_PATTERN = r"^(?:[^\p{C}\p{Z}]| )*$"
+"""Printable text: no control, format, private-use, unassigned or separator characters other
+than the plain space (so no newline, escape or bidirectional override can reach a log line).
+The same characters as `str.isprintable()`."""
+
+TokenCount = Annotated[int, Field(ge=0, le=MAX_TOKEN_COUNT)]
+EventText = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
+TokenText = Annotated[str, Field(max_length=MAX_LABEL_CHARS)]
+"""A token as text: any characters (a token may be a newline), bounded."""
+Logprob = Annotated[float, Field(le=0.0, allow_inf_nan=False)]
+Label = Annotated[str, Field(max_length=MAX_LABEL_CHARS, pattern=PRINTABLE_PATTERN)]
+"""A printable name or identifier; anything else is refused."""
+
+
+def _readable(text: str) -> str:
+    """`text` made printable and cut to `MAX_FAILURE_MESSAGE_CHARS` characters."""
+    if len(text) > MAX_FAILURE_MESSAGE_CHARS:
+        text = text[: MAX_FAILURE_MESSAGE_CHARS - 1] + "…"
+    if not text.isprintable():
+        text = "".join(char if char.isprintable() else " " for char in text)
+    return text
+
+
+ReadableMessage = Annotated[str, AfterValidator(_readable)]
+"""Free text meant for people (a failure message): sanitised rather than refused, because an
+honest engine's message may quote names the consumer chose."""
 
 Role = Literal["system", "user", "assistant", "tool"]
 FinishReason = Literal["stop", "length", "tool_calls", "cancelled"]
@@ -110,8 +152,8 @@ class GenerationRequest:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    prompt_tokens: int
-    completion_tokens: int
+    prompt_tokens: TokenCount
+    completion_tokens: TokenCount
 
     @property
     def total_tokens(self) -> int:
@@ -122,7 +164,7 @@ class Usage:
 class Started:
     """The engine accepted the prompt; sent once before any text."""
 
-    prompt_tokens: int
+    prompt_tokens: TokenCount
     starts_in_reasoning: bool = False
     """True when the prompt itself opened a `<think>` block (some chat templates do), so
     the output begins as reasoning until `</think>`."""
@@ -131,16 +173,16 @@ class Started:
 
 @dataclass(frozen=True, slots=True)
 class TokenLogprob:
-    token: str
-    logprob: float
-    top: tuple[tuple[str, float], ...] = ()
+    token: TokenText
+    logprob: Logprob
+    top: Annotated[tuple[tuple[TokenText, Logprob], ...], Field(max_length=MAX_TOP_LOGPROBS)] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class TextDelta:
-    text: str
-    logprobs: tuple[TokenLogprob, ...] = ()
-    tokens: int = 0
+    text: EventText
+    logprobs: Annotated[tuple[TokenLogprob, ...], Field(max_length=MAX_LOGPROBS_PER_EVENT)] = ()
+    tokens: TokenCount = 0
     """Completion tokens this delta delivers (those sampled since the previous delta): what
     a consumer is charged for when a job breaks off before it finishes."""
     kind: Literal["text"] = "text"
@@ -159,11 +201,11 @@ class ToolCallDelta:
     """A piece of tool call number `index`. The first piece of each call carries `id` and
     `name`; `arguments` pieces concatenate to the call's JSON arguments."""
 
-    index: int
-    arguments: str = ""
-    id: str | None = None
-    name: str | None = None
-    tokens: int = 0
+    index: Annotated[int, Field(ge=0, le=MAX_TOOL_CALL_INDEX)]
+    arguments: EventText = ""
+    id: Label | None = None
+    name: Label | None = None
+    tokens: TokenCount = 0
     """As `TextDelta.tokens`."""
     kind: Literal["tool_call"] = "tool_call"
 
@@ -175,7 +217,7 @@ class Finished:
 
     reason: FinishReason
     usage: Usage
-    stop_sequence: str | None = None
+    stop_sequence: EventText | None = None
     kind: Literal["finished"] = "finished"
 
 
@@ -195,8 +237,8 @@ class Failed:
     """The terminal event of a job that did not finish. `message` never quotes the prompt."""
 
     code: FailureCode
-    message: str
-    param: str | None = None
+    message: ReadableMessage
+    param: Label | None = None
     kind: Literal["failed"] = "failed"
 
 

@@ -14,6 +14,13 @@ prose version of this module and must change with it. A session is:
                         ◄──────────  job_cancel (any time; the provider stops within a token)
 
 This module owns shapes and (de)serialisation only; it must not do I/O.
+
+Every count and string a provider sends is bounded here, so what it claims cannot overflow a
+column, flood memory or smuggle a newline into a log line: counts are ranges, strings have a
+length and, where they name something (hardware, models, ids, error params), must be
+printable (`generation.PRINTABLE_PATTERN`). A frame that breaks a bound is refused as a
+whole (`ProtocolError`); only a failure's free-text message is sanitised instead
+(`generation.ReadableMessage`). `docs/protocol.md` lists the bounds.
 """
 
 from __future__ import annotations
@@ -21,10 +28,18 @@ from __future__ import annotations
 from typing import Annotated, Literal, TypeVar
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic_core import ErrorDetails
 
 from moonflower.errors import ProtocolError
-from moonflower.generation import GenerationEvent, GenerationRequest
+from moonflower.generation import (
+    MAX_TOKEN_COUNT,
+    PRINTABLE_PATTERN,
+    Failed,
+    GenerationEvent,
+    GenerationRequest,
+    Label,
+)
 
 PROTOCOL_VERSION = 3
 """3: per-job flow control (`job_credit`) and `draining`."""
@@ -38,6 +53,29 @@ HEARTBEAT_INTERVAL_S = 5.0
 HEARTBEAT_TIMEOUT_S = 30.0
 MAX_FRAME_BYTES = 10 * 1024 * 1024
 
+MAX_MODEL_CARDS = 32
+"""Models one provider may register; each card costs the coordinator routing state."""
+MAX_CONCURRENT_JOBS = 64
+MAX_CONTEXT_LENGTH = MAX_TOKEN_COUNT
+MAX_SIZE_BYTES = 1 << 50
+"""Sizes (memory, weight files) above a pebibyte are not a machine's."""
+MAX_LIFETIME_COUNT = 1 << 53
+"""Counters over a provider process's life (heartbeat): they may pass 2**31, never 2**53."""
+MAX_SIGNED_JSON_CHARS = 64 * 1024
+MAX_CERTIFICATE_CHARS = 64 * 1024
+MAX_CERTIFICATES = 8
+
+COORDINATOR_FAILURE_CODES = frozenset({"provider_gone", "timeout"})
+"""Failure codes only the coordinator makes (the connection was lost, a deadline passed); a
+provider that sends one is breaking the protocol."""
+
+ModelId = Annotated[str, Field(min_length=1, max_length=256, pattern=PRINTABLE_PATTERN)]
+JobId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
+Base64 = Annotated[str, Field(max_length=256, pattern=r"^[A-Za-z0-9+/]*={0,2}$")]
+Cores = Annotated[int, Field(ge=1, le=1 << 16)]
+Bytes = Annotated[int, Field(ge=0, le=MAX_SIZE_BYTES)]
+LifetimeCount = Annotated[int, Field(ge=0, le=MAX_LIFETIME_COUNT)]
+
 
 class _Frame(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
@@ -46,23 +84,23 @@ class _Frame(BaseModel):
 class Hardware(_Frame):
     """What the machine is, as the OS reports it."""
 
-    cpu: str
-    cpu_cores: int
-    chip: str | None = None
-    gpu: str | None = None
-    memory_bytes: int
-    os: str
+    cpu: Label
+    cpu_cores: Cores
+    chip: Label | None = None
+    gpu: Label | None = None
+    memory_bytes: Bytes
+    os: Label
 
 
 class ModelCard(_Frame):
     """One model a provider serves."""
 
-    id: str
+    id: ModelId
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    context_length: int = Field(gt=0)
-    quantization: str | None = None
-    engine: str
-    size_bytes: int = Field(ge=0)
+    context_length: int = Field(gt=0, le=MAX_CONTEXT_LENGTH)
+    quantization: Label | None = None
+    engine: Label
+    size_bytes: Bytes
 
 
 # provider → coordinator
@@ -71,8 +109,8 @@ class ModelCard(_Frame):
 class SignedBlob(_Frame):
     """Canonical JSON text and a base64 DER ECDSA P-256 signature over its exact bytes."""
 
-    json_text: str = Field(alias="json")
-    signature: str
+    json_text: str = Field(alias="json", max_length=MAX_SIGNED_JSON_CHARS)
+    signature: Base64
 
     model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
 
@@ -80,22 +118,30 @@ class SignedBlob(_Frame):
 class Register(_Frame):
     type: Literal["register"] = "register"
     protocol_version: int
-    agent_version: str
+    agent_version: Label
     hardware: Hardware
-    models: tuple[ModelCard, ...] = Field(min_length=1)
-    max_concurrent_jobs: int = Field(ge=1, le=64)
-    encryption_public_key: str
+    models: tuple[ModelCard, ...] = Field(min_length=1, max_length=MAX_MODEL_CARDS)
+    max_concurrent_jobs: int = Field(ge=1, le=MAX_CONCURRENT_JOBS)
+    encryption_public_key: Base64
     """Base64 X25519 key of this provider process; jobs are sealed to it."""
     statement: SignedBlob | None = None
     """The signed attestation statement; without one the provider's trust level is `none`."""
 
+    @field_validator("models")
+    @classmethod
+    def _distinct_models(cls, models: tuple[ModelCard, ...]) -> tuple[ModelCard, ...]:
+        if len({card.id for card in models}) != len(models):
+            raise ValueError("model ids must be distinct")
+        return models
+
 
 class Heartbeat(_Frame):
     type: Literal["heartbeat"] = "heartbeat"
-    active_jobs: int = Field(ge=0)
-    jobs_served: int = Field(ge=0)
-    tokens_generated: int = Field(ge=0)
-    free_slots: int | None = Field(default=None, ge=0)
+    active_jobs: int = Field(ge=0, le=1 << 16)
+    """Jobs running or waiting for a slot on the provider (so it may exceed its slots)."""
+    jobs_served: LifetimeCount
+    tokens_generated: LifetimeCount
+    free_slots: int | None = Field(default=None, ge=0, le=MAX_CONCURRENT_JOBS)
     """Jobs the provider could start right now; absent from providers that predate it."""
 
 
@@ -111,23 +157,25 @@ class JobEvent(_Frame):
     event's JSON. There is no plaintext form."""
 
     type: Literal["job_event"] = "job_event"
-    job_id: str
-    sealed_event: str
+    job_id: JobId
+    sealed_event: str = Field(max_length=MAX_FRAME_BYTES)
 
 
 class JobReceipt(_Frame):
     """The provider's signed receipt for a job, sent right after its terminal event."""
 
     type: Literal["job_receipt"] = "job_receipt"
-    job_id: str
+    job_id: JobId
     receipt: SignedBlob
 
 
 class ChallengeAnswer(_Frame):
     type: Literal["challenge_answer"] = "challenge_answer"
-    nonce: str
+    nonce: Base64
     status: SignedBlob
-    mda_chain: tuple[str, ...] = ()
+    mda_chain: tuple[Annotated[str, Field(max_length=MAX_CERTIFICATE_CHARS)], ...] = Field(
+        default=(), max_length=MAX_CERTIFICATES
+    )
     """Base64 DER certificates (leaf first) from Apple Managed Device Attestation, whose
     freshness code is SHA-256 of this challenge's nonce; empty where the OS has none."""
 
@@ -217,6 +265,15 @@ def event_from_bytes(data: bytes) -> GenerationEvent:
     return _decode(_events, data)
 
 
+def event_from_provider_bytes(data: bytes) -> GenerationEvent:
+    """A generation event as a provider may send it: also refuses the failure codes only the
+    coordinator makes (`COORDINATOR_FAILURE_CODES`)."""
+    event = _decode(_events, data)
+    if isinstance(event, Failed) and event.code in COORDINATOR_FAILURE_CODES:
+        raise ProtocolError(f"a provider may not send failed/{event.code}")
+    return event
+
+
 def request_bytes(request: GenerationRequest) -> bytes:
     """The JSON of a generation request: what a `job_request` seals."""
     return _requests.dump_json(request)
@@ -234,14 +291,45 @@ def decode_from_coordinator(frame: str | bytes) -> FromCoordinator:
     return _decode(_coordinator_messages, frame)
 
 
+_TEMPLATED_ERRORS = frozenset(
+    {
+        "too_long",
+        "too_short",
+        "string_too_long",
+        "string_too_short",
+        "greater_than",
+        "greater_than_equal",
+        "less_than",
+        "less_than_equal",
+        "value_error",
+    }
+)
+"""Validation errors whose message states a bound or our own words, never the input."""
+
+
 def _decode(adapter: TypeAdapter[_T], frame: str | bytes) -> _T:
-    if len(frame) > MAX_FRAME_BYTES:
+    if _frame_bytes(frame) > MAX_FRAME_BYTES:
         raise ProtocolError("frame exceeds the maximum size")
     try:
         return adapter.validate_json(frame)
     except ValidationError as exc:
-        # The error text names fields and types only; frame content stays out of logs.
-        summary = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['type']}" for err in exc.errors()
-        )
+        # The error text names fields, types and bounds only; frame content (which could be
+        # anything, newlines included) stays out of logs.
+        summary = "; ".join(_error_summary(err) for err in exc.errors(include_input=False)[:5])
         raise ProtocolError(f"invalid frame ({summary})") from None
+
+
+def _frame_bytes(frame: str | bytes) -> int:
+    """The frame's size in UTF-8 bytes, counting only when its length leaves doubt."""
+    if isinstance(frame, bytes) or len(frame) <= MAX_FRAME_BYTES // 4:
+        return len(frame)
+    return len(frame.encode("utf-8", "surrogatepass"))
+
+
+def _error_summary(err: ErrorDetails) -> str:
+    where = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "string_pattern_mismatch":
+        return f"{where}: characters not allowed"
+    if err["type"] in _TEMPLATED_ERRORS:
+        return f"{where}: {err['msg']}"
+    return f"{where}: {err['type']}"
