@@ -21,6 +21,8 @@ wire shapes: each dialect owns exactly one mapping from these to its own error b
     │   └── ProviderOverloaded    the provider running a job turned it away at capacity
     ├── RateLimited               the API key used up its requests or tokens per minute
     │                             (`limit`, `retry_after_s`)
+    ├── StoreUnavailable          the ledger's database is locked, down or too slow
+    │                             (`retry_after_s`)
     ├── ProviderFailed            the provider broke or went away mid-job
     ├── UpstreamTimeout           the provider did not answer in time
     ├── ProtocolError             a peer sent a message the wire protocol does not allow
@@ -167,6 +169,21 @@ class RateLimited(MoonflowerError):
         )
         self.retry_after_s = retry_after_s
         self.limit = limit
+
+
+class StoreUnavailable(MoonflowerError):
+    """The ledger's database did not answer within its time bound: locked by another
+    process, down, out of connections, or a statement ran too long. `retry_after_s` (whole
+    seconds, at least 1) says when to try again."""
+
+    code = "store_unavailable"
+
+    def __init__(self, *, retry_after_s: int) -> None:
+        super().__init__(
+            "The coordinator's database is busy or unreachable right now; "
+            f"try again in {retry_after_s} s."
+        )
+        self.retry_after_s = retry_after_s
 
 
 class ShuttingDown(MoonflowerError):

@@ -33,6 +33,10 @@ class CoordinatorSettings(BaseSettings):
     data_dir: Path = Field(default_factory=default_data_dir)
     database_url: str | None = None
     """SQLAlchemy async URL; defaults to SQLite inside `data_dir`."""
+    database_timeout_s: float = Field(default=5.0, gt=0, le=600)
+    """The longest a request waits on the database for one thing (a pooled connection,
+    SQLite's write lock, a PostgreSQL connection or statement) before it is answered 503
+    (529 on /v1/messages) with Retry-After."""
     default_max_tokens: int = Field(default=DEFAULT_MAX_TOKENS, gt=0)
     model_aliases: dict[str, str] = Field(default_factory=dict)
     """Public model names mapped to served model ids, e.g. {"gpt-4o-mini": "smollm2-135m-instruct"}

@@ -1,6 +1,6 @@
 """Remembering whose an API key is: a remembered key needs no database transaction until
 its entry expires, a revoked key stops working once it has, and unknown or revoked keys are
-never remembered."""
+never remembered. Authenticating only reads; the key's use is marked in the background."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 from moonflower.coordinator.auth import CallerCache
 from moonflower.ledger.database import Database, default_database_url
-from moonflower.ledger.keys import create_key, revoke_key
+from moonflower.ledger.keys import create_key, list_keys, revoke_key
 
 
 class Clock:
@@ -20,7 +20,7 @@ class Clock:
 
 
 class CountingDatabase:
-    """The database, counting the sessions opened on it (one per authentication)."""
+    """The database, counting the read sessions opened on it (one per authentication)."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -31,9 +31,9 @@ class CountingDatabase:
         return getattr(self._db, name)
 
     @property
-    def sessions(self) -> object:
+    def reads(self) -> object:
         self.opened += 1
-        return self._db.sessions
+        return self._db.reads
 
 
 async def test_a_known_key_is_remembered_until_it_expires(tmp_path: Path) -> None:
@@ -54,6 +54,7 @@ async def test_a_known_key_is_remembered_until_it_expires(tmp_path: Path) -> Non
         clock.now += 0.2
         assert await callers.caller(created.key) is None  # expired: the ledger says revoked
         assert counting.opened > opened
+        await callers.marks_written()
 
 
 async def test_unknown_and_revoked_keys_are_never_remembered(tmp_path: Path) -> None:
@@ -77,3 +78,20 @@ async def test_a_zero_cache_time_asks_every_time(tmp_path: Path) -> None:
         assert await callers.caller(created.key) is not None
         assert await revoke_key(db, created.key_id)
         assert await callers.caller(created.key) is None
+        await callers.marks_written()
+
+
+async def test_a_key_is_marked_used_once_after_it_authenticates(tmp_path: Path) -> None:
+    async with await Database.open(default_database_url(tmp_path)) as db:
+        created = await create_key(db)
+        callers = CallerCache(db, ttl_s=0, clock=Clock())
+        caller = await callers.caller(created.key)
+        assert caller is not None and caller.last_used_at is None
+        await callers.marks_written()
+        [info] = await list_keys(db)
+        assert info.last_used_at is not None
+        again = await callers.caller(created.key)
+        assert again is not None and again.last_used_at == info.last_used_at
+        await callers.marks_written()
+        [still] = await list_keys(db)
+        assert still.last_used_at == info.last_used_at  # fresh: not written again

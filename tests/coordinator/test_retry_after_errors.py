@@ -1,6 +1,6 @@
-"""Rate-limit and overload errors in each dialect: status, body (checked against the vendors'
-OpenAPI documents), the Retry-After header, what the official SDKs make of them, and the
-in-stream error for a provider that reports itself overloaded."""
+"""Rate-limit, overload and database-trouble errors in each dialect: status, body (checked
+against the vendors' OpenAPI documents), the Retry-After header, what the official SDKs make
+of them, and the in-stream error for a provider that reports itself overloaded."""
 
 from __future__ import annotations
 
@@ -99,6 +99,47 @@ async def test_anthropic_overload_is_429_rate_limit_error() -> None:
     assert_valid_anthropic("ErrorResponse", body)
     assert body["error"]["type"] == "rate_limit_error"
     assert "30 s" in body["error"]["message"]
+
+
+async def test_openai_store_trouble_is_503_with_retry_after() -> None:
+    response = await call(CHAT, errors.StoreUnavailable(retry_after_s=2))
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "2"
+    body = response.json()
+    assert_valid_openai("ErrorResponse", body)
+    assert body["error"]["type"] == "service_unavailable_error"
+    assert body["error"]["code"] == "store_unavailable"
+    assert "2 s" in body["error"]["message"]
+
+
+async def test_anthropic_store_trouble_is_529_overloaded_error() -> None:
+    response = await call(MESSAGES, errors.StoreUnavailable(retry_after_s=2))
+    assert response.status_code == 529
+    assert response.headers["retry-after"] == "2"
+    body = response.json()
+    assert_valid_anthropic("ErrorResponse", body)
+    assert body["error"]["type"] == "overloaded_error"
+
+
+async def test_the_sdks_see_store_trouble_as_a_retryable_server_error() -> None:
+    app = app_raising(
+        errors.StoreUnavailable(retry_after_s=1), errors.StoreUnavailable(retry_after_s=1)
+    )
+    async with served(app) as base_url:
+        oai = openai.AsyncOpenAI(base_url=f"{base_url}/v1", api_key="k", max_retries=0)
+        with pytest.raises(openai.InternalServerError) as unavailable:
+            await oai.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "x"}]
+            )
+        await oai.close()
+        ant = anthropic.AsyncAnthropic(base_url=base_url, api_key="k", max_retries=0)
+        message = {"role": "user", "content": "x"}
+        with pytest.raises(anthropic.OverloadedError) as overloaded:
+            await ant.messages.create(model="m", max_tokens=1, messages=[message])  # type: ignore[list-item]
+        await ant.close()
+    assert unavailable.value.status_code == 503
+    assert unavailable.value.response.headers["retry-after"] == "1"
+    assert overloaded.value.status_code == 529
 
 
 @pytest.mark.parametrize("path", [CHAT, MESSAGES])

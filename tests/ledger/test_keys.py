@@ -21,6 +21,7 @@ from moonflower.ledger.keys import (
     authenticate_provider,
     create_key,
     list_keys,
+    note_use,
     revoke_key,
 )
 from moonflower.ledger.tables import ApiKey
@@ -289,19 +290,33 @@ async def test_last_used_at_is_written_at_most_once_a_minute(ledger_db: Database
         [info] = await list_keys(ledger_db)
         return info.last_used_at
 
+    async def use() -> None:
+        caller = await authenticate(ledger_db, created.key)
+        assert caller is not None
+        await note_use(ledger_db, caller)
+
     await authenticate(ledger_db, created.key)
+    assert await last_used() is None  # authenticating only reads
+    await use()
     first_use = await last_used()
     assert first_use is not None
-    await authenticate(ledger_db, created.key)
+    await use()
     assert await last_used() == first_use
 
     long_ago = datetime.now(UTC) - timedelta(minutes=5)
     async with ledger_db.sessions.begin() as session:
         await session.execute(update(ApiKey).values(last_used_at=long_ago))
-    await authenticate(ledger_db, created.key)
+    await use()
     refreshed = await last_used()
     assert refreshed is not None
     assert refreshed > first_use
+
+
+async def test_a_provider_token_is_marked_used_when_it_authenticates(ledger_db: Database) -> None:
+    created = await create_key(ledger_db, account_name="rig", purpose="provider")
+    assert await authenticate_provider(ledger_db, created.key) is not None
+    [info] = await list_keys(ledger_db)
+    assert info.last_used_at is not None
 
 
 @pytest.mark.parametrize("purpose", ["api", "provider"])

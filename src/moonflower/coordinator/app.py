@@ -51,7 +51,7 @@ HOLD_SWEEP_INTERVAL_S = 300.0
 
 async def build_services(settings: CoordinatorSettings) -> Services:
     url = settings.database_url or default_database_url(settings.data_dir)
-    db = await Database.open(url)
+    db = await Database.open(url, timeout_s=settings.database_timeout_s)
     registry = Registry(
         default_floor=TrustLevel.parse(settings.min_trust),
         freshness_s=settings.challenge_interval_s + settings.challenge_slack_s,

@@ -3,15 +3,20 @@
 Owns reading the credential headers and asking the ledger who the key belongs to; it never
 logs a key and knows nothing of dialect error shapes (it raises `AuthenticationFailed`).
 Callers of API keys are remembered for a few seconds (`CallerCache`), so most requests
-authenticate without a database transaction.
+authenticate without a database transaction; the ones that do only read. Marking a key used
+(once a minute at most) is written in the background, so a locked or slow store never holds
+up who-is-calling; if that write fails, the mark is simply written on a later use.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import logging
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from pydantic import SecretStr
 from starlette.requests import HTTPConnection, Request
@@ -19,6 +24,8 @@ from starlette.requests import HTTPConnection, Request
 from moonflower import errors
 from moonflower.ledger import keys
 from moonflower.ledger.database import Database
+
+log = logging.getLogger(__name__)
 
 
 def credential(request: HTTPConnection) -> str | None:
@@ -48,6 +55,7 @@ class CallerCache:
         self._ttl_s = ttl_s
         self._clock = clock
         self._entries: dict[bytes, tuple[keys.Caller, float]] = {}
+        self._noting: dict[str, asyncio.Task[None]] = {}
 
     async def caller(self, raw_key: str) -> keys.Caller | None:
         digest = hashlib.sha256(raw_key.encode()).digest()
@@ -56,6 +64,8 @@ class CallerCache:
         if entry is not None and entry[1] > now:
             return entry[0]
         caller = await keys.authenticate(self.db, raw_key)
+        if caller is not None:
+            self.note_use(caller)
         if caller is None or self._ttl_s <= 0:
             self._entries.pop(digest, None)
             return caller
@@ -65,6 +75,27 @@ class CallerCache:
                 self._entries.clear()
         self._entries[digest] = (caller, now + self._ttl_s)
         return caller
+
+    def note_use(self, caller: keys.Caller) -> None:
+        """Mark the caller's key used, in the background, if it is due (one write a
+        minute at most, one at a time per key)."""
+        if caller.key_id in self._noting or not caller.is_use_stale(datetime.now(UTC)):
+            return
+        task = asyncio.create_task(self._note_use(caller))
+        self._noting[caller.key_id] = task
+        task.add_done_callback(lambda _done: self._noting.pop(caller.key_id, None))
+
+    async def _note_use(self, caller: keys.Caller) -> None:
+        try:
+            await keys.note_use(self.db, caller)
+        except errors.StoreUnavailable:
+            log.warning("could not mark key %s used; a later use will", caller.key_id)
+        except Exception:  # a background task: nobody else would see it
+            log.exception("marking key %s used failed", caller.key_id)
+
+    async def marks_written(self) -> None:
+        """Wait for the use marks being written (for shutdown and tests)."""
+        await asyncio.gather(*self._noting.values(), return_exceptions=True)
 
 
 async def authenticate(request: Request, callers: CallerCache) -> keys.Caller:
@@ -84,7 +115,9 @@ async def authenticate_account(request: Request, callers: CallerCache) -> keys.C
     raw = credential(request)
     caller = None if raw is None else await callers.caller(raw)
     if caller is None and raw is not None:
-        caller = await keys.authenticate_provider(callers.db, raw)
+        caller = await keys.find_caller(callers.db, raw, "provider")
+        if caller is not None:
+            callers.note_use(caller)
     if caller is None:
         return await authenticate(request, callers)  # raises the right error
     return caller

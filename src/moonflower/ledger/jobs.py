@@ -66,7 +66,7 @@ async def list_jobs(
     query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
     if account_id is not None:
         query = query.where(Job.account_id == account_id)
-    async with db.sessions() as session:
+    async with db.reads() as session:
         jobs = (await session.execute(query)).scalars().all()
     return [_record(job) for job in jobs]
 
@@ -93,5 +93,5 @@ async def note_models_served(db: Database, model_ids: Iterable[str]) -> None:
 async def has_been_served(db: Database, model_id: str) -> bool:
     """Whether any provider has ever registered `model_id`."""
     query = select(ServedModel.model_id).where(ServedModel.model_id == model_id)
-    async with db.sessions() as session:
+    async with db.reads() as session:
         return (await session.execute(query)).first() is not None

@@ -7,6 +7,11 @@ accepted as an API key (nor an API key as a provider token). A raw key exists on
 value `create_key` returns: the database holds its SHA-256 and a short display prefix, and
 nothing here stores or logs the key. Decides nothing about HTTP or WebSockets; callers turn a
 `None` from `authenticate` or `authenticate_provider` into their own authentication error.
+
+Authenticating only reads (it takes no write lock, so a busy or locked store does not hold
+up who-is-calling); when a key was last marked used more than a minute ago, `note_use` writes
+the new time, and callers decide whether that write waits (`authenticate_provider` does it
+inline; the coordinator's API-key cache does it in the background).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import hashlib
 import secrets
 import string
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Literal, get_args
 
@@ -71,6 +76,12 @@ class Caller:
 
     account_id: str
     key_id: str
+    last_used_at: datetime | None = field(default=None, compare=False)
+    """When the key was last marked used, as authentication read it (see `note_use`)."""
+
+    def is_use_stale(self, now: datetime) -> bool:
+        """Whether `note_use` would write: the mark is missing or a minute old."""
+        return self.last_used_at is None or self.last_used_at <= now - LAST_USED_RESOLUTION
 
 
 def _prefix(purpose: KeyPurpose) -> str:
@@ -167,39 +178,50 @@ async def create_key(
 
 async def authenticate(db: Database, raw_key: str) -> Caller | None:
     """The caller an API key belongs to, or None if it is malformed, unknown or revoked.
-    A provider token is not an API key and never authenticates here."""
-    return await _authenticate(db, raw_key, "api")
+    A provider token is not an API key and never authenticates here. Only reads: the
+    caller marks the key used with `note_use`."""
+    return await find_caller(db, raw_key, "api")
 
 
 async def authenticate_provider(db: Database, raw_token: str) -> Caller | None:
     """The provider account a provider token earns for, or None if it is malformed, unknown
-    or revoked. An API key is not a provider token and never authenticates here."""
-    return await _authenticate(db, raw_token, "provider")
+    or revoked. An API key is not a provider token and never authenticates here. Marks the
+    token used (at most one write a minute): a provider connecting writes anyway."""
+    caller = await find_caller(db, raw_token, "provider")
+    if caller is not None:
+        await note_use(db, caller)
+    return caller
 
 
-async def _authenticate(db: Database, raw_key: str, purpose: KeyPurpose) -> Caller | None:
+async def find_caller(db: Database, raw_key: str, purpose: KeyPurpose) -> Caller | None:
+    """Who holds `raw_key` as a key of `purpose`, or None if it is malformed, unknown or
+    revoked; one read-only transaction."""
     if not _is_well_formed(raw_key, purpose):
         return None
+    query = select(ApiKey.id, ApiKey.account_id, ApiKey.revoked_at, ApiKey.last_used_at).where(
+        ApiKey.key_hash == _hash(raw_key), ApiKey.purpose == purpose
+    )
+    async with db.reads() as session:
+        row = (await session.execute(query)).one_or_none()
+    if row is None or row.revoked_at is not None:
+        return None
+    return Caller(account_id=row.account_id, key_id=row.id, last_used_at=row.last_used_at)
+
+
+async def note_use(db: Database, caller: Caller) -> None:
+    """Mark the caller's key used now, unless authentication saw it marked within the last
+    minute (then nothing is written); a concurrent mark written meanwhile is kept."""
     now = datetime.now(UTC)
+    if not caller.is_use_stale(now):
+        return
+    stale = now - LAST_USED_RESOLUTION
     async with db.sessions.begin() as session:
-        row = (
-            await session.execute(
-                select(ApiKey.id, ApiKey.account_id, ApiKey.revoked_at, ApiKey.last_used_at).where(
-                    ApiKey.key_hash == _hash(raw_key), ApiKey.purpose == purpose
-                )
-            )
-        ).one_or_none()
-        if row is None or row.revoked_at is not None:
-            return None
-        stale = now - LAST_USED_RESOLUTION
-        if row.last_used_at is None or row.last_used_at <= stale:
-            await session.execute(
-                update(ApiKey)
-                .where(ApiKey.id == row.id)
-                .where(or_(ApiKey.last_used_at.is_(None), ApiKey.last_used_at <= stale))
-                .values(last_used_at=now)
-            )
-        return Caller(account_id=row.account_id, key_id=row.id)
+        await session.execute(
+            update(ApiKey)
+            .where(ApiKey.id == caller.key_id)
+            .where(or_(ApiKey.last_used_at.is_(None), ApiKey.last_used_at <= stale))
+            .values(last_used_at=now)
+        )
 
 
 async def list_keys(db: Database) -> list[KeyInfo]:
@@ -209,7 +231,7 @@ async def list_keys(db: Database) -> list[KeyInfo]:
         .join(Account, ApiKey.account_id == Account.id)
         .order_by(ApiKey.created_at, ApiKey.id)
     )
-    async with db.sessions() as session:
+    async with db.reads() as session:
         rows = (await session.execute(query)).all()
     return [
         KeyInfo(

@@ -89,7 +89,7 @@ def percent_to_bps(percent: float) -> int:
 
 async def load_price_list(db: Database, base: PriceList) -> PriceList:
     """`base` (from settings) with the admin's stored overrides applied."""
-    async with db.sessions() as session:
+    async with db.reads() as session:
         prices = (await session.execute(select(ModelPrice))).scalars().all()
         policy = await session.get(PricingPolicy, 1)
     models = dict(base.models)

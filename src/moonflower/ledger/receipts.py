@@ -43,7 +43,7 @@ def receipt_row(record: ReceiptRecord) -> StoredReceipt:
 async def find_receipt(db: Database, job_id: str, *, account_id: str) -> ReceiptRecord | None:
     """The receipt of `job_id` if it belongs to `account_id`; None otherwise (unknown or
     someone else's: the two are indistinguishable to the caller)."""
-    async with db.sessions() as session:
+    async with db.reads() as session:
         row = await session.scalar(
             select(StoredReceipt).where(
                 StoredReceipt.job_id == job_id, StoredReceipt.account_id == account_id

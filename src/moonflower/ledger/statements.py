@@ -57,7 +57,7 @@ async def usage(
 ) -> Page[UsageLine]:
     """The account's jobs, newest first, starting after job `after` (if it is theirs)."""
     query = select(Job).where(Job.account_id == account_id)
-    async with db.sessions() as session:
+    async with db.reads() as session:
         if after is not None:
             mark = await session.get(Job, after)
             if mark is not None and mark.account_id == account_id:
@@ -103,7 +103,7 @@ async def earnings(
         .join(Job, Job.id == LedgerTransaction.job_id)
         .where(LedgerEntry.account_id == account_id, LedgerEntry.kind == "provider_share")
     )
-    async with db.sessions() as session:
+    async with db.reads() as session:
         if after is not None:
             mark = await session.scalar(
                 select(LedgerEntry.id)
@@ -136,5 +136,5 @@ async def total_earned(db: Database, account_id: str) -> int:
     query = select(func.coalesce(func.sum(LedgerEntry.amount_micro_usd), 0)).where(
         LedgerEntry.account_id == account_id, LedgerEntry.kind == "provider_share"
     )
-    async with db.sessions() as session:
+    async with db.reads() as session:
         return int(await session.scalar(query) or 0)

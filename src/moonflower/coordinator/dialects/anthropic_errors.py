@@ -26,6 +26,7 @@ _STATUS_AND_TYPE: list[tuple[type[errors.MoonflowerError], int, str]] = [
     (errors.ModelNotFound, 404, "not_found_error"),
     # Anthropic reports "no capacity right now" as 529, which its SDKs retry with backoff.
     (errors.ShuttingDown, 529, "overloaded_error"),
+    (errors.StoreUnavailable, 529, "overloaded_error"),
     (errors.NoProviderAvailable, 529, "overloaded_error"),
     # A full or timed-out queue is 429 with Retry-After (our API's contract for "wait and
     # retry"); Anthropic pairs 429 with `rate_limit_error` only, and the message says the

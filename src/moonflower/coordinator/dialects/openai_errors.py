@@ -23,6 +23,7 @@ _STATUS_AND_TYPE: list[tuple[type[errors.MoonflowerError], int, str]] = [
     (errors.RouteNotFound, 404, "invalid_request_error"),
     (errors.ModelNotFound, 404, "invalid_request_error"),
     (errors.ShuttingDown, 503, "service_unavailable_error"),
+    (errors.StoreUnavailable, 503, "service_unavailable_error"),
     (errors.NoProviderAvailable, 503, "service_unavailable_error"),
     # A full or timed-out queue is 429 with Retry-After (our API's contract for "wait and
     # retry"), told apart from a key's own limits by its type and code

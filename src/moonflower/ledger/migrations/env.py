@@ -13,11 +13,12 @@ import asyncio
 from alembic import context
 from sqlalchemy import Connection
 
-from moonflower.ledger.database import create_engine
+from moonflower.ledger.database import create_engine, lift_statement_timeout
 from moonflower.ledger.tables import Base
 
 
 def _run_migrations(connection: Connection) -> None:
+    lift_statement_timeout(connection)
     context.configure(
         connection=connection,
         target_metadata=Base.metadata,
