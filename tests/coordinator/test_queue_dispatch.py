@@ -1,10 +1,18 @@
 """Waiting for a free slot: requests beyond every provider's slots queue per model in FIFO
 order, and a full queue or a wait that runs out is a 429 with Retry-After that costs
-nothing. Fake engines (queueing behaviour only) in an in-process network."""
+nothing. Fake engines (queueing behaviour only) in an in-process network.
+
+Every order and every "still busy" here is made by the test, never by timing: a request is
+sent only once the one before it is seen on the engine or in the queue, and a job holds its
+slot until the test lets it go (`GatedEngine`). The queue orders requests by when they join
+it, which is after authentication and the hold; requests merely sent a few milliseconds
+apart may be admitted in either order.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -12,70 +20,112 @@ import httpx
 from moonflower.ledger import jobs as job_ledger
 from moonflower.ledger.accounts import get_account
 from moonflower.ledger.keys import authenticate
-from tests.support.fake_engine import ScriptedEngine
-from tests.support.inprocess import STARTING_CREDIT_MICRO_USD, inprocess_network
+from tests.support.fake_engine import GatedEngine, ScriptedEngine
+from tests.support.inprocess import STARTING_CREDIT_MICRO_USD, InProcessNetwork, inprocess_network
+
+MODEL = "fake-model"
 
 
 def chat(tag: str, **extra: object) -> dict[str, object]:
-    return {"model": "fake-model", "messages": [{"role": "user", "content": tag}], **extra}
+    return {"model": MODEL, "messages": [{"role": "user", "content": tag}], **extra}
+
+
+async def until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    try:
+        async with asyncio.timeout(timeout):
+            while not condition():
+                await asyncio.sleep(0.005)
+    except TimeoutError:
+        raise TimeoutError(f"timed out after {timeout}s waiting for {what}") from None
+
+
+def served(engine: ScriptedEngine) -> list[str]:
+    return [r.messages[0].content for r in engine.requests]
+
+
+async def occupy(
+    client: httpx.AsyncClient, engine: ScriptedEngine, tags: list[str], **extra: object
+) -> list[asyncio.Task[httpx.Response]]:
+    """One request per tag, each running on the engine before the next is sent."""
+    running = []
+    for tag in tags:
+        before = len(engine.requests)
+        running.append(asyncio.create_task(client.post("/v1/chat/completions", json=chat(tag))))
+        await until(lambda before=before: len(engine.requests) > before, f"{tag} to start")  # type: ignore[misc]
+    assert served(engine)[-len(tags) :] == tags
+    return running
+
+
+async def enqueue(
+    client: httpx.AsyncClient, net: InProcessNetwork, tags: list[str]
+) -> list[asyncio.Task[httpx.Response]]:
+    """One request per tag, each waiting in the model's queue before the next is sent."""
+    queues = net.services.dispatcher.queues
+    waiting = []
+    for tag in tags:
+        before = queues.waiting(MODEL)
+        waiting.append(asyncio.create_task(client.post("/v1/chat/completions", json=chat(tag))))
+        await until(lambda before=before: queues.waiting(MODEL) > before, f"{tag} to queue")  # type: ignore[misc]
+    return waiting
 
 
 async def fill_both_slots(
     client: httpx.AsyncClient, engine: ScriptedEngine
 ) -> list[asyncio.Task[httpx.Response]]:
     """Two requests running on the engine's two slots (returned once both have started)."""
-    busy = [
-        asyncio.create_task(client.post("/v1/chat/completions", json=chat(f"busy-{n}")))
-        for n in range(2)
-    ]
-    async with asyncio.timeout(10):
-        while len(engine.requests) < 2:
-            await asyncio.sleep(0.01)
-    return busy
+    return await occupy(client, engine, ["busy-0", "busy-1"])
 
 
 async def test_requests_beyond_the_slots_wait_and_run_in_arrival_order(tmp_path: Path) -> None:
-    engine = ScriptedEngine(script="a b c d e f", token_delay_s=0.05)  # 2 slots
+    engine = GatedEngine(script="a b c")  # 2 slots
+    tags = [f"request-{n}" for n in range(8)]
     async with (
         inprocess_network(tmp_path, [engine]) as net,
         httpx.AsyncClient(base_url=net.base_url, headers=net.headers, timeout=60) as client,
     ):
-
-        async def ask(n: int) -> int:
-            await asyncio.sleep(0.03 * n)  # a defined arrival order
-            response = await client.post("/v1/chat/completions", json=chat(f"request-{n}"))
-            return response.status_code
-
-        statuses = await asyncio.gather(*(ask(n) for n in range(8)))
-        assert statuses == [200] * 8
-        served = [r.messages[0].content for r in engine.requests]
-        assert served == [f"request-{n}" for n in range(8)]
-        assert net.services.dispatcher.queues.waiting("fake-model") == 0
+        try:
+            running = await occupy(client, engine, tags[:2])
+            waiting = await enqueue(client, net, tags[2:])
+            assert net.services.dispatcher.queues.waiting(MODEL) == 6
+            # Free one slot at a time: the queue's front takes it before the next frees.
+            for n, tag in enumerate(tags):
+                engine.release(tag)
+                if n + 2 < len(tags):
+                    await until(lambda n=n: len(engine.requests) == n + 3, f"slot {n} reused")  # type: ignore[misc]
+            responses = await asyncio.gather(*running, *waiting)
+        finally:
+            engine.release_all()
+        assert [r.status_code for r in responses] == [200] * 8
+        assert served(engine) == tags
+        assert net.services.dispatcher.queues.waiting(MODEL) == 0
 
 
 async def test_a_full_queue_is_a_429_with_retry_after_that_costs_nothing(
     tmp_path: Path,
 ) -> None:
-    engine = ScriptedEngine(script="slow " * 40, token_delay_s=0.05)  # 2 slots, ~2 s a job
+    engine = GatedEngine(script="a b c")  # 2 slots
     async with (
         inprocess_network(tmp_path, [engine], queue_max_waiting=1) as net,
         httpx.AsyncClient(base_url=net.base_url, headers=net.headers, timeout=60) as client,
     ):
-
-        async def ask(n: int, path: str, body: dict[str, object]) -> httpx.Response:
-            await asyncio.sleep(0.05 * n)
-            return await client.post(path, json=body)
-
-        responses = await asyncio.gather(
-            *(ask(n, "/v1/chat/completions", chat(f"r{n}")) for n in range(4)),
-            ask(4, "/v1/messages", {**chat("r4"), "max_tokens": 5}),
-        )
+        try:
+            running = await occupy(client, engine, ["r0", "r1"])
+            waiting = await enqueue(client, net, ["r2"])
+            refused = [
+                await client.post("/v1/chat/completions", json=chat("r3")),
+                await client.post("/v1/messages", json={**chat("r4"), "max_tokens": 5}),
+            ]
+            engine.release_all()
+            responses = [*await asyncio.gather(*running, *waiting), *refused]
+        finally:
+            engine.release_all()
         statuses = [r.status_code for r in responses]
         assert statuses == [200, 200, 200, 429, 429]
-        for refused in responses[3:]:
-            assert int(refused.headers["retry-after"]) >= 1
-        assert responses[3].json()["error"]["code"] == "server_is_overloaded"
-        assert responses[4].json()["error"]["type"] == "rate_limit_error"
+        for response in refused:
+            assert int(response.headers["retry-after"]) >= 1
+        assert refused[0].json()["error"]["code"] == "server_is_overloaded"
+        assert refused[1].json()["error"]["type"] == "rate_limit_error"
+        assert served(engine) == ["r0", "r1", "r2"]
         caller = await authenticate(net.services.db, net.key)
         assert caller is not None
         account = await get_account(net.services.db, caller.account_id)
@@ -87,19 +137,21 @@ async def test_a_full_queue_is_a_429_with_retry_after_that_costs_nothing(
 
 
 async def test_a_wait_that_runs_out_is_a_429(tmp_path: Path) -> None:
-    engine = ScriptedEngine(script="slow " * 40, token_delay_s=0.05)
+    engine = GatedEngine(script="a b c")
     async with (
         inprocess_network(tmp_path, [engine], queue_max_wait_s=0.3) as net,
         httpx.AsyncClient(base_url=net.base_url, headers=net.headers, timeout=60) as client,
     ):
-
-        async def ask(n: int) -> httpx.Response:
-            await asyncio.sleep(0.05 * n)
-            return await client.post("/v1/chat/completions", json=chat(f"r{n}"))
-
-        responses = await asyncio.gather(*(ask(n) for n in range(3)))
+        try:
+            running = await occupy(client, engine, ["r0", "r1"])
+            late = await client.post("/v1/chat/completions", json=chat("r2"))
+            engine.release_all()
+            responses = [*await asyncio.gather(*running), late]
+        finally:
+            engine.release_all()
         assert [r.status_code for r in responses] == [200, 200, 429]
-        assert "busy" in responses[2].json()["error"]["message"]
+        assert "busy" in late.json()["error"]["message"]
+        assert served(engine) == ["r0", "r1"]
 
 
 async def test_rate_limits_per_key_are_429s(tmp_path: Path) -> None:
@@ -120,18 +172,25 @@ async def test_rate_limits_per_key_are_429s(tmp_path: Path) -> None:
 
 
 async def test_a_waiting_stream_starts_at_once_and_keeps_alive(tmp_path: Path) -> None:
-    engine = ScriptedEngine(script="slow " * 12, token_delay_s=0.05)  # 2 slots, ~0.6 s a job
+    engine = GatedEngine(script="slow " * 3)  # 2 slots
     async with (
         inprocess_network(tmp_path, [engine], sse_keepalive_s=0.1) as net,
         httpx.AsyncClient(base_url=net.base_url, headers=net.headers, timeout=60) as client,
     ):
-        busy = await fill_both_slots(client, engine)
-        async with client.stream(
-            "POST", "/v1/chat/completions", json=chat("waiting", stream=True)
-        ) as response:
-            assert response.status_code == 200  # headers before any provider is free
-            body = (await response.aread()).decode()
-        assert [r.status_code for r in await asyncio.gather(*busy)] == [200, 200]
+        try:
+            busy = await fill_both_slots(client, engine)
+            async with client.stream(
+                "POST", "/v1/chat/completions", json=chat("waiting", stream=True)
+            ) as response:
+                assert response.status_code == 200  # headers before any provider is free
+                chunks = response.aiter_text()
+                body = await anext(chunks)  # no provider is free until the busy jobs go
+                engine.release_all()
+                body += "".join([chunk async for chunk in chunks])
+            responses = await asyncio.gather(*busy)
+        finally:
+            engine.release_all()
+        assert [r.status_code for r in responses] == [200, 200]
         lines = body.split("\n\n")
         assert lines[0] == ": keep-alive"  # the wait was filled with comments
         assert '"content":"slow"' in body
@@ -140,17 +199,23 @@ async def test_a_waiting_stream_starts_at_once_and_keeps_alive(tmp_path: Path) -
 
 
 async def test_a_waiting_stream_that_times_out_ends_with_an_error_event(tmp_path: Path) -> None:
-    engine = ScriptedEngine(script="slow " * 40, token_delay_s=0.05)  # ~2 s a job
+    engine = GatedEngine(script="slow " * 3)
     async with (
         inprocess_network(tmp_path, [engine], queue_max_wait_s=0.3) as net,
         httpx.AsyncClient(base_url=net.base_url, headers=net.headers, timeout=60) as client,
     ):
-        busy = await fill_both_slots(client, engine)
-        openai_stream = await client.post("/v1/chat/completions", json=chat("late", stream=True))
-        anthropic_stream = await client.post(
-            "/v1/messages", json={**chat("late", stream=True), "max_tokens": 5}
-        )
-        await asyncio.gather(*busy)
+        try:
+            busy = await fill_both_slots(client, engine)
+            openai_stream = await client.post(
+                "/v1/chat/completions", json=chat("late", stream=True)
+            )
+            anthropic_stream = await client.post(
+                "/v1/messages", json={**chat("late", stream=True), "max_tokens": 5}
+            )
+            engine.release_all()
+            await asyncio.gather(*busy)
+        finally:
+            engine.release_all()
         caller = await authenticate(net.services.db, net.key)
         assert caller is not None
         account = await get_account(net.services.db, caller.account_id)

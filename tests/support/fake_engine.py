@@ -8,9 +8,10 @@ from the provider's side.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from moonflower.generation import (
@@ -20,6 +21,7 @@ from moonflower.generation import (
     GenerationRequest,
     Started,
     TextDelta,
+    ToolCallDelta,
     Usage,
 )
 from moonflower.wire import ModelCard
@@ -83,7 +85,7 @@ class ScriptedEngine:
         tokens = self.pieces
         if tokens is None:
             tokens = [("" if i == 0 else " ") + word for i, word in enumerate(self.script.split())]
-        limit = request.max_tokens or len(tokens)
+        limit = len(tokens) if request.max_tokens is None else request.max_tokens
         produced = 0
         reason = "stop"
         while True:
@@ -106,3 +108,67 @@ class ScriptedEngine:
 
     def close(self) -> None:
         pass
+
+
+GATE_TIMEOUT_S = 30.0
+"""A gated job goes on by itself after this long, so a failed test cannot hang its engine."""
+
+
+@dataclass
+class GatedEngine(ScriptedEngine):
+    """A scripted engine whose jobs wait, once started, until the test lets them go: each by
+    the content of its first message (`release`), or all at once (`release_all`). With it a
+    test decides when a slot frees instead of guessing how long a job takes. With
+    `holds_start`, a job waits before it even accepts its prompt (and is recorded in
+    `requests` only then): a provider that never starts until cancelled or released."""
+
+    holds_start: bool = False
+    gates: dict[str, threading.Event] = field(default_factory=dict)
+    is_open: threading.Event = field(default_factory=threading.Event)
+
+    def gate(self, tag: str) -> threading.Event:
+        return self.gates.setdefault(tag, threading.Event())
+
+    def release(self, tag: str) -> None:
+        self.gate(tag).set()
+
+    def release_all(self) -> None:
+        self.is_open.set()
+
+    def generate(
+        self, request: GenerationRequest, cancel: threading.Event
+    ) -> Iterator[GenerationEvent]:
+        events = super().generate(request, cancel)
+        if self.holds_start:
+            self._wait(request, cancel)
+        yield next(events)  # records the request; `started` (or a failure)
+        if not self.holds_start:
+            self._wait(request, cancel)
+        yield from events
+
+    def _wait(self, request: GenerationRequest, cancel: threading.Event) -> None:
+        gate = self.gate(request.messages[0].content if request.messages else "")
+        deadline = time.monotonic() + GATE_TIMEOUT_S
+        while not (gate.is_set() or self.is_open.is_set() or cancel.is_set()):
+            if time.monotonic() > deadline:
+                return
+            gate.wait(0.01)
+
+
+def counted(events: Iterable[GenerationEvent]) -> list[GenerationEvent]:
+    """`events` with their deltas' token counts filled in as an honest engine fills them: the
+    completion count the `Finished` event states, one token per delta and the rest on the
+    last. Scripts that already give any delta a count are returned as they are."""
+    events = list(events)
+    deltas = [i for i, e in enumerate(events) if isinstance(e, TextDelta | ToolCallDelta)]
+    if any(events[i].tokens for i in deltas):  # type: ignore[union-attr]
+        return events
+    total = next((e.usage.completion_tokens for e in events if isinstance(e, Finished)), None)
+    if total is None:
+        total = len(deltas)
+    for n, i in enumerate(deltas):
+        share = 1 if n < total else 0
+        if n == len(deltas) - 1:
+            share = max(total - n, 0)
+        events[i] = dataclasses.replace(events[i], tokens=share)  # type: ignore[type-var]
+    return events
