@@ -14,7 +14,7 @@ import httpx
 
 from moonflower.ledger import jobs as job_ledger
 from moonflower.ledger.accounts import get_account
-from tests.support.fake_engine import ScriptedEngine
+from tests.support.fake_engine import GatedEngine, ScriptedEngine
 from tests.support.inprocess import STARTING_CREDIT_MICRO_USD, inprocess_network
 
 SCRIPT = "the answer arrives whole"
@@ -66,21 +66,31 @@ async def test_a_provider_silent_after_accepting_loses_the_job(tmp_path: Path) -
 
 async def test_a_provider_failing_before_its_first_token_loses_the_job(tmp_path: Path) -> None:
     broken = ScriptedEngine(script=SCRIPT, fails_before_first_token=True)
-    working = ScriptedEngine(script=SCRIPT + " and more" * 10, token_delay_s=0.05)
+    working = GatedEngine(script=SCRIPT + " and more" * 10)
     async with (
         inprocess_network(tmp_path, [broken, working]) as net,
         httpx.AsyncClient(base_url=net.base_url, headers=net.headers, timeout=30) as client,
     ):
-        # Fill both of the working provider's slots, so the next request can only be
-        # sent to the broken one first.
+        # Fill both of the working provider's slots (its jobs hold them until let go), so
+        # the next request can only be sent to the broken one first.
         busy = [
             asyncio.create_task(client.post("/v1/chat/completions", json=chat())) for _ in range(2)
         ]
-        async with asyncio.timeout(10):
-            while len(working.requests) < 2:
-                await asyncio.sleep(0.01)
-        tried_before = len(broken.requests)
-        response = await client.post("/v1/chat/completions", json=chat(max_tokens=4))
+        try:
+            async with asyncio.timeout(10):
+                while len(working.requests) < 2:
+                    await asyncio.sleep(0.01)
+            tried_before = len(broken.requests)
+            asking = asyncio.create_task(
+                client.post("/v1/chat/completions", json=chat(max_tokens=4))
+            )
+            async with asyncio.timeout(10):
+                while len(broken.requests) == tried_before:
+                    await asyncio.sleep(0.01)
+            working.release_all()  # a slot frees: the request that failed over waits for it
+            response = await asking
+        finally:
+            working.release_all()
         assert response.status_code == 200
         assert response.json()["choices"][0]["message"]["content"] == "the answer arrives whole"
         assert len(broken.requests) == tried_before + 1  # tried, failed, and passed over

@@ -17,6 +17,19 @@ from tests.support.inprocess import inprocess_network
 WORDS = 150
 
 
+async def quiet(engine: ScriptedEngine, *, at_least: int, for_s: float = 0.3) -> int:
+    """The engine's token count once it reached `at_least` and then stood still for
+    `for_s` (at most 10 s in all)."""
+    async with asyncio.timeout(10):
+        while engine.tokens_produced < at_least:
+            await asyncio.sleep(0.01)
+        while True:
+            seen = engine.tokens_produced
+            await asyncio.sleep(for_s)
+            if engine.tokens_produced == seen:
+                return seen
+
+
 async def test_a_consumer_that_stops_reading_stops_the_engine(tmp_path: Path) -> None:
     # One token per event (the delay outlasts the provider's 20 ms batching).
     engine = ScriptedEngine(script=" ".join(["w"] * WORDS), token_delay_s=0.025)
@@ -26,9 +39,9 @@ async def test_a_consumer_that_stops_reading_stops_the_engine(tmp_path: Path) ->
         request = GenerationRequest(model="fake-model", messages=(Message("user", "go"),))
         job = await net.services.dispatcher.start(request, caller)
         try:
-            await asyncio.sleep(WORDS * 0.025 * 0.8)  # nobody reads
-            # Unthrottled it would be at ~120 tokens; the window and the engine's lead stop it.
-            stalled_at = engine.tokens_produced
+            # Nobody reads. Unthrottled the engine would run to the end; the window and the
+            # engine's lead stop it.
+            stalled_at = await quiet(engine, at_least=wire.FLOW_WINDOW_EVENTS - 2)
             limit = wire.FLOW_WINDOW_EVENTS + ENGINE_AHEAD_EVENTS + 3
             assert wire.FLOW_WINDOW_EVENTS - 2 <= stalled_at <= limit
             await asyncio.sleep(0.5)

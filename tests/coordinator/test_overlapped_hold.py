@@ -6,8 +6,7 @@ charges nothing, and answers 402 as a hold taken first would have."""
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,15 +33,16 @@ STEEP = {
 }
 NEEDED = 264
 COST = 21
-SLOW_HOLD_S = 0.4
 
 
 @dataclass
-class TimedEngine(ScriptedEngine):
-    started_at: list[float] = field(default_factory=list)
+class LoggedEngine(ScriptedEngine):
+    """Notes in `log` when each job reaches it."""
+
+    log: list[str] = field(default_factory=list)
 
     def generate(self, request: GenerationRequest, cancel: Any) -> Iterator[GenerationEvent]:
-        self.started_at.append(time.monotonic())
+        self.log.append(f"job {len(self.requests) + 1} sent")
         yield from super().generate(request, cancel)
 
 
@@ -57,35 +57,60 @@ def chat() -> dict[str, Any]:
 async def test_the_hold_is_written_while_the_provider_works(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    engine = TimedEngine(context_length=64)
+    engine = LoggedEngine(context_length=64)
+    log = engine.log
+    holds_may_go = [asyncio.Event(), asyncio.Event()]
     real_reserve = billing.reserve
 
-    async def slow_reserve(*args: Any) -> int:
-        await asyncio.sleep(SLOW_HOLD_S)
-        return await real_reserve(*args)
+    async def gated_reserve(*args: Any, **kwargs: Any) -> int:
+        n = sum(entry.startswith("hold") and "asked" in entry for entry in log) + 1
+        log.append(f"hold {n} asked")
+        await holds_may_go[n - 1].wait()  # the database answers when the test says so
+        left = await real_reserve(*args, **kwargs)
+        log.append(f"hold {n} written")
+        return left
 
-    monkeypatch.setattr(billing, "reserve", slow_reserve)
+    monkeypatch.setattr(billing, "reserve", gated_reserve)
     async with inprocess_network(tmp_path, [engine], **STEEP) as net:
         db = net.services.db
         key = await create_key(db, account_name="funded")
         await deposit(db, key.account_id, 10 * NEEDED)
         headers = {"Authorization": f"Bearer {key.key}"}
         async with httpx.AsyncClient(base_url=net.base_url, headers=headers) as client:
-            sent: list[tuple[float, float]] = []
-            for _ in range(2):
-                started = time.monotonic()
-                response = await client.post("/v1/chat/completions", json=chat())
-                assert response.status_code == 200
-                sent.append((started, time.monotonic()))
+            responses = []
+            for n in (1, 2):
+                asking = asyncio.create_task(client.post("/v1/chat/completions", json=chat()))
+                await until(lambda n=n: f"hold {n} asked" in log)  # type: ignore[misc]
+                if n == 2:
+                    # Sent to the provider while its hold is still being written...
+                    await until(lambda: len(engine.endings) == 2)
+                    await asyncio.sleep(0.05)  # (time for an answer that would not wait)
+                    assert not asking.done()  # ...but not answered before it is written.
+                holds_may_go[n - 1].set()
+                responses.append(await asking)
+                log.append(f"answer {n}")
         after = await get_account(db, key.account_id)
-    (first_sent, _), (second_sent, second_answered) = sent
-    # The first request's hold came first: nothing was known of the account's credit.
-    assert engine.started_at[0] - first_sent >= SLOW_HOLD_S
-    # The second went to the provider at once; its answer still waited for the hold.
-    assert engine.started_at[1] - second_sent < SLOW_HOLD_S / 2
-    assert second_answered - second_sent >= SLOW_HOLD_S
+    assert [r.status_code for r in responses] == [200, 200]
+    assert log == [
+        # The first request's hold came first: nothing was known of the account's credit.
+        "hold 1 asked",
+        "hold 1 written",
+        "job 1 sent",
+        "answer 1",
+        # The second went to the provider at once; its answer still waited for the hold.
+        "hold 2 asked",
+        "job 2 sent",
+        "hold 2 written",
+        "answer 2",
+    ]
     assert after.balance_micro_usd == 10 * NEEDED - 2 * COST
     assert after.held_micro_usd == 0
+
+
+async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.005)
 
 
 async def test_a_refused_hold_cancels_the_job_and_answers_402(tmp_path: Path) -> None:

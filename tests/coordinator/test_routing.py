@@ -4,18 +4,28 @@ agents over loopback, with scripted engines (these tests say nothing about infer
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
 from moonflower.ledger import jobs as job_ledger
-from tests.support.fake_engine import ScriptedEngine
+from tests.support.fake_engine import GatedEngine, ScriptedEngine
 from tests.support.inprocess import inprocess_network
 
 
 def chat(model: str, **extra: object) -> dict[str, object]:
     return {"model": model, "messages": [{"role": "user", "content": "hi"}], **extra}
+
+
+async def until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    try:
+        async with asyncio.timeout(timeout):
+            while not condition():
+                await asyncio.sleep(0.005)
+    except TimeoutError:
+        raise TimeoutError(f"timed out after {timeout}s waiting for {what}") from None
 
 
 async def test_each_request_reaches_the_provider_serving_its_model(tmp_path: Path) -> None:
@@ -36,18 +46,27 @@ async def test_each_request_reaches_the_provider_serving_its_model(tmp_path: Pat
 
 
 async def test_load_spreads_over_providers_of_the_same_model(tmp_path: Path) -> None:
-    engines = [ScriptedEngine(model_id="m", script="x y z w", token_delay_s=0.1) for _ in range(2)]
+    engines = [GatedEngine(model_id="m", script="x y z w") for _ in range(2)]
     async with (
         inprocess_network(tmp_path, engines) as net,
         httpx.AsyncClient(base_url=net.base_url, headers=net.headers) as client,
     ):
-
-        async def ask(n: int) -> int:
-            await asyncio.sleep(0.02 * n)
-            return (await client.post("/v1/chat/completions", json=chat("m"))).status_code
-
-        # Four at once on two providers of two slots: a busy provider scores lower.
-        assert await asyncio.gather(*(ask(n) for n in range(4))) == [200] * 4
+        # Four at once on two providers of two slots, each routed while the ones before it
+        # still run: a busy provider scores lower.
+        try:
+            asked = []
+            for n in range(4):
+                asked.append(
+                    asyncio.create_task(client.post("/v1/chat/completions", json=chat("m")))
+                )
+                await until(lambda n=n: sum(len(e.requests) for e in engines) > n, f"job {n}")  # type: ignore[misc]
+            for engine in engines:
+                engine.release_all()
+            statuses = [r.status_code for r in await asyncio.gather(*asked)]
+        finally:
+            for engine in engines:
+                engine.release_all()
+        assert statuses == [200] * 4
     assert [len(e.endings) for e in engines] == [2, 2]
 
 
@@ -80,8 +99,13 @@ async def test_client_disconnect_before_a_whole_answer_cancels_the_job(tmp_path:
     engine = ScriptedEngine(script=" ".join(["word"] * 500), token_delay_s=0.01)
     async with inprocess_network(tmp_path, [engine]) as net:
         async with httpx.AsyncClient(base_url=net.base_url, headers=net.headers) as client:
-            with pytest.raises(httpx.ReadTimeout):
-                await client.post("/v1/chat/completions", json=chat("fake-model"), timeout=0.3)
+            asking = asyncio.create_task(
+                client.post("/v1/chat/completions", json=chat("fake-model"))
+            )
+            await until(lambda: engine.tokens_produced > 0, "the job to be generating")
+            asking.cancel()  # the client hangs up
+            with pytest.raises(asyncio.CancelledError):
+                await asking
         async with asyncio.timeout(5):
             while not engine.endings:
                 await asyncio.sleep(0.02)
@@ -90,14 +114,14 @@ async def test_client_disconnect_before_a_whole_answer_cancels_the_job(tmp_path:
 
 
 async def test_provider_vanishing_mid_job_fails_the_request_cleanly(tmp_path: Path) -> None:
-    engine = ScriptedEngine(script=" ".join(["word"] * 500), token_delay_s=0.01)
+    engine = GatedEngine(script=" ".join(["word"] * 500))
     async with (
         inprocess_network(tmp_path, [engine]) as net,
         httpx.AsyncClient(base_url=net.base_url, headers=net.headers) as client,
     ):
         request = asyncio.create_task(client.post("/v1/chat/completions", json=chat("fake-model")))
-        await asyncio.sleep(0.3)
-        await net.stop_provider(net.agents[0])
+        await until(lambda: bool(engine.requests), "the job to start")
+        await net.stop_provider(net.agents[0])  # mid-job: the engine holds it until cancelled
         response = await request
         assert response.status_code == 502
         assert response.json()["error"]["type"] == "server_error"
@@ -141,7 +165,7 @@ async def test_missing_max_tokens_gets_the_default_bounded_by_the_context(tmp_pa
 
 
 async def test_a_provider_that_never_starts_times_out_with_a_504(tmp_path: Path) -> None:
-    engine = ScriptedEngine(start_delay_s=1.0, token_delay_s=0.01)
+    engine = GatedEngine(holds_start=True, token_delay_s=0.01)  # starts only when cancelled
     async with inprocess_network(tmp_path, [engine], first_event_timeout_s=0.2) as net:
         async with httpx.AsyncClient(base_url=net.base_url, headers=net.headers) as client:
             response = await client.post("/v1/chat/completions", json=chat("fake-model"))

@@ -6,7 +6,7 @@ loopback socket."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -47,6 +47,7 @@ class Client:
         self.sent: list[tuple[float, dict[str, Any]]] = []
         self.hangup = asyncio.Event()
         self.stalls_on = stalls_on
+        self.is_stalled = asyncio.Event()
 
     async def receive(self) -> dict[str, Any]:
         await self.hangup.wait()
@@ -54,6 +55,7 @@ class Client:
 
     async def send(self, message: dict[str, Any]) -> None:
         if self.stalls_on is not None and self.stalls_on in message.get("body", b""):
+            self.is_stalled.set()
             await asyncio.Event().wait()
         self.sent.append((self.loop.time() - self.started, message))
 
@@ -87,6 +89,12 @@ class Closed:
 async def serve(response: sse.EventStreamResponse, client: Client) -> None:
     async with asyncio.timeout(5):
         await response(SCOPE, client.receive, client.send)  # type: ignore[arg-type]
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.005)
 
 
 def other_tasks() -> set[asyncio.Task[Any]]:
@@ -160,8 +168,10 @@ async def test_a_stalled_client_stops_the_reading_ahead() -> None:
     client = Client(stalls_on=frame(0))
     response = sse.EventStreamResponse(body(), on_close=Closed(), keepalive_s=1)
     serving = asyncio.create_task(serve(response, client))
-    await asyncio.sleep(0.2)
-    assert sse.KeepAliveStream.MAX_AHEAD <= len(read) <= 2 * sse.KeepAliveStream.MAX_AHEAD
+    await asyncio.wait_for(client.is_stalled.wait(), 5)
+    await until(lambda: len(read) >= sse.KeepAliveStream.MAX_AHEAD)
+    await asyncio.sleep(0.05)  # unchecked, the body would be read to its end by now
+    assert len(read) <= 2 * sse.KeepAliveStream.MAX_AHEAD
     client.hangup.set()
     await serving
 
@@ -201,8 +211,7 @@ async def test_a_client_hanging_up_closes_the_body_and_leaves_no_task() -> None:
     on_close = Closed()
     response = sse.EventStreamResponse(body(), on_close=on_close, keepalive_s=0.05)
     serving = asyncio.create_task(serve(response, client))
-    await asyncio.sleep(0.2)
-    assert sse.KEEPALIVE in client.chunks()
+    await until(lambda: sse.KEEPALIVE in client.chunks())
     client.hangup.set()
     await serving
     assert body_closed.is_set()
@@ -218,6 +227,8 @@ async def test_a_client_hanging_up_mid_write_closes_the_body_at_once() -> None:
     async def body() -> AsyncIterator[bytes]:
         try:
             for n in range(1000):
+                if n in (1, 2):  # each in its own write, even on a slow machine
+                    await until(lambda n=n: frame(n - 1) in client.frames())  # type: ignore[misc]
                 await asyncio.sleep(0.005)
                 yield frame(n)
         finally:
@@ -227,7 +238,7 @@ async def test_a_client_hanging_up_mid_write_closes_the_body_at_once() -> None:
     on_close = Closed()
     response = sse.EventStreamResponse(body(), on_close=on_close, keepalive_s=0.05)
     serving = asyncio.create_task(serve(response, client))
-    await asyncio.sleep(0.1)
+    await asyncio.wait_for(client.is_stalled.wait(), 5)  # writing frame 2, which never ends
     client.hangup.set()
     await serving
     assert body_closed.is_set()  # closed by the response, not left for the garbage collector
@@ -292,10 +303,7 @@ async def test_hanging_up_while_queued_leaves_the_queue() -> None:
     body = sse.deferred(opening, on_error=error_frame)
     response = sse.EventStreamResponse(body, on_close=Closed(), keepalive_s=0.05)
     serving = asyncio.create_task(serve(response, client))
-    async with asyncio.timeout(2):
-        while queues.waiting("m") == 0:
-            await asyncio.sleep(0.01)
-    await asyncio.sleep(0.12)
+    await until(lambda: queues.waiting("m") > 0 and sse.KEEPALIVE in client.chunks())
     client.hangup.set()
     await serving
     assert queues.waiting("m") == 0
