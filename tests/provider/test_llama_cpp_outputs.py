@@ -28,7 +28,7 @@ from moonflower.generation import (
     ToolCallDelta,
     ToolChoice,
 )
-from moonflower.provider.engines import llama_cpp
+from moonflower.provider.engines import grammar
 from moonflower.provider.engines.llama_cpp import LlamaCppEngine
 from moonflower.provider.models import resolve_model
 
@@ -157,8 +157,9 @@ def test_a_schema_that_cannot_be_enforced_fails_before_starting(
     assert isinstance(events[0], Failed)
     assert (events[0].code, events[0].param) == ("invalid_request", "tools")
     # A grammar llama.cpp itself cannot parse is refused too, not handed to its sampler.
-    monkeypatch.setattr(llama_cpp, "to_gbnf", lambda constraint: "root ::= missing-rule")
-    events = run(smollm2, response_format=ResponseFormat("json_object"))
+    monkeypatch.setattr(grammar, "_convert", lambda schema, deadline_s: "root ::= missing-rule")
+    unseen = {"type": "object", "properties": {"never-compiled-before": {"type": "string"}}}
+    events = run(smollm2, response_format=ResponseFormat("json_schema", unseen, "unseen"))
     assert len(events) == 1
     assert isinstance(events[0], Failed)
     assert (events[0].code, events[0].param) == ("invalid_request", "response_format")

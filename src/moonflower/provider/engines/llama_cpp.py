@@ -15,7 +15,8 @@ import ctypes
 import os
 import threading
 from collections.abc import Callable, Generator, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from moonflower.errors import InvalidRequest, ModelSourceError
@@ -36,10 +37,9 @@ from moonflower.provider.engines.chat_format import (
 )
 from moonflower.provider.engines.context_pool import ContextPool
 from moonflower.provider.engines.grammar import (
+    CompiledGrammars,
     OutputConstraint,
     output_constraint,
-    schema_refused,
-    to_gbnf,
 )
 from moonflower.provider.engines.output_events import OutputAssembler, shaper_for, stops_for
 from moonflower.provider.engines.sampling import (
@@ -62,12 +62,13 @@ DEFAULT_CONTEXT_LENGTH = 8192
 
 @dataclass(frozen=True, slots=True)
 class _Plan:
-    """A request made ready to run: its prompt, its output constraint and its grammar."""
+    """A request made ready to run: its prompt, its output constraint and its grammar (None
+    until the request is known to generate: counting tokens compiles none)."""
 
     prompt: list[int]
     starts_in_reasoning: bool
     constraint: OutputConstraint | None
-    grammar: LlamaGrammar | None
+    grammar: LlamaGrammar | None = None
 
 
 class LlamaCppEngine:
@@ -83,6 +84,8 @@ class LlamaCppEngine:
         self._contexts = ContextPool(contexts)
         self._card = card
         self._vocabulary = vocabulary
+        # Compiled and checked once per schema; a grammar is only its text, shared by jobs.
+        self._grammars = CompiledGrammars(lambda gbnf: checked_grammar(self._llama, gbnf))
         self._chat_format: ChatFormat = chat_format_for(
             self._llama.metadata,
             bos_token=vocabulary.token_text(vocabulary.bos),
@@ -189,28 +192,27 @@ class LlamaCppEngine:
         return tokens
 
     def _plan(self, request: GenerationRequest) -> _Plan:
-        """Everything checked before `Started`; raises `InvalidRequest`."""
+        """The prompt and the output constraint, not yet its grammar; raises
+        `InvalidRequest`."""
         constraint = output_constraint(request)
-        grammar = None
-        if constraint is not None:
-            grammar = checked_grammar(self._llama, to_gbnf(constraint))
-            if grammar is None:
-                raise schema_refused(constraint, "llama.cpp could not parse its grammar")
         text = self.render_prompt(request)
         reasoning = request.prompt is None and opens_reasoning(text)
-        return _Plan(self._tokens(text), reasoning, constraint, grammar)
+        return _Plan(self._tokens(text), reasoning, constraint)
+
+    def _with_grammar(self, plan: _Plan) -> _Plan:
+        """`plan` with its constraint's grammar, compiled once per schema and within a
+        deadline; raises `InvalidRequest` (a schema too slow to compile included)."""
+        if plan.constraint is None:
+            return plan
+        return replace(plan, grammar=self._grammars.grammar(plan.constraint))
 
     def _generate(
         self, llama: Llama, request: GenerationRequest, cancel: threading.Event
     ) -> Iterator[GenerationEvent]:
         param = "prompt" if request.prompt is not None else "messages"
-        try:
-            plan = self._plan(request)
-        except InvalidRequest as exc:
-            yield Failed(code="invalid_request", message=exc.message, param=exc.param)
-            return
-        except Exception as exc:
-            yield Failed(code="engine_error", message=type(exc).__name__)
+        plan = _checked(partial(self._plan, request))
+        if isinstance(plan, Failed):
+            yield plan
             return
         prompt = plan.prompt
         n_ctx = self._card.context_length
@@ -222,13 +224,19 @@ class LlamaCppEngine:
                 param=param,
             )
             return
-        yield Started(prompt_tokens=len(prompt), starts_in_reasoning=plan.starts_in_reasoning)
         room = n_ctx - len(prompt)
         limit = room if request.max_tokens is None else min(request.max_tokens, room)
         if limit <= 0:
-            # Counting tokens (max_tokens 0) must not cost a prompt evaluation.
+            # Counting tokens (max_tokens 0) must cost neither a grammar nor a prompt
+            # evaluation.
+            yield Started(prompt_tokens=len(prompt), starts_in_reasoning=plan.starts_in_reasoning)
             yield Finished(reason="length", usage=Usage(len(prompt), 0))
             return
+        plan = _checked(partial(self._with_grammar, plan))
+        if isinstance(plan, Failed):
+            yield plan
+            return
+        yield Started(prompt_tokens=len(prompt), starts_in_reasoning=plan.starts_in_reasoning)
         yield from self._stream(llama, plan, limit, request, cancel)
 
     def _stream(
@@ -276,6 +284,16 @@ class LlamaCppEngine:
         if request.logprobs is None:
             return None
         return LogprobReader(llama, self._vocabulary.describe, request.logprobs)
+
+
+def _checked(step: Callable[[], _Plan]) -> _Plan | Failed:
+    """What `step` planned, or the failure that ends the job before `Started`."""
+    try:
+        return step()
+    except InvalidRequest as exc:
+        return Failed(code="invalid_request", message=exc.message, param=exc.param)
+    except Exception as exc:
+        return Failed(code="engine_error", message=type(exc).__name__)
 
 
 def _start(
