@@ -51,16 +51,20 @@ class OutputTally:
         self._calls: dict[int, _Call] = {}
         self.usage = Usage(0, 0)
         self.finish_reason: ReceiptFinishReason | None = None
+        self.delta_tokens = 0
+        """The completion tokens the deltas added so far say they carry."""
 
     def add(self, event: GenerationEvent) -> None:
         if isinstance(event, Started):
             self._splitter = ThinkSplitter(starts_in_reasoning=event.starts_in_reasoning)
             self.usage = Usage(event.prompt_tokens, 0)
         elif isinstance(event, TextDelta):
+            self.delta_tokens += event.tokens
             self._keep(self._splitter.push(event.text))
         elif isinstance(event, ReasoningDelta):
             self._reasoning.append(event.text)
         elif isinstance(event, ToolCallDelta):
+            self.delta_tokens += event.tokens
             call = self._calls.setdefault(event.index, _Call())
             call.id, call.name = event.id or call.id, event.name or call.name
             call.arguments.append(event.arguments)
@@ -69,6 +73,8 @@ class OutputTally:
             self.usage, self.finish_reason = event.usage, event.reason
         elif isinstance(event, Failed):
             self._keep(self._splitter.flush())
+            # A failed job's receipt counts what its deltas carried before the failure.
+            self.usage = Usage(self.usage.prompt_tokens, self.delta_tokens)
             self.finish_reason = "failed"
 
     def _keep(self, pieces: list[TextDelta | ReasoningDelta]) -> None:

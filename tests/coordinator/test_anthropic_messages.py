@@ -33,7 +33,7 @@ from moonflower.generation import (
     Usage,
 )
 from moonflower.ledger import jobs as job_ledger
-from tests.support.fake_engine import ScriptedEngine
+from tests.support.fake_engine import ScriptedEngine, counted
 from tests.support.inprocess import InProcessNetwork, inprocess_network
 from tests.support.openapi import assert_valid_anthropic
 
@@ -64,7 +64,7 @@ class EventEngine(ScriptedEngine):
         if request.max_tokens == 0:
             yield Finished(reason="length", usage=Usage(self.prompt_tokens, 0))
             return
-        yield from self.outputs
+        yield from counted(self.outputs)
 
 
 def finished(reason: str = "stop", tokens: int = 5, stop: str | None = None) -> Finished:

@@ -18,8 +18,8 @@ from tests.support.inprocess import InProcessNetwork, inprocess_network
 
 EVENTS: list[Any] = [
     Started(prompt_tokens=4),
-    TextDelta("<think>hmm</think>"),
-    TextDelta("Receipts bind output."),
+    TextDelta("<think>hmm</think>", tokens=1),
+    TextDelta("Receipts bind output.", tokens=2),
     Finished(reason="stop", usage=Usage(4, 3)),
 ]
 
@@ -43,7 +43,10 @@ async def start(net: InProcessNetwork, provider: Any) -> None:
 
 
 async def test_an_honest_receipt_is_checked_stored_and_shown(tmp_path: Path) -> None:
-    async with inprocess_network(tmp_path, []) as net, handmade(net.base_url) as provider:
+    async with (
+        inprocess_network(tmp_path, []) as net,
+        handmade(net.base_url, await net.enroll()) as provider,
+    ):
         await start(net, provider)
         response = await run_job(net, provider)
         assert response.status_code == 200
@@ -84,7 +87,10 @@ def other_request() -> GenerationRequest:
 async def test_a_receipt_that_does_not_hold_fails_the_job_and_untrusts(
     tmp_path: Path, serving: dict[str, Any]
 ) -> None:
-    async with inprocess_network(tmp_path, []) as net, handmade(net.base_url) as provider:
+    async with (
+        inprocess_network(tmp_path, []) as net,
+        handmade(net.base_url, await net.enroll()) as provider,
+    ):
         await start(net, provider)
         response = await run_job(net, provider, **serving)
         assert response.status_code == 502

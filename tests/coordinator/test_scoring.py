@@ -127,9 +127,13 @@ def picks(registry: Registry, count: int, model: str = "m") -> Counter[str | Non
 
 
 async def occupy(provider: ProviderSession, jobs: int) -> None:
-    request = GenerationRequest(model="m", messages=(Message(role="user", content="hi"),))
+    request = GenerationRequest(
+        model="m", max_tokens=8, messages=(Message(role="user", content="hi"),)
+    )
+    card = provider.card("m")
+    assert card is not None
     for n in range(jobs):
-        await provider.start_job(f"{provider.id}-job{n}", request)
+        await provider.start_job(f"{provider.id}-job{n}", request, card)
 
 
 # ProviderStats
@@ -316,8 +320,12 @@ async def test_jobs_spread_over_equal_providers_as_they_fill() -> None:
 
 
 async def occupy_one(provider: ProviderSession, job_id: str) -> None:
-    request = GenerationRequest(model="m", messages=(Message(role="user", content="hi"),))
-    await provider.start_job(job_id, request)
+    request = GenerationRequest(
+        model="m", max_tokens=8, messages=(Message(role="user", content="hi"),)
+    )
+    card = provider.card("m")
+    assert card is not None
+    await provider.start_job(job_id, request, card)
 
 
 def test_untrusted_closed_and_unchallenged_providers_are_not_picked() -> None:

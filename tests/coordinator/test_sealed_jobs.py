@@ -95,7 +95,8 @@ class RogueProvider:
 @asynccontextmanager
 async def rogue(net: InProcessNetwork, model: str) -> AsyncIterator[RogueProvider]:
     url = net.base_url.replace("http://", "ws://") + "/ws/provider"
-    async with connect(url) as socket:
+    enrolled = {"Authorization": f"Bearer {await net.enroll()}"}
+    async with connect(url, additional_headers=enrolled) as socket:
         provider = RogueProvider(socket)
         await provider.register(model)
         yield provider
@@ -169,7 +170,7 @@ async def test_an_honest_sealed_exchange_works(tmp_path: Path) -> None:
         job_id, channel = await provider.next_job()
         for event in (
             Started(prompt_tokens=3),
-            TextDelta("sealed hello"),
+            TextDelta("sealed hello", tokens=2),
             Finished(reason="stop", usage=Usage(3, 2)),
         ):
             await provider.socket.send(

@@ -19,7 +19,14 @@ from moonflower.ledger.accounts import (
     create_account,
     get_account,
 )
-from moonflower.ledger.billing import Settlement, release, release_stale, reserve, settle
+from moonflower.ledger.billing import (
+    Settlement,
+    release,
+    release_expired,
+    renew_leases,
+    reserve,
+    settle,
+)
 from moonflower.ledger.book import deposit
 from moonflower.ledger.database import Database
 from moonflower.ledger.jobs import JobRecord, list_jobs
@@ -331,24 +338,46 @@ async def test_a_released_hold_is_given_back_and_then_charges_nothing(
     await assert_books_balance(ledger_db)
 
 
-async def test_release_stale_frees_only_old_holds(ledger_db: Database, parties: Parties) -> None:
-    for job_id in ("old-1", "old-2", "new"):
-        await reserve(ledger_db, job_id, parties.consumer, 100_000)
+async def test_only_holds_whose_lease_ran_out_are_released(
+    ledger_db: Database, parties: Parties
+) -> None:
+    for job_id in ("gone-1", "gone-2", "live"):
+        await reserve(ledger_db, job_id, parties.consumer, 100_000, lease_s=60)
     an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
-    async with ledger_db.sessions.begin() as session:
+    async with ledger_db.sessions.begin() as session:  # old, yet leased: age alone is nothing
+        await session.execute(update(Hold).values(created_at=an_hour_ago - timedelta(days=9)))
         await session.execute(
-            update(Hold).where(Hold.job_id.like("old-%")).values(created_at=an_hour_ago)
+            update(Hold).where(Hold.job_id.like("gone-%")).values(lease_expires_at=an_hour_ago)
         )
 
-    cutoff = datetime.now(UTC) - timedelta(minutes=5)
-    assert await release_stale(ledger_db, older_than=cutoff) == 2
-    assert await release_stale(ledger_db, older_than=cutoff) == 0
-    assert [await _hold_status(ledger_db, j) for j in ("old-1", "old-2", "new")] == [
+    assert await release_expired(ledger_db) == 2
+    assert await release_expired(ledger_db) == 0
+    assert [await _hold_status(ledger_db, j) for j in ("gone-1", "gone-2", "live")] == [
         "released",
         "released",
         "held",
     ]
-    assert (await _account(ledger_db, parties.consumer)).held_micro_usd == 100_000
+    await assert_books_balance(ledger_db)
+
+
+async def test_a_renewed_lease_keeps_its_hold(ledger_db: Database, parties: Parties) -> None:
+    await reserve(ledger_db, "long-job", parties.consumer, 100_000, lease_s=1)
+    await reserve(ledger_db, "settled", parties.consumer, 100_000, lease_s=1)
+    await settle(
+        ledger_db,
+        parties.job("settled"),
+        cost_micro_usd=0,
+        platform_fee_bps=FEE_BPS,
+        provider_account_id=parties.provider,
+    )
+    assert await renew_leases(ledger_db, ["long-job", "settled"], lease_s=3600) == 1
+    later = datetime.now(UTC) + timedelta(minutes=30)
+    assert await release_expired(ledger_db, now=later) == 0
+    assert await _hold_status(ledger_db, "long-job") == "held"
+    assert await release_expired(ledger_db, now=later + timedelta(hours=1)) == 1
+    assert await _hold_status(ledger_db, "long-job") == "released"
+    assert await _hold_status(ledger_db, "settled") == "settled"
+    assert (await _account(ledger_db, parties.consumer)).held_micro_usd == 0
     await assert_books_balance(ledger_db)
 
 

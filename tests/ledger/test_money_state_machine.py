@@ -36,7 +36,7 @@ from moonflower.ledger.billing import (
     BASIS_POINTS,
     Settlement,
     release,
-    release_stale,
+    release_expired,
     reserve,
     settle,
 )
@@ -145,12 +145,13 @@ class MoneyMachine(RuleBasedStateMachine):
 
     @rule()
     def restart(self) -> None:
-        """A coordinator stops and starts: every hold still open belonged to a lost job."""
+        """A coordinator stops and starts: every hold still open belonged to a lost job, and
+        is released once its lease (unrenewed now) has run out — not before."""
         self.run(self.db.close())
         self.db = self.run(Database.open(self.url))
         now = datetime.now(UTC)
-        assert self.run(release_stale(self.db, older_than=now - timedelta(hours=1))) == 0
-        released = self.run(release_stale(self.db, older_than=now + timedelta(minutes=1)))
+        assert self.run(release_expired(self.db, now=now - timedelta(minutes=1))) == 0
+        released = self.run(release_expired(self.db, now=now + timedelta(hours=1)))
         assert released == len(self.open_holds)
         self.open_holds.clear()
 

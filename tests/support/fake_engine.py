@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from moonflower.coordinator.tally import billable_tokens
 from moonflower.generation import (
     Failed,
     Finished,
@@ -156,19 +157,30 @@ class GatedEngine(ScriptedEngine):
 
 
 def counted(events: Iterable[GenerationEvent]) -> list[GenerationEvent]:
-    """`events` with their deltas' token counts filled in as an honest engine fills them: the
-    completion count the `Finished` event states, one token per delta and the rest on the
-    last. Scripts that already give any delta a count are returned as they are."""
+    """`events` with their deltas' token counts filled in as an honest engine would: the
+    completion count the `Finished` event states (one per delta if none does), spread over
+    the deltas no more densely than their bytes can carry. Scripts that already give any
+    delta a count are returned as they are."""
     events = list(events)
     deltas = [i for i, e in enumerate(events) if isinstance(e, TextDelta | ToolCallDelta)]
     if any(events[i].tokens for i in deltas):  # type: ignore[union-attr]
         return events
     total = next((e.usage.completion_tokens for e in events if isinstance(e, Finished)), None)
-    if total is None:
-        total = len(deltas)
-    for n, i in enumerate(deltas):
-        share = 1 if n < total else 0
-        if n == len(deltas) - 1:
-            share = max(total - n, 0)
+    left = len(deltas) if total is None else total
+    shares = dict.fromkeys(deltas, 0)
+    while left > 0 and deltas:
+        before = left
+        for i in deltas:
+            event = events[i]
+            assert isinstance(event, TextDelta | ToolCallDelta)
+            if left > 0 and shares[i] < max(
+                billable_tokens(dataclasses.replace(event, tokens=10**6)), 1
+            ):
+                shares[i] += 1
+                left -= 1
+        if left == before:  # no room anywhere: the rest rides on the last delta
+            shares[deltas[-1]] += left
+            left = 0
+    for i, share in shares.items():
         events[i] = dataclasses.replace(events[i], tokens=share)  # type: ignore[type-var]
     return events

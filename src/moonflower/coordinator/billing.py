@@ -1,9 +1,10 @@
 """The coordinator's side of money: the current price list, what a request must reserve,
 and settling a finished job with the ledger.
 
-Owns the rules that turn a job's outcome into a charge (see `Job.billable_usage` for which
-tokens count) and the reservation bound taken before dispatch. The ledger does the
-bookkeeping; this module only decides amounts.
+Owns the price list in force, the conservative prompt bound a reservation takes where the
+coordinator has no tokenizer for a model, and the credit hint that lets a hold be written
+alongside its job. Which tokens a finished job is charged for is `settlement.decide`; the
+ledger does the bookkeeping.
 """
 
 from __future__ import annotations
@@ -13,11 +14,9 @@ import dataclasses
 import json
 import logging
 import time
-from datetime import UTC, datetime, timedelta
 
 from moonflower import wire
 from moonflower.generation import GenerationRequest
-from moonflower.ledger import billing
 from moonflower.ledger.database import Database
 from moonflower.ledger.pricing import Price, PriceList, load_price_list, percent_to_bps
 from moonflower.settings import CoordinatorSettings
@@ -26,8 +25,6 @@ log = logging.getLogger(__name__)
 
 PRICE_LIST_TTL_S = 2.0
 """How long a read price list is reused: an admin's change reaches every replica within it."""
-HOLD_MARGIN_S = 600.0
-"""Added to the longest job before a hold counts as abandoned."""
 
 
 def base_price_list(settings: CoordinatorSettings) -> PriceList:
@@ -95,21 +92,19 @@ def _as_written(arguments: str) -> str:
     return rewritten if len(rewritten) > len(arguments) else arguments
 
 
-def reservation(prices: PriceList, request: GenerationRequest, card: wire.ModelCard) -> int:
-    """The most `request` can cost on a provider serving `card` (its `max_tokens` set)."""
+def reservation(
+    prices: PriceList,
+    request: GenerationRequest,
+    card: wire.ModelCard,
+    *,
+    prompt_tokens: int | None = None,
+) -> int:
+    """The most `request` (its `max_tokens` set) can cost on a provider serving `card`:
+    `prompt_tokens` where the coordinator counted the prompt, else the prompt's bound."""
     assert request.max_tokens is not None
-    prompt = prompt_token_bound(request, card.context_length)
-    return prices.cost(request.model, prompt, request.max_tokens)
-
-
-async def release_abandoned_holds(db: Database, settings: CoordinatorSettings) -> int:
-    """Release holds older than the longest job can run: their coordinator stopped before
-    settling them. Safe at any time, since a live job never outlives the bound."""
-    cutoff = datetime.now(UTC) - timedelta(seconds=settings.max_job_duration_s + HOLD_MARGIN_S)
-    released = await billing.release_stale(db, older_than=cutoff)
-    if released:
-        log.warning("released %d holds left by a coordinator that stopped mid-request", released)
-    return released
+    if prompt_tokens is None:
+        prompt_tokens = prompt_token_bound(request, card.context_length)
+    return prices.cost(request.model, prompt_tokens, request.max_tokens)
 
 
 class KnownCredit:

@@ -1,10 +1,14 @@
 """One job's sealed channel to its provider: the ephemeral key the job was sealed with, the
-queue its opened events land in, and the receipt that follows its terminal event.
+queue its opened events land in, the coordinator's tally of them, and the receipt that
+follows its terminal event.
 
-Owns sealing the request and opening the provider's event frames. A frame that does not
-open — plaintext, another key, tampered — never reaches the queue: it fails the job with a
-`Failed` event and reports the breach, so the session can mark its provider untrusted. It
-knows nothing of HTTP or storage.
+Owns sealing the request, opening the provider's event frames and counting them as they
+arrive (`tally.JobTally`), whether or not anybody reads the queue yet. A frame that does not
+open — plaintext, another key, tampered, a code only the coordinator may use — or that
+breaks a counting rule never reaches the queue: the channel records the violation, ends the
+queue with a failure and raises `ProtocolError`, so the connection cuts the provider off. The
+queue therefore never holds more than the flow-control window. It knows nothing of HTTP or
+storage.
 """
 
 from __future__ import annotations
@@ -13,21 +17,34 @@ import asyncio
 import logging
 
 from moonflower import errors, wire
+from moonflower.coordinator.tally import JobTally
 from moonflower.crypto.envelope import EncryptionKeyPair, SealedChannel
 from moonflower.crypto.signing import b64e
 from moonflower.errors import SealError
 from moonflower.generation import Failed, GenerationEvent, GenerationRequest
+from moonflower.receipts import OutputTally
 
 log = logging.getLogger(__name__)
 
-BAD_SEAL = Failed(code="engine_error", message="The provider sent a frame that failed to open.")
+BROKE_PROTOCOL = Failed(code="engine_error", message="The provider broke the protocol.")
+GONE = Failed(code="provider_gone", message="The provider disconnected mid-job.")
 
 
 class JobChannel:
-    def __init__(self, job_id: str, provider_public_key: bytes) -> None:
+    def __init__(
+        self, job_id: str, provider_public_key: bytes, *, max_tokens: int, context_length: int
+    ) -> None:
         self.job_id = job_id
         self.events: asyncio.Queue[GenerationEvent] = asyncio.Queue()
-        self.receipt: asyncio.Future[wire.SignedBlob] = asyncio.get_running_loop().create_future()
+        self.receipt: asyncio.Future[wire.SignedBlob | None] = (
+            asyncio.get_running_loop().create_future()
+        )
+        """The provider's receipt; None when the connection closed before one came."""
+        self.tally = JobTally(max_tokens=max_tokens, context_length=context_length)
+        self.output = OutputTally()
+        """What was relayed, in the form the receipt hashes."""
+        self.violation: str | None = None
+        self.is_gone = False
         self._sealed = SealedChannel(EncryptionKeyPair.generate(), provider_public_key)
 
     def request_frame(self, request: GenerationRequest) -> str:
@@ -42,15 +59,46 @@ class JobChannel:
             raise errors.BodyTooLarge("The request is too large to send to a provider.")
         return frame
 
-    def open_event(self, sealed_event: str) -> GenerationEvent | None:
-        """The event inside `sealed_event`, or None (and the job failed) if it does not open."""
+    @property
+    def is_ended(self) -> bool:
+        """No more events will come: terminal event, violation or lost connection."""
+        return self.tally.terminal is not None or self.violation is not None or self.is_gone
+
+    def accept(self, sealed_event: str) -> None:
+        """Open, check and count one event frame, then queue it; raises `ProtocolError` (and
+        ends the job) when the frame breaks the protocol."""
         try:
-            return wire.event_from_bytes(self._sealed.open(sealed_event))
+            event = wire.event_from_provider_bytes(self._sealed.open(sealed_event))
         except (SealError, errors.ProtocolError):
-            log.warning("job %s: a frame from the provider failed to open", self.job_id)
-            self.events.put_nowait(BAD_SEAL)
-            return None
+            self.break_off("a job frame failed to open or is not allowed")
+        problem = self.tally.add(event)
+        if problem is not None:
+            self.break_off(problem)
+        self.output.add(event)
+        self.events.put_nowait(event)
+
+    def break_off(self, reason: str) -> None:
+        """End the job for a protocol violation and raise it."""
+        if self.violation is None:
+            log.warning("job %s: the provider broke the protocol (%s)", self.job_id, reason)
+            self.violation = reason
+            self.events.put_nowait(BROKE_PROTOCOL)
+            self.no_receipt()
+        raise errors.ProtocolError(f"job {self.job_id}: {reason}")
+
+    def connection_lost(self) -> None:
+        """The provider's connection closed: nothing more can come."""
+        if self.is_ended:
+            self.no_receipt()
+            return
+        self.is_gone = True
+        self.events.put_nowait(GONE)
+        self.no_receipt()
 
     def take_receipt(self, receipt: wire.SignedBlob) -> None:
         if not self.receipt.done():
             self.receipt.set_result(receipt)
+
+    def no_receipt(self) -> None:
+        if not self.receipt.done():
+            self.receipt.set_result(None)

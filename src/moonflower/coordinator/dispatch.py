@@ -23,14 +23,23 @@ import functools
 import logging
 import uuid
 from dataclasses import dataclass
+from typing import Protocol
 
 from moonflower import errors, wire
-from moonflower.coordinator.billing import KnownCredit, Pricing, reservation
-from moonflower.coordinator.job import Job
+from moonflower.coordinator.billing import (
+    KnownCredit,
+    Pricing,
+    prompt_token_bound,
+    reservation,
+)
+from moonflower.coordinator.job import Job, PromptCount
+from moonflower.coordinator.leases import HoldLeases
 from moonflower.coordinator.limits import RateLimits
 from moonflower.coordinator.queueing import ModelQueues
 from moonflower.coordinator.registry import Registry
 from moonflower.coordinator.session import ProviderSession
+from moonflower.coordinator.settlement import Decision, Verdict
+from moonflower.coordinator.settler import SettlementOrder, Settler
 from moonflower.coordinator.trust import TrustLevel
 from moonflower.generation import Failed, GenerationRequest
 from moonflower.ledger import billing
@@ -43,11 +52,20 @@ from moonflower.settings import CoordinatorSettings
 log = logging.getLogger(__name__)
 
 
+class PromptCounter(Protocol):
+    """Counts a request's prompt with a model's own tokenizer (`prompt_count.py`)."""
+
+    async def count(self, request: GenerationRequest, card: wire.ModelCard) -> int | None: ...
+
+
 def worst_card(providers: list[ProviderSession], model: str) -> wire.ModelCard:
     """The card of `model` with the longest context among `providers`: the reservation
     must cover whichever of them ends up serving the request."""
     cards = [c for c in (p.card(model) for p in providers) if c is not None]
     return max(cards, key=lambda c: c.context_length)
+
+
+NOTHING_OWED = Decision(None, Verdict.NONE, "no provider answered: the hold goes back whole")
 
 
 MAX_ATTEMPTS = 3
@@ -69,19 +87,31 @@ class Admission:
 
 
 class Dispatcher:
-    def __init__(self, registry: Registry, db: Database, settings: CoordinatorSettings) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        db: Database,
+        settings: CoordinatorSettings,
+        *,
+        prompt_counter: PromptCounter | None = None,
+    ) -> None:
         self.registry = registry
         self.db = db
         self.settings = settings
+        self.prompt_counter = prompt_counter
         self.pricing = Pricing(db, settings)
+        self.leases = HoldLeases(db, settings.hold_lease_s)
+        """The holds of the requests and jobs this coordinator runs, kept leased."""
         self.queues = ModelQueues(settings.queue_max_waiting, settings.queue_max_wait_s)
         """Requests waiting, per model, for a provider with a free slot."""
         self.limits = RateLimits(
             settings.rate_limit_requests_per_minute, settings.rate_limit_tokens_per_minute
         )
         self.known_credit = KnownCredit()
+        self.settler = Settler(db, self.pricing, self.leases, self.limits)
         self.live_jobs: set[Job] = set()
         """Jobs handed to a consumer and not yet closed."""
+        self._background: set[asyncio.Task[None]] = set()
         self.is_draining = False
         self._idle = asyncio.Event()
         self._idle.set()
@@ -94,6 +124,10 @@ class Dispatcher:
             await asyncio.wait_for(self._idle.wait(), deadline_s)
         except TimeoutError:
             log.warning("draining: %d jobs still running at the deadline", len(self.live_jobs))
+
+    async def finish_settlements(self, deadline_s: float) -> None:
+        """At shutdown, after the last job closed: let pending settlements land."""
+        await self.settler.drain(deadline_s)
 
     def _job_closed(self, job: Job) -> None:
         self.live_jobs.discard(job)
@@ -146,7 +180,8 @@ class Dispatcher:
         admission = Admission(request, caller, floor, uuid.uuid4().hex, is_held=False)
         if is_billed:
             prices = await self.pricing.current()
-            amount = reservation(prices, request, card)
+            prompt = await self._prompt_bound(request, candidates, card)
+            amount = reservation(prices, request, card, prompt_tokens=prompt)
             hold = self._hold(admission.job_id, caller.account_id, amount)
             if self.known_credit.covers(caller.account_id, amount):
                 admission.hold = asyncio.create_task(hold)
@@ -155,14 +190,66 @@ class Dispatcher:
             admission.is_held = True
         return admission
 
+    async def _prompt_bound(
+        self, request: GenerationRequest, candidates: list[ProviderSession], card: wire.ModelCard
+    ) -> int:
+        """The most prompt tokens the request can be billed on any provider that may serve
+        it: the exact count for weights whose tokenizer the coordinator has, the byte bound
+        for the others."""
+        cards = {c.sha256: c for c in (p.card(request.model) for p in candidates) if c}
+        counts = [await self._prompt_count(request, c) for c in cards.values()]
+        exact = [count.exact for count in counts if count.exact is not None]
+        if len(exact) < len(counts) or not counts:
+            exact.append(prompt_token_bound(request, card.context_length))
+        return max(exact)
+
+    async def _prompt_count(self, request: GenerationRequest, card: wire.ModelCard) -> PromptCount:
+        bound = prompt_token_bound(request, card.context_length)
+        exact = None
+        if self.prompt_counter is not None:
+            exact = await self.prompt_counter.count(request, card)
+        return PromptCount(exact=exact, bound=bound)
+
     async def _hold(self, job_id: str, account_id: str, amount: int) -> None:
+        """Take the hold. Its write is never cut off half-way: a caller cancelled meanwhile
+        leaves it to finish, and a hold that lands for nobody is released at once."""
         since = self.known_credit.reports(account_id)
+        self.leases.keep(job_id)
+        writing = asyncio.create_task(
+            billing.reserve(self.db, job_id, account_id, amount, lease_s=self.leases.lease_s)
+        )
         try:
-            left = await billing.reserve(self.db, job_id, account_id, amount)
+            left = await asyncio.shield(writing)
+        except asyncio.CancelledError:
+            writing.add_done_callback(
+                lambda task: self._forget_hold(task, job_id, account_id, amount)
+            )
+            raise
         except BaseException:
+            self.leases.drop(job_id)
             self.known_credit.refused(account_id, amount)
             raise
         self.known_credit.written(account_id, left, amount, since)
+
+    def _forget_hold(
+        self, writing: asyncio.Task[int], job_id: str, account_id: str, amount: int
+    ) -> None:
+        """A hold whose requester was cancelled while it was being written: release it if
+        it landed."""
+        self.known_credit.refused(account_id, amount)
+        if writing.cancelled() or writing.exception() is not None:
+            self.leases.drop(job_id)
+            return
+        releasing = asyncio.create_task(self._release_hold(job_id))
+        self._background.add(releasing)
+        releasing.add_done_callback(self._background.discard)
+
+    async def _release_hold(self, job_id: str) -> None:
+        try:
+            await billing.release(self.db, job_id)  # a no-op once settled
+        except Exception:
+            log.exception("could not release the hold of job %s; its lease will", job_id)
+        self.leases.drop(job_id)
 
     async def hold_taken(self, admission: Admission) -> None:
         """Wait for a hold written alongside the job; raises `InsufficientFunds` if refused."""
@@ -202,8 +289,7 @@ class Dispatcher:
                     return job
                 abandoned = job or abandoned
             if abandoned is not None:  # recorded as failed, and its hold released whole
-                abandoned.outcome = abandoned.attempt_failure
-                await self.settle(abandoned)
+                await self.settle(abandoned, NOTHING_OWED)
         except BaseException:
             await self._release(admission)
             raise
@@ -226,7 +312,7 @@ class Dispatcher:
             await self.hold_taken(admission)  # never release before the hold is written
         except Exception:
             return  # refused (or failed): there is nothing to give back
-        await billing.release(self.db, admission.job_id)  # a no-op once settled
+        await self._release_hold(admission.job_id)
 
     async def _raise_unavailable(self, model: str, floor: TrustLevel | None) -> None:
         if self.registry.connected_for(model):
@@ -249,8 +335,9 @@ class Dispatcher:
         the provider failed before that, the attempt is abandoned unsettled (so the same job
         id can go elsewhere) and returned with why."""
         job_id, request, caller = admission.job_id, admission.request, admission.caller
+        prompt = await self._prompt_count(request, card)
         try:
-            channel = await provider.start_job(job_id, request)
+            channel = await provider.start_job(job_id, request, card)
         except errors.MoonflowerError:
             raise
         except Exception:
@@ -267,6 +354,7 @@ class Dispatcher:
             channel=channel,
             settings=self.settings,
             settle=self.settle,
+            prompt=prompt,
             on_close=self._job_closed,
         )
         try:
@@ -300,37 +388,17 @@ class Dispatcher:
             self.queues.notify(admission.request.model)
             raise
 
-    async def settle(self, job: Job) -> billing.Settlement | None:
-        """Charge what `job` delivered, pay its provider and the platform, and record it,
-        in one ledger transaction. Failing here must not break the consumer's answer: the
-        hold then stays until `release_abandoned_holds` gives it back."""
-        try:
-            prices = await self.pricing.current()
-            usage = job.billable_usage()
-            cost = (
-                0
-                if usage is None
-                else prices.cost(job.request.model, usage.prompt_tokens, usage.completion_tokens)
-            )
-            record = job.record()
-            self.limits.record_tokens(job.key_id, record.prompt_tokens + record.completion_tokens)
-            if usage is not None:
-                record = dataclasses.replace(
-                    record,
-                    billed_prompt_tokens=usage.prompt_tokens,
-                    billed_completion_tokens=usage.completion_tokens,
-                )
-            return await billing.settle(
-                self.db,
-                record,
-                cost_micro_usd=cost,
-                platform_fee_bps=prices.platform_fee_bps,
-                provider_account_id=job.provider.account_id,
-                receipt=self._receipt_record(job),
-            )
-        except Exception:
-            log.exception("could not settle job %s", job.id)
-            return None
+    async def settle(self, job: Job, decision: Decision) -> billing.Settlement | None:
+        """Write down what `decision` says `job` costs and earns, with the job's record and
+        receipt, in one ledger transaction — retried until it lands (`settler.py`). Waits a
+        bounded time for the result."""
+        order = SettlementOrder(
+            record=job.record(decision),
+            decision=decision,
+            provider_account_id=job.provider.account_id,
+            receipt=self._receipt_record(job),
+        )
+        return await self.settler.settle(order)
 
     @staticmethod
     def _receipt_record(job: Job) -> ReceiptRecord | None:

@@ -21,6 +21,7 @@ from moonflower import errors
 from moonflower.coordinator import sse
 from moonflower.coordinator.dispatch import Admission
 from moonflower.coordinator.job import Job
+from moonflower.coordinator.provider_headers import job_headers
 from moonflower.coordinator.services import Services, json_response
 from moonflower.coordinator.trust import TrustLevel
 from moonflower.crypto.receipt import receipt_hash
@@ -66,26 +67,6 @@ def _too_large() -> errors.BodyTooLarge:
         f"The request body is larger than the {MAX_BODY_BYTES // (1024 * 1024)} MiB limit.",
         param=None,
     )
-
-
-def job_headers(job: Job) -> dict[str, str]:
-    """Who served the job and what it had proven, for every inference response."""
-    provider = job.provider
-    trust = provider.trust
-    statement = trust.statement
-    headers = {
-        "x-moonflower-job-id": job.id,
-        "x-provider-id": provider.id,
-        "x-provider-trust-level": trust.level.label,
-        "x-provider-attested": "true" if statement is not None else "false",
-    }
-    hardware = statement.hardware if statement is not None else None
-    chip = hardware.chip if hardware is not None else provider.registration.hardware.chip
-    if chip:
-        headers["x-provider-chip"] = chip
-    if hardware is not None and hardware.serial:
-        headers["x-provider-serial"] = hardware.serial
-    return headers
 
 
 def settled_headers(job: Job) -> dict[str, str]:
@@ -236,6 +217,7 @@ async def answer(
     else the dialect's whole body once the job ends. Either way the job is closed (and so
     cancelled if the client leaves) and its headers say who served it."""
     headers = job_headers(job)
+    job.is_whole = stream is None
     if stream is not None:
         return sse.EventStreamResponse(
             stream(),

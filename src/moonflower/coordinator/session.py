@@ -14,11 +14,11 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from moonflower import wire
+from moonflower import errors, wire
 from moonflower.coordinator.channel import JobChannel
 from moonflower.coordinator.scoring import ProviderStats
 from moonflower.coordinator.trust import ProviderTrust, TrustLevel
-from moonflower.generation import Failed, GenerationRequest
+from moonflower.generation import GenerationRequest
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +84,18 @@ class ProviderSession:
         log.info("provider %s breached a rule", self.id)
         self.trust.mark_untrusted(reason)
 
-    async def start_job(self, job_id: str, request: GenerationRequest) -> JobChannel:
-        """Seal `request` to this provider and send it; its opened events land in the
-        channel's queue, its receipt in the channel's future."""
-        channel = JobChannel(job_id, self.encryption_public_key)
+    async def start_job(
+        self, job_id: str, request: GenerationRequest, card: wire.ModelCard
+    ) -> JobChannel:
+        """Seal `request` (its `max_tokens` set) to this provider and send it; its opened
+        events land in the channel's queue, its receipt in the channel's future."""
+        assert request.max_tokens is not None
+        channel = JobChannel(
+            job_id,
+            self.encryption_public_key,
+            max_tokens=request.max_tokens,
+            context_length=card.context_length,
+        )
         frame = channel.request_frame(request)
         self._jobs[job_id] = channel
         self._receipts[job_id] = channel
@@ -106,10 +114,16 @@ class ProviderSession:
             return
         channel.take_receipt(receipt)
 
+    def has_job(self, job_id: str) -> bool:
+        """Does `job_id` still take events or a receipt on this connection?"""
+        return job_id in self._jobs or job_id in self._receipts
+
     def forget_job(self, job_id: str) -> None:
         """Stop routing anything more of `job_id` (late events, its receipt) to its channel."""
         self._jobs.pop(job_id, None)
-        self._receipts.pop(job_id, None)
+        channel = self._receipts.pop(job_id, None)
+        if channel is not None:
+            channel.no_receipt()
 
     def take_answer(self, answer: wire.ChallengeAnswer) -> None:
         """An answer no challenge waits for (late, or unasked) is ignored: the challenge it
@@ -119,24 +133,28 @@ class ProviderSession:
             waiting.set_result(answer)
 
     def deliver(self, job_id: str, sealed_event: str) -> None:
+        """Hand one sealed event to its job. A frame that breaks the protocol ends the job,
+        untrusts this provider and raises `ProtocolError`: the connection is then closed."""
         channel = self._jobs.get(job_id)
         if channel is None:
             # Late events of a job already finished or cancelled: nothing waits for them.
             log.debug("provider %s sent an event for unknown job %s", self.id, job_id)
             return
-        event = channel.open_event(sealed_event)
-        if event is None:
+        try:
+            channel.accept(sealed_event)
+        except errors.ProtocolError:
             del self._jobs[job_id]
-            self.mark_untrusted("a job frame failed to open")
-            return
-        channel.events.put_nowait(event)
-        if event.kind in ("finished", "failed"):
+            self.mark_untrusted(f"job {job_id}: {channel.violation or 'protocol violation'}")
+            raise
+        if channel.tally.terminal is not None:
             del self._jobs[job_id]
 
     async def grant_credit(self, job_id: str, events: int) -> None:
         """Let the provider send `events` more of `job_id`: its consumer has read them."""
-        if job_id not in self._jobs or self._is_closed:
+        channel = self._jobs.get(job_id)
+        if channel is None or self._is_closed:
             return
+        channel.tally.grant(events)  # counted before the provider can spend it
         try:
             await self.send_frame(wire.encode(wire.JobCredit(job_id=job_id, events=events)))
         except Exception:  # the socket is going away; its jobs end with it
@@ -153,9 +171,10 @@ class ProviderSession:
             log.debug("could not send cancel for job %s to provider %s", job_id, self.id)
 
     def close(self) -> None:
-        """Fail every job still running on this connection."""
+        """The connection is gone: every job still running on it, or still waiting for its
+        receipt, learns that nothing more will come."""
         self._is_closed = True
-        gone = Failed(code="provider_gone", message="The provider disconnected mid-job.")
-        for channel in self._jobs.values():
-            channel.events.put_nowait(gone)
+        for channel in {*self._jobs.values(), *self._receipts.values()}:
+            channel.connection_lost()
         self._jobs.clear()
+        self._receipts.clear()

@@ -7,7 +7,10 @@ Owns the money side of a job's life:
 - `settle` closes the hold, charges at most what was held, credits the provider its share
   and the platform its fee, and records the job (and its receipt) — all or nothing, and
   idempotent per job id: a second call changes nothing and returns the first result;
-- `release_stale` frees holds a crashed coordinator left behind.
+- every hold carries a lease: the coordinator running the job renews it (`renew_leases`)
+  while the job lives, and `release_expired` frees only holds whose lease has run out —
+  holds a coordinator that stopped mid-request can no longer renew. Age alone never
+  releases a hold.
 Prices and counts come from the caller; nothing here decides what a token costs.
 """
 
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -29,6 +32,8 @@ from moonflower.ledger.receipts import ReceiptRecord, receipt_row
 from moonflower.ledger.tables import Account, Hold, Job, LedgerEntry, LedgerTransaction
 
 BASIS_POINTS = 10_000
+LEASE_S = 120.0
+"""How long a hold's lease lasts unless renewed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,10 +45,17 @@ class Settlement:
     platform_fee_micro_usd: int
 
 
-async def reserve(db: Database, job_id: str, account_id: str, amount_micro_usd: int) -> int:
-    """Hold `amount_micro_usd` of the account's available credit for `job_id` and return
-    what is still available after it, or raise `InsufficientFunds` (saying how much is
-    available) and hold nothing."""
+async def reserve(
+    db: Database,
+    job_id: str,
+    account_id: str,
+    amount_micro_usd: int,
+    *,
+    lease_s: float = LEASE_S,
+) -> int:
+    """Hold `amount_micro_usd` of the account's available credit for `job_id`, leased for
+    `lease_s` seconds, and return what is still available after it, or raise
+    `InsufficientFunds` (saying how much is available) and hold nothing."""
     if amount_micro_usd < 0:
         raise ValueError("a hold cannot be negative")
     async with db.sessions.begin() as session:
@@ -68,16 +80,35 @@ async def reserve(db: Database, job_id: str, account_id: str, amount_micro_usd: 
             raise InsufficientFunds(
                 needed_micro_usd=amount_micro_usd, available_micro_usd=max(available or 0, 0)
             )
+        now = datetime.now(UTC)
         session.add(
             Hold(
                 job_id=job_id,
                 account_id=account_id,
                 amount_micro_usd=amount_micro_usd,
                 status="held",
-                created_at=datetime.now(UTC),
+                created_at=now,
+                lease_expires_at=now + timedelta(seconds=lease_s),
             )
         )
     return int(left)
+
+
+async def renew_leases(db: Database, job_ids: Sequence[str], *, lease_s: float) -> int:
+    """Extend the leases of the open holds of `job_ids` to `lease_s` seconds from now (one
+    statement per thousand jobs). Returns how many holds were renewed."""
+    renewed = 0
+    until = datetime.now(UTC) + timedelta(seconds=lease_s)
+    ids = list(job_ids)
+    for start in range(0, len(ids), 1000):
+        async with db.sessions.begin() as session:
+            result = await session.execute(
+                update(Hold)
+                .where(Hold.job_id.in_(ids[start : start + 1000]), Hold.status == "held")
+                .values(lease_expires_at=until)
+            )
+            renewed += int(getattr(result, "rowcount", 0) or 0)
+    return renewed
 
 
 async def settle(
@@ -161,27 +192,33 @@ async def release(db: Database, job_id: str) -> bool:
     return bool(await _release(db, [job_id]))
 
 
-async def release_stale(db: Database, *, older_than: datetime) -> int:
-    """Release every hold taken before `older_than`: holds a coordinator that stopped
-    mid-request never settled. Returns how many were released."""
+async def release_expired(db: Database, *, now: datetime | None = None) -> int:
+    """Release every hold whose lease ran out before `now`: nobody vouches for its job any
+    more (its coordinator stopped mid-request). Returns how many were released."""
+    now = now or datetime.now(UTC)
     async with db.sessions() as session:
-        stale = (
+        expired = (
             await session.execute(
-                select(Hold.job_id).where(Hold.status == "held", Hold.created_at < older_than)
+                select(Hold.job_id).where(Hold.status == "held", Hold.lease_expires_at < now)
             )
         ).scalars()
-        job_ids = list(stale)
-    return await _release(db, job_ids)
+        job_ids = list(expired)
+    return await _release(db, job_ids, expired_before=now)
 
 
-async def _release(db: Database, job_ids: Sequence[str]) -> int:
+async def _release(
+    db: Database, job_ids: Sequence[str], *, expired_before: datetime | None = None
+) -> int:
     released = 0
     for job_id in job_ids:
+        conditions = [Hold.job_id == job_id, Hold.status == "held"]
+        if expired_before is not None:  # renewed meanwhile: its job lives after all
+            conditions.append(Hold.lease_expires_at < expired_before)
         async with db.sessions.begin() as session:
             hold = (
                 await session.execute(
                     update(Hold)
-                    .where(Hold.job_id == job_id, Hold.status == "held")
+                    .where(*conditions)
                     .values(status="released", closed_at=datetime.now(UTC))
                     .returning(Hold.account_id, Hold.amount_micro_usd)
                 )

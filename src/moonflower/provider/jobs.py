@@ -9,6 +9,7 @@ prompt or completion text: only ids, reasons and token counts.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 import time
@@ -198,10 +199,15 @@ class JobRunner:
         cancel: threading.Event,
         tally: OutputTally,
     ) -> None:
-        if isinstance(event, Finished | Failed):
-            self._note_end(job_id, event)
         if cancel.is_set() and not isinstance(event, Finished | Failed):
             return  # the coordinator no longer wants text for this job
+        if isinstance(event, Finished):
+            # The count the coordinator can check: the tokens of the deltas it was sent
+            # (not those of a stop string held back, nor any generated after a cancel).
+            usage = Usage(event.usage.prompt_tokens, tally.delta_tokens)
+            event = dataclasses.replace(event, usage=usage)
+        if isinstance(event, Finished | Failed):
+            self._note_end(job_id, event)
         tally.add(event)  # the receipt covers exactly what was sent
         try:
             await send.event(event)
