@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import signal
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +57,12 @@ def test_sigterm_finishes_streams_in_flight_and_refuses_new_ones(tmp_path: Path)
         reader.start()
         wait_until(lambda: len(out.get("chunks", [])) >= 3, 30, "the stream to begin")
         coordinator.popen.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
+        # It logs this in the same step that closes its listening socket.
+        wait_until(
+            lambda: "draining: no new connections" in coordinator.log(),
+            10,
+            "the coordinator to stop accepting",
+        )
         with pytest.raises(httpx.ConnectError):  # no longer accepting
             ask(network, key)
         reader.join(timeout=120)
@@ -96,6 +100,11 @@ def ask(network: LocalNetwork, key: str) -> httpx.Response:
     )
 
 
+def lists_model(network: LocalNetwork, key: str) -> bool:
+    response = httpx.get(f"{network.base_url}/v1/models", headers={"x-api-key": key}, timeout=10)
+    return any(m["id"] == MODEL for m in response.json()["data"])
+
+
 def test_sigterm_on_a_provider_finishes_its_jobs_then_deregisters(tmp_path: Path) -> None:
     network = LocalNetwork(tmp_path)
     try:
@@ -109,7 +118,11 @@ def test_sigterm_on_a_provider_finishes_its_jobs_then_deregisters(tmp_path: Path
         reader.start()
         wait_until(lambda: len(out.get("chunks", [])) >= 3, 30, "the stream to begin")
         leaving.popen.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
+        wait_until(
+            lambda: "done" in out or not lists_model(network, key),
+            30,
+            "the coordinator to see the provider draining",
+        )
         if "done" not in out:  # (unless the story already ended by itself)
             # Draining: still connected, but it takes no new job (nobody else serves it).
             assert network.provider_count() == 1
