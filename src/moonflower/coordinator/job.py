@@ -58,6 +58,10 @@ Settle = Callable[["Job", Decision], Awaitable[Settlement | None]]
 CREDIT_BATCH_EVENTS = 16
 """Events the consumer reads between two grants of credit to the provider."""
 
+BYTES_PER_TOKEN = 4
+"""Bytes of output counted as one token when the coordinator measures a provider's speed
+(about what English text averages); the same scale for every provider of a model."""
+
 RETRYABLE_BEFORE_FIRST_TOKEN = frozenset(
     {"provider_gone", "timeout", "engine_error", "overloaded", "model_not_loaded"}
 )
@@ -340,9 +344,11 @@ class Job:
         elif decision.verdict is Verdict.UNRELIABLE:
             stats.job_failed()
         elif decision.verdict is Verdict.SERVED:
+            # Speed in output the coordinator relayed, not in tokens a provider says it
+            # sampled: bytes cannot be claimed, only sent (and the consumer receives them).
             first_s = (self._first_token_ms or 0) / 1000
             decode_s = max(time.monotonic() - self._t0 - first_s, 0.0)
-            stats.job_finished(self.relayed_tokens, decode_s)
+            stats.job_finished(self._channel.tally.output_bytes // BYTES_PER_TOKEN, decode_s)
 
     async def close(self) -> None:
         """End the job once: if it still runs, the consumer has left — cancel the
