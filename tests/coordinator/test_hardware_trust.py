@@ -41,6 +41,17 @@ async def trust_level(net: InProcessNetwork) -> str:
     return str(entry["trust_level"])
 
 
+async def passed_challenges(net: InProcessNetwork, count: int) -> None:
+    """Wait until the provider has passed `count` challenges (its device chain, if any,
+    judged with the last)."""
+    async with asyncio.timeout(10), httpx.AsyncClient(base_url=net.base_url) as client:
+        while True:
+            (entry,) = (await client.get("/v1/providers/attestation")).json()["data"]
+            if entry["challenges_passed"] >= count:
+                return
+            await asyncio.sleep(0.01)
+
+
 @pytest.mark.parametrize(
     ("attested_serial", "nonce_of", "level"),
     [
@@ -73,7 +84,7 @@ async def test_a_device_chain_for_this_key_and_nonce_grants_hardware(
             wire.ChallengeAnswer(nonce=answer.nonce, status=answer.status, mda_chain=tuple(chain))
         )
         await net.wait_routable(1)
-        await asyncio.sleep(0.1)
+        await passed_challenges(net, 2)  # the answer with the chain was judged
         assert await trust_level(net) == level
         if level != "hardware":
             async with httpx.AsyncClient(base_url=net.base_url, headers=net.headers) as client:

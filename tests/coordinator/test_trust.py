@@ -135,7 +135,7 @@ async def test_a_statement_that_does_not_hold_leaves_the_provider_unserving(
 ) -> None:
     async with inprocess_network(tmp_path, []) as net, handmade(net.base_url) as provider:
         await provider.register(statement=make(provider))
-        await asyncio.sleep(0.1)
+        await wait_for(lambda: _listed(net, 1))
         (entry,) = (await feed(net)).values()
         assert entry["trust_level"] == "none"
         assert entry["statement_problem"] == problem
@@ -180,6 +180,10 @@ async def test_three_failed_challenges_in_a_row_make_the_provider_untrusted(
         assert (await ask(net, "handmade")).status_code == 503
 
 
+async def _listed(net: InProcessNetwork, count: int) -> bool:
+    return len(await feed(net)) >= count
+
+
 async def _untrusted(net: InProcessNetwork) -> bool:
     return any(e["is_untrusted"] for e in (await feed(net)).values())
 
@@ -220,8 +224,7 @@ async def test_a_negative_posture_in_the_statement_is_untrusted_from_the_start(
         handmade(net.base_url, posture={"secure_boot": False}) as provider,
     ):
         await provider.register(statement=provider.signed())
-        await asyncio.sleep(0.1)
-        assert await _untrusted(net)
+        await wait_for(lambda: _untrusted(net))
 
 
 async def test_claiming_another_providers_serial_inherits_nothing(tmp_path: Path) -> None:
@@ -232,7 +235,7 @@ async def test_claiming_another_providers_serial_inherits_nothing(tmp_path: Path
         await honest_start(net, original)
         async with handmade(net.base_url, serial="C02SERIAL") as copycat:
             await copycat.register(statement=copycat.signed())
-            await asyncio.sleep(0.3)  # it never answers its challenges
+            await wait_for(lambda: _listed(net, 2))  # it never answers its challenges
             entries = list((await feed(net)).values())
             trusted = [e for e in entries if e["is_attested"]]
             assert len(entries) == 2
