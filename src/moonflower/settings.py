@@ -70,6 +70,10 @@ class CoordinatorSettings(BaseSettings):
     """When set, only providers running code with one of these hashes are trusted."""
     model_catalog: dict[str, str] = Field(default_factory=dict)
     """Model id → SHA-256 of its weights; a provider serving other weights is not trusted."""
+    tokenizer_files: tuple[Path, ...] = ()
+    """GGUF files (as a JSON list in MOONFLOWER_TOKENIZER_FILES) whose vocabularies the
+    coordinator counts prompt tokens with, for providers serving those exact weights; the
+    bundled models are known without them. Only the vocabulary is loaded, never weights."""
     admin_key: SecretStr | None = None
     """Bearer key for admin operations (`PUT /v1/admin/pricing`); none means no admin API."""
     default_price: PriceSetting = PriceSetting(input=50_000, output=200_000)

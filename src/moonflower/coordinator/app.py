@@ -24,6 +24,7 @@ from moonflower.coordinator.auth import CallerCache
 from moonflower.coordinator.billing import release_abandoned_holds
 from moonflower.coordinator.dialects import anthropic_errors, openai_errors
 from moonflower.coordinator.dispatch import Dispatcher
+from moonflower.coordinator.prompt_count import PromptCounter
 from moonflower.coordinator.registry import Registry
 from moonflower.coordinator.routes import (
     attestation,
@@ -63,6 +64,7 @@ async def build_services(settings: CoordinatorSettings) -> Services:
         dispatcher=Dispatcher(registry, db, settings),
         callers=CallerCache(db, settings.api_key_cache_s),
         started_at=int(time.time()),
+        prompts=PromptCounter.from_settings(settings),
     )
 
 

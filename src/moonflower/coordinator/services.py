@@ -14,6 +14,7 @@ from starlette.responses import Response
 
 from moonflower.coordinator.auth import CallerCache
 from moonflower.coordinator.dispatch import Dispatcher
+from moonflower.coordinator.prompt_count import PromptCounter
 from moonflower.coordinator.registry import Registry
 from moonflower.ledger.database import Database
 from moonflower.settings import CoordinatorSettings
@@ -28,6 +29,8 @@ class Services:
     callers: CallerCache
     started_at: int
     """Unix time the coordinator started (the `created` of the models it lists)."""
+    prompts: PromptCounter
+    """Counts prompt tokens with the model's own tokenizer, where it knows the weights."""
 
     @staticmethod
     def of(connection: HTTPConnection) -> Services:

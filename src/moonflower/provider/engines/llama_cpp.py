@@ -1,23 +1,23 @@
 """The llama.cpp engine: one GGUF model run in-process through llama-cpp-python.
 
 Owns loading (context size, weight hash, model card, one llama.cpp context per slot),
-turning a request into prompt tokens (tools included) and a grammar, the token-by-token
-generation loop (stop conditions, cancellation, logprobs) and translating llama.cpp failures
-into `Failed` events. Which job runs on which context is `context_pool`'s business. What the
-tokens become (text, tool calls) is `output_events`' business; sampling details are
-`sampling`'s. It must not import llama_cpp at module import time, and must never log prompt
-or completion text or put it in an error.
+turning a request into a grammar, the token-by-token generation loop (stop conditions,
+cancellation, logprobs) and translating llama.cpp failures into `Failed` events. Which job
+runs on which context is `context_pool`'s business; how a request becomes prompt tokens is
+`moonflower.prompting`'s (the coordinator counts prompts with the same code). What the tokens
+become (text, tool calls) is `output_events`' business; sampling details are `sampling`'s.
+It must not import llama_cpp at module import time, and must never log prompt or completion
+text or put it in an error.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import threading
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from moonflower.errors import InvalidRequest, ModelSourceError
 from moonflower.generation import (
@@ -29,12 +29,9 @@ from moonflower.generation import (
     Started,
     Usage,
 )
-from moonflower.provider.engines.chat_format import (
-    ChatFormat,
-    chat_format_for,
-    opens_reasoning,
-    strip_leading_bos,
-)
+from moonflower.prompting.chat_format import opens_reasoning
+from moonflower.prompting.tokenizer import PromptTokenizer
+from moonflower.prompting.vocabulary import LlamaVocabulary as _Vocabulary
 from moonflower.provider.engines.context_pool import ContextPool
 from moonflower.provider.engines.grammar import (
     CompiledGrammars,
@@ -48,7 +45,6 @@ from moonflower.provider.engines.sampling import (
     checked_grammar,
     sampler_settings,
 )
-from moonflower.provider.engines.tool_prompt import offered_tools
 from moonflower.provider.models import ModelSource, sha256_file
 from moonflower.wire import ModelCard
 
@@ -86,11 +82,7 @@ class LlamaCppEngine:
         self._vocabulary = vocabulary
         # Compiled and checked once per schema; a grammar is only its text, shared by jobs.
         self._grammars = CompiledGrammars(lambda gbnf: checked_grammar(self._llama, gbnf))
-        self._chat_format: ChatFormat = chat_format_for(
-            self._llama.metadata,
-            bos_token=vocabulary.token_text(vocabulary.bos),
-            eos_token=vocabulary.token_text(vocabulary.eos),
-        )
+        self._prompts = PromptTokenizer.for_model(vocabulary, self._llama.metadata)
 
     @classmethod
     def load(
@@ -168,36 +160,20 @@ class LlamaCppEngine:
     def render_prompt(self, request: GenerationRequest) -> str:
         """The exact prompt text for `request`: the raw prompt, or the rendered chat with
         the offered tools."""
-        if request.prompt is not None:
-            return request.prompt
-        if not request.messages:
-            raise InvalidRequest("messages must not be empty", param="messages")
-        text = self._chat_format.render(request.messages, offered_tools(request))
-        if self._vocabulary.adds_bos:
-            text = strip_leading_bos(text, self._vocabulary.token_text(self._vocabulary.bos))
-        return text
+        return self._prompts.render(request).text
 
     def prompt_tokens(self, request: GenerationRequest) -> list[int]:
-        """The prompt as the model sees it: special tokens parsed, BOS if the model wants it."""
-        return self._tokens(self.render_prompt(request))
-
-    def _tokens(self, text: str) -> list[int]:
-        tokens = self._vocabulary.tokenize(text)
-        if not tokens and self._vocabulary.bos >= 0:
-            # An empty raw prompt: start from BOS, as llama.cpp does, so there is
-            # something to evaluate.
-            tokens = [self._vocabulary.bos]
-        if not tokens:
-            raise InvalidRequest("prompt must not be empty", param="prompt")
-        return tokens
+        """The prompt as the model sees it (`PromptTokenizer`: control tokens only where the
+        template wrote them, BOS if the model wants it): what the coordinator counts too."""
+        return self._prompts.tokens(self._prompts.render(request))
 
     def _plan(self, request: GenerationRequest) -> _Plan:
         """The prompt and the output constraint, not yet its grammar; raises
         `InvalidRequest`."""
         constraint = output_constraint(request)
-        text = self.render_prompt(request)
-        reasoning = request.prompt is None and opens_reasoning(text)
-        return _Plan(self._tokens(text), reasoning, constraint)
+        prompt = self._prompts.render(request)
+        reasoning = request.prompt is None and opens_reasoning(prompt.text)
+        return _Plan(self._prompts.tokens(prompt), reasoning, constraint)
 
     def _with_grammar(self, plan: _Plan) -> _Plan:
         """`plan` with its constraint's grammar, compiled once per schema and within a
@@ -329,50 +305,6 @@ def threads_per_slot(cpus: int, slots: int) -> int:
     cores the whole team waits; a thread per core never waits for another. More slots than
     cores run one thread each and share the cores by time."""
     return max(1, cpus // slots)
-
-
-class _Vocabulary:
-    """The tokenizer calls the engine needs. Pieces come from llama.cpp's C API directly:
-    llama-cpp-python's `detokenize` truncates pieces over 32 bytes (Gemma has hundreds)."""
-
-    def __init__(self, llama: Llama) -> None:
-        import llama_cpp
-
-        self._lib: Any = llama_cpp
-        self._llama = llama
-        self._vocab = llama_cpp.llama_model_get_vocab(llama.model)
-        self.bos = int(llama_cpp.llama_vocab_bos(self._vocab))
-        self.eos = int(llama_cpp.llama_vocab_eos(self._vocab))
-        self.adds_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
-
-    def tokenize(self, text: str) -> list[int]:
-        # special=True as llama.cpp's server does: templates write control tokens as text.
-        return self._llama.tokenize(text.encode("utf-8"), add_bos=True, special=True)
-
-    def is_end(self, token: int) -> bool:
-        """End of generation: EOS, EOT, <end_of_turn> and the like."""
-        return bool(self._lib.llama_vocab_is_eog(self._vocab, token))
-
-    def piece(self, token: int, *, special: bool = False) -> bytes:
-        size = 64
-        buffer = ctypes.create_string_buffer(size)
-        written = int(self._lib.llama_token_to_piece(self._vocab, token, buffer, size, 0, special))
-        if written < 0:
-            size = -written
-            buffer = ctypes.create_string_buffer(size)
-            written = int(
-                self._lib.llama_token_to_piece(self._vocab, token, buffer, size, 0, special)
-            )
-        return buffer.raw[: max(written, 0)]
-
-    def token_text(self, token: int) -> str:
-        if token < 0:
-            return ""
-        return self.piece(token, special=True).decode("utf-8", errors="replace")
-
-    def describe(self, token: int) -> str:
-        """A token's text for logprobs (a piece that is part of a character shows as U+FFFD)."""
-        return self.piece(token).decode("utf-8", errors="replace")
 
 
 def _open_llama(source: ModelSource, n_ctx: int, n_threads: int) -> Llama:

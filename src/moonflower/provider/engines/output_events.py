@@ -26,6 +26,7 @@ from moonflower.generation import (
     TokenLogprob,
     ToolCallDelta,
 )
+from moonflower.prompting.tool_prompt import offered_tools
 from moonflower.provider.engines.grammar import OutputConstraint
 from moonflower.provider.engines.stop_text import StopTextScanner
 from moonflower.provider.engines.tool_output import (
@@ -36,7 +37,6 @@ from moonflower.provider.engines.tool_output import (
     Shaped,
     ToolCallScanner,
 )
-from moonflower.provider.engines.tool_prompt import offered_tools
 
 
 def shaper_for(request: GenerationRequest, constraint: OutputConstraint | None) -> OutputShaper:

@@ -11,6 +11,9 @@ rewrites the conversation into plain system/user/assistant turns any template ca
 - tool results become a user turn of `<tool_response>` blocks (consecutive results share one
   turn, so templates that insist on alternating roles still accept the conversation).
 
+All of it is the callers' text to the tokenizer (tool names, descriptions, arguments and
+results are theirs): the turns it writes are content, never parsed for control tokens.
+
 Pure text mapping: it must not tokenize, know any engine, or log anything.
 """
 

@@ -10,7 +10,7 @@ import pytest
 
 from moonflower.errors import InvalidRequest
 from moonflower.generation import GenerationRequest, Message, Tool, ToolCall, ToolChoice
-from moonflower.provider.engines.chat_format import (
+from moonflower.prompting.chat_format import (
     ChatTemplateMissing,
     ChatTemplateRejected,
     GemmaTurnFormat,
@@ -18,9 +18,8 @@ from moonflower.provider.engines.chat_format import (
     NoChatFormat,
     chat_format_for,
     opens_reasoning,
-    strip_leading_bos,
 )
-from moonflower.provider.engines.tool_prompt import as_plain_turns, offered_tools, tool_description
+from moonflower.prompting.tool_prompt import as_plain_turns, offered_tools, tool_description
 from moonflower.provider.models import resolve_model
 
 CONVERSATIONS = [
@@ -123,12 +122,6 @@ def test_templates_get_tokens_tojson_loopcontrols_and_generation_tags() -> None:
     chat = JinjaChatFormat(template, bos_token="<s>", eos_token="</s>")
     rendered = chat.render([Message("user", "é <b>"), Message("user", "dropped")])
     assert rendered == '<s>{"role": "user", "content": "é <b>"}</s>'
-
-
-def test_a_leading_bos_written_by_the_template_is_dropped() -> None:
-    assert strip_leading_bos("<bos><start_of_turn>", "<bos>") == "<start_of_turn>"
-    assert strip_leading_bos("<start_of_turn>", "<bos>") == "<start_of_turn>"
-    assert strip_leading_bos("text", "") == "text"
 
 
 @pytest.fixture(scope="module")
