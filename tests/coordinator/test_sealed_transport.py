@@ -256,7 +256,7 @@ async def test_a_client_hanging_up_on_a_sealed_stream_cancels_the_job(
     assert engine.endings[0].kind == "finished" and engine.endings[0].reason == "cancelled"
 
 
-async def test_a_sealed_request_still_needs_an_api_key_and_gets_its_error_sealed(
+async def test_a_sealed_request_needs_an_api_key_before_it_is_opened(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with (
@@ -273,12 +273,77 @@ async def test_a_sealed_request_still_needs_an_api_key_and_gets_its_error_sealed
             content=sealed_bad_json.content,
             headers={**sealed_bad_json.headers, **net.headers},
         )
+    # Refused before anything was opened, so the answer cannot be sealed: plain JSON,
+    # which the sealing client passes on as an error.
     assert response.status_code == 401
-    assert response.headers["content-type"] == SEALED_CONTENT_TYPE
+    assert response.headers["content-type"] == "application/json"
+    assert response.headers[ERROR_HEADER] == "invalid_api_key"
     assert sealed.open_json(response)["error"]["code"] == "invalid_api_key"
+    # With the key, the app runs and its errors are sealed.
     assert bad_json.status_code == 400
+    assert bad_json.headers["content-type"] == SEALED_CONTENT_TYPE
     assert sealed_bad_json.open_json(bad_json)["error"]["code"] == "invalid_json"
     assert engine.requests == []
+
+
+@pytest.mark.parametrize("key_headers", [{}, {"Authorization": "Bearer mf-not-a-key"}])
+async def test_a_wrong_key_is_refused_before_the_envelope_is_looked_at(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key_headers: dict[str, str]
+) -> None:
+    """A body that would not open (400 with a key) gets the 401: the key is checked before
+    the body is looked at."""
+    async with (
+        network(tmp_path, monkeypatch) as (net, engine),
+        httpx.AsyncClient(
+            base_url=net.base_url, headers={**key_headers, "Content-Type": SEALED_CONTENT_TYPE}
+        ) as client,
+    ):
+        key = await fetch_key(client)
+        undecryptable = forged(key, sealed=flip_last_byte(orjson.loads(forged(key))["sealed"]))
+        answers = [
+            await client.post(path, content=body)
+            for path in ("/v1/chat/completions", "/v1/messages")
+            for body in (undecryptable, b"not json at all")
+        ]
+    for answer in answers[:2]:
+        assert answer.status_code == 401
+        assert answer.headers["content-type"] == "application/json"
+        assert answer.json()["error"]["code"] == "invalid_api_key"
+    for answer in answers[2:]:
+        assert answer.status_code == 401
+        assert answer.json()["type"] == "error"
+        assert answer.json()["error"]["type"] == "authentication_error"
+        assert answer.headers[ERROR_HEADER] == "invalid_api_key"
+    assert engine.requests == []
+
+
+async def test_a_wrong_key_is_answered_while_the_body_is_still_on_its_way(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client announces an 11 MB sealed body and sends one kilobyte of it: the 401
+    arrives anyway, so the coordinator neither waited for the body nor opened it."""
+    async with network(tmp_path, monkeypatch) as (net, _engine):
+        port = int(net.base_url.rsplit(":", 1)[1])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Authorization: Bearer mf-not-a-key\r\n"
+                b"Content-Type: " + SEALED_CONTENT_TYPE.encode() + b"\r\n"
+                b"Content-Length: "
+                + str(11 * 1024 * 1024).encode()
+                + b"\r\n\r\n"
+                + b"{"
+                + b" " * 1023
+            )
+            await writer.drain()
+            async with asyncio.timeout(10):
+                status_line = await reader.readline()
+                head = await reader.readuntil(b"\r\n\r\n")
+        finally:
+            writer.close()
+    assert status_line.startswith(b"HTTP/1.1 401 "), status_line
+    assert f"{ERROR_HEADER}: invalid_api_key".encode() in head.lower()
 
 
 def forged(key: CoordinatorKey, **fields: object) -> bytes:

@@ -9,13 +9,19 @@ content type, an event stream keeps `text/event-stream` with each event's data s
 order (event names stay visible; `[DONE]` is sealed like any data). Both carry the header
 `x-moonflower-sealed-kid`. The wire format itself lives in `moonflower.client.sealed`.
 
-An envelope that cannot be opened — not JSON, a missing field, a kid that is not this
-process's key (`kid_mismatch`: the key changes when the coordinator restarts), a bad
-ephemeral key, a box that does not open (`decryption_failed`) — is answered 400 in plain
-JSON in the called route's dialect, its code also in the header `x-moonflower-sealed-error`
-(Anthropic's shape has no code field), and the app never runs. Everything the app answers,
-errors included (a missing API key is still 401), is sealed. Plain requests pass through
-after one look at their Content-Type. It must not log or keep plaintext, and is not
+Opening costs the coordinator (a body of up to `MAX_SEALED_BODY_BYTES`, about 11 MB, read,
+decoded and decrypted), so nobody gets it for free: the API key in the request's plain
+headers is checked first, through the app's `CallerCache`, and a missing or wrong key is
+answered 401 before a byte of the body is read; a declared length over the limit is 413
+before reading too, and reading stops at the limit. Those refusals, and an envelope that
+cannot be opened — not JSON, a missing field, a kid that is not this process's key
+(`kid_mismatch`: the key changes when the coordinator restarts), a bad ephemeral key, a box
+that does not open (`decryption_failed`) — are answered in plain JSON in the called route's
+dialect, their code also in the header `x-moonflower-sealed-error` (Anthropic's shape has no
+code field), and the app never runs. Everything the app answers, errors included, is
+sealed. A sealed body is for the API-key routes (the inference endpoints); a route that
+takes another credential takes plain bodies. Plain requests pass through after one look at
+their Content-Type. It must not log or keep plaintext, and is not
 Starlette's `BaseHTTPMiddleware`, which would break streaming and disconnect detection: the
 app's later `receive` calls reach the server's, so a client hanging up still cancels its job.
 """
@@ -43,7 +49,9 @@ from moonflower.client.sealed import (
     open_with_nonce,
     seal_piece,
 )
+from moonflower.coordinator.auth import authenticate
 from moonflower.coordinator.exchange import MAX_BODY_BYTES
+from moonflower.coordinator.services import Services
 from moonflower.crypto.envelope import KEY_BYTES, EncryptionKeyPair
 from moonflower.crypto.signing import b64d
 
@@ -84,11 +92,14 @@ class SealedTransport:
 
     async def _sealed(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
+            request = Request(scope)
+            # The key first: an unknown caller gets no body read and nothing decrypted.
+            await authenticate(request, Services.of(request).callers)
             envelope = await _read_body(scope, receive)
             if envelope is None:
                 return  # the client left before sending its body
             box, plain = self._open(envelope)
-        except errors.InvalidRequest as exc:
+        except errors.MoonflowerError as exc:
             await _send_error(scope, receive, send, exc)
             return
         inner = {**scope, "headers": _plain_request_headers(scope["headers"], len(plain))}
@@ -200,7 +211,7 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 
 async def _send_error(
-    scope: Scope, receive: Receive, send: Send, exc: errors.InvalidRequest
+    scope: Scope, receive: Receive, send: Send, exc: errors.MoonflowerError
 ) -> None:
     # Imported here: the app module imports this one to install it.
     from moonflower.coordinator.app import render_error
