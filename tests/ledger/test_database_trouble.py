@@ -201,15 +201,6 @@ async def test_a_statement_that_is_wrong_is_not_taken_for_store_trouble(
             await session.execute(text("INSERT INTO api_keys SELECT * FROM api_keys"))
 
 
-async def test_an_unopenable_sqlite_file_is_store_trouble(tmp_path: Path) -> None:
-    directory = tmp_path / "gone"
-    db = Database(create_engine(default_database_url(directory), timeout_s=BOUND_S))
-    directory.rmdir()  # the volume holding the ledger went away before its first use
-    async with db:
-        with pytest.raises(StoreUnavailable):
-            await jobs.has_been_served(db, "any")
-
-
 # --- PostgreSQL ------------------------------------------------------------------------------
 
 
@@ -265,20 +256,15 @@ async def test_a_refused_connection_is_store_trouble_at_once() -> None:
 
 
 @pytest.mark.postgres
-async def test_a_stopped_server_is_store_trouble(postgres_server: PostgresServer) -> None:
-    """A server that closes every connection (as `pg_ctl stop` does) between requests."""
-    async with await Database.open(postgres_server.create_database(), timeout_s=BOUND_S) as db:
-        async with db.engine.connect() as victim:
-            backend = await victim.scalar(text("SELECT pg_backend_pid()"))
-            async with db.engine.connect() as killer:
-                await killer.execute(text(f"SELECT pg_terminate_backend({backend})"))
-            with pytest.raises(sa_exc.DBAPIError):
-                await victim.execute(text("SELECT 1"))
-        # The pooled connections died with their server process; the next session finds out.
-        with pytest.raises(StoreUnavailable):
-            async with db.sessions() as session:
-                await session.execute(text("SELECT pg_terminate_backend(pg_backend_pid())"))
-        assert await jobs.has_been_served(db, "any") is False  # and the pool recovers
+async def test_a_connection_the_server_ends_is_store_trouble_and_the_pool_recovers(
+    postgres_db: Database,
+) -> None:
+    """The server ending a session (as `pg_ctl stop` ends them all) mid-statement."""
+    with pytest.raises(StoreUnavailable) as raised:
+        async with postgres_db.sessions() as session:
+            await session.execute(text("SELECT pg_terminate_backend(pg_backend_pid())"))
+    assert isinstance(raised.value.__cause__, sa_exc.DBAPIError)
+    assert await jobs.has_been_served(postgres_db, "any") is False
 
 
 @pytest.mark.postgres

@@ -206,7 +206,7 @@ _POSTGRES_UNAVAILABLE_CLASSES = ("08", "53", "57")
 _POSTGRES_LOCK_NOT_AVAILABLE = "55P03"
 
 
-def is_store_trouble(error: BaseException) -> bool:
+def _is_store_trouble(error: BaseException) -> bool:
     """Whether `error` says the store is locked, down, overloaded or too slow (worth a
     retry later), rather than that a statement or its data is wrong (a bug)."""
     if isinstance(error, sa_exc.TimeoutError | OSError):
@@ -230,7 +230,7 @@ def is_store_trouble(error: BaseException) -> bool:
 class Sessions:
     """Opens sessions on one engine, as `async with sessions() as session` (transactions
     begun on demand) or `async with sessions.begin() as session` (one transaction, committed
-    at the end). A session that fails because the store is in trouble (`is_store_trouble`)
+    at the end). A session that fails because the store is in trouble (`_is_store_trouble`)
     raises `StoreUnavailable` instead, whatever statement failed: callers see one error."""
 
     def __init__(self, engine: AsyncEngine) -> None:
@@ -251,7 +251,7 @@ class Sessions:
             async with opener() as session:
                 yield session
         except Exception as error:
-            if not is_store_trouble(error):
+            if not _is_store_trouble(error):
                 raise
             log.warning("the database is unavailable: %s", _summary(error))
             raise StoreUnavailable(retry_after_s=STORE_RETRY_AFTER_S) from error
