@@ -16,6 +16,7 @@ import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 
+from moonflower import errors
 from moonflower.coordinator.billing import Pricing
 from moonflower.coordinator.leases import HoldLeases
 from moonflower.coordinator.limits import RateLimits
@@ -92,15 +93,17 @@ class Settler:
         while True:
             try:
                 settlement = await self._write(order)
-            except Exception:
-                log.exception(
-                    "could not settle job %s; retrying in %.1f s", order.record.id, delay_s
+            except errors.StoreUnavailable:
+                log.warning(
+                    "settling job %s: the database is unavailable; retrying", order.record.id
                 )
-                await self._sleep(delay_s)
-                delay_s = min(delay_s * 2, RETRY_MAX_S)
-                continue
-            self._leases.drop(order.record.id)
-            return settlement
+            except Exception:
+                log.exception("could not settle job %s; retrying", order.record.id)
+            else:
+                self._leases.drop(order.record.id)
+                return settlement
+            await self._sleep(delay_s)
+            delay_s = min(delay_s * 2, RETRY_MAX_S)
 
     async def _write(self, order: SettlementOrder) -> billing.Settlement:
         prices = await self._pricing.current()
