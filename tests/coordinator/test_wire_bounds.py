@@ -1,6 +1,7 @@
 """Every count and string a provider sends is bounded at the wire: out-of-range counts,
 oversized lists, unprintable names and coordinator-only failure codes are protocol errors,
-while a failure's free-text message is made printable instead of refused."""
+while a failure's free-text message is made printable instead of refused. Registration also
+refuses encryption keys nothing can be sealed to, and a connection's frame budget holds."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ import orjson
 import pytest
 
 from moonflower import wire
-from moonflower.errors import ProtocolError
+from moonflower.coordinator.routes.providers import FrameBudget, encryption_key
+from moonflower.crypto.envelope import EncryptionKeyPair, validate_public_key
+from moonflower.crypto.signing import b64e
+from moonflower.errors import ProtocolError, SealError
 from moonflower.generation import (
     MAX_FAILURE_MESSAGE_CHARS,
     MAX_TOKEN_COUNT,
@@ -236,3 +240,49 @@ def test_in_process_events_are_not_checked() -> None:
     # The bounds belong to the wire; the dataclasses themselves stay plain.
     assert TextDelta("x", tokens=-1).tokens == -1
     assert ToolCallDelta(index=-1).index == -1
+
+
+P = 2**255 - 19
+LOW_ORDER_POINTS = [
+    0,
+    1,
+    325606250916557431795983626356110631294008115727848805560023387167927233504,
+    39382357235489614581723060781553021112529911719440698176882885853963445705823,
+    P - 1,
+    P,
+    P + 1,
+]
+"""The X25519 points of order 1, 2, 4 and 8, and the non-canonical encodings of some."""
+LOW_ORDER_KEYS = [n.to_bytes(32, "little") for n in LOW_ORDER_POINTS] + [
+    (n | 1 << 255).to_bytes(32, "little") for n in LOW_ORDER_POINTS
+]  # the top bit is ignored by X25519, so each also comes with it set
+
+
+@pytest.mark.parametrize("key", LOW_ORDER_KEYS, ids=lambda key: key.hex()[:8] + key.hex()[-2:])
+def test_a_low_order_encryption_key_is_refused_at_registration(key: bytes) -> None:
+    with pytest.raises(SealError):
+        validate_public_key(key)
+    message = register(encryption_public_key=b64e(key))
+    assert isinstance(message, wire.Register)
+    with pytest.raises(ProtocolError, match="low-order"):
+        encryption_key(message)
+
+
+def test_a_real_encryption_key_is_accepted() -> None:
+    public = EncryptionKeyPair.generate().public_key
+    assert validate_public_key(public) == public
+    message = register(encryption_public_key=b64e(public))
+    assert isinstance(message, wire.Register)
+    assert encryption_key(message) == public
+    with pytest.raises(ProtocolError, match="no valid X25519"):
+        encryption_key(message.model_copy(update={"encryption_public_key": b64e(public[:31])}))
+
+
+def test_the_frame_budget_allows_its_burst_then_its_rate() -> None:
+    budget = FrameBudget(rate=10.0, burst=5.0, now=0.0)
+    assert all(budget.spend(1, now=0.0) for _ in range(5))
+    assert not budget.spend(1, now=0.0)
+    assert not budget.spend(2, now=0.1)  # refilled one: not enough for two
+    assert budget.spend(1, now=0.1)
+    assert budget.spend(5, now=100.0)  # never holds more than the burst
+    assert not budget.spend(1, now=100.0)

@@ -72,6 +72,19 @@ class EncryptionKeyPair:
         return f"EncryptionKeyPair(public={sha256_hex(self.public_key)[:16]}…)"
 
 
+def validate_public_key(public_key: bytes) -> bytes:
+    """`public_key` if a box can be sealed to it, else `SealError("bad_key")`.
+
+    A usable X25519 public key is 32 bytes and not a point of small order: with one of those
+    (the all-zero key, and the handful of others of order 1, 2, 4 or 8, in any encoding) every
+    shared secret is all zeros, so anything sealed to it is readable by anyone. Rather than
+    keep that list, this does one Diffie-Hellman with a fresh key: libsodium refuses exactly
+    the results that are all zeros. Check keys where they arrive, not where they are used.
+    """
+    EncryptionKeyPair.generate().box_with(public_key)
+    return public_key
+
+
 def seal(plaintext: bytes, recipient_public: bytes, sender: EncryptionKeyPair) -> str:
     """Seal `plaintext` from `sender` to `recipient_public`: base64(nonce ‖ box)."""
     return _seal_with(sender.box_with(recipient_public), plaintext)

@@ -15,8 +15,9 @@ from starlette.responses import Response
 
 from moonflower.coordinator.auth import authenticate
 from moonflower.coordinator.dialects import anthropic_errors, anthropic_messages, anthropic_render
-from moonflower.coordinator.exchange import Rendering, job_headers, read_json, serve, trust_floor
+from moonflower.coordinator.exchange import Rendering, read_json, serve, trust_floor
 from moonflower.coordinator.job import Job
+from moonflower.coordinator.provider_headers import job_headers
 from moonflower.coordinator.services import Services, json_response
 
 router = APIRouter()
