@@ -50,6 +50,11 @@ class CoordinatorSettings(BaseSettings):
     """Longest silence between two events of a running job."""
     heartbeat_timeout_s: float = Field(default=90.0, gt=0)
     """A provider silent this long is dropped and its jobs end (or move, before a token)."""
+    allow_anonymous_providers: bool = False
+    """Admit providers that present no provider token. Off by default: a provider then
+    connects only with a token (`mfp-…`) tying it to an account that answers for it. When on,
+    anonymous providers earn for one shared account (`provider:anonymous`) and are recorded
+    only as far as docs/trust.md says ("Enrollment and reputation")."""
     min_trust: str = Field(default="self_signed", pattern=r"^(none|self_signed|hardware)$")
     """The lowest provider trust level a job may be routed to; a request may only raise it
     (header `x-moonflower-min-trust`)."""

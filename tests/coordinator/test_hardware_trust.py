@@ -71,7 +71,7 @@ async def test_a_device_chain_for_this_key_and_nonce_grants_hardware(
     }
     async with (
         inprocess_network(tmp_path, [], **settings) as net,
-        handmade(net.base_url, serial=SERIAL) as provider,
+        handmade(net.base_url, await net.enroll(), serial=SERIAL) as provider,
     ):
         await provider.register(statement=provider.signed())
         earlier = await provider.next_challenge()

@@ -23,8 +23,8 @@ async def test_a_silent_provider_is_dropped_and_a_beating_one_stays(tmp_path: Pa
     async with inprocess_network(tmp_path, [], heartbeat_timeout_s=SILENCE_S) as net:
         url = net.base_url.replace("http://", "ws://") + "/ws/provider"
         counters = FleetCounters()
-        beating = SimulatedProvider(url, "m", 1, counters)
-        silent = SimulatedProvider(url, "m", 1, counters)
+        beating = SimulatedProvider(url, "m", 1, counters, token=await net.enroll())
+        silent = SimulatedProvider(url, "m", 1, counters, token=await net.enroll())
         await beating.connect()
         await silent.connect()
         serving = asyncio.create_task(beating.serve(heartbeat_interval_s=0.1))

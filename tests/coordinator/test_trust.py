@@ -66,7 +66,7 @@ async def test_an_honest_provider_is_self_signed_and_its_statement_reverifies(
 async def test_no_statement_serves_only_below_the_default_floor(tmp_path: Path) -> None:
     async with (
         inprocess_network(tmp_path, [], min_trust="none") as net,
-        handmade(net.base_url) as provider,
+        handmade(net.base_url, await net.enroll()) as provider,
     ):
         await provider.register(statement=None)
         await net.wait_routable(1)
@@ -133,7 +133,10 @@ def other_weights(provider: HandmadeProvider) -> wire.SignedBlob:
 async def test_a_statement_that_does_not_hold_leaves_the_provider_unserving(
     tmp_path: Path, make: Any, problem: str
 ) -> None:
-    async with inprocess_network(tmp_path, []) as net, handmade(net.base_url) as provider:
+    async with (
+        inprocess_network(tmp_path, []) as net,
+        handmade(net.base_url, await net.enroll()) as provider,
+    ):
         await provider.register(statement=make(provider))
         await wait_for(lambda: _listed(net, 1))
         (entry,) = (await feed(net)).values()
@@ -156,7 +159,7 @@ async def test_three_failed_challenges_in_a_row_make_the_provider_untrusted(
 ) -> None:
     async with (
         inprocess_network(tmp_path, [], **FAST_CHALLENGES) as net,
-        handmade(net.base_url) as provider,
+        handmade(net.base_url, await net.enroll()) as provider,
     ):
         await provider.register(statement=provider.signed())
         first = await provider.next_challenge()
@@ -201,7 +204,7 @@ async def test_a_bad_answer_untrusts_at_once_and_nothing_restores_it(
 ) -> None:
     async with (
         inprocess_network(tmp_path, [], **FAST_CHALLENGES) as net,
-        handmade(net.base_url) as provider,
+        handmade(net.base_url, await net.enroll()) as provider,
     ):
         await honest_start(net, provider)
         await provider.send(provider.answer(await provider.next_challenge(), **facts))
@@ -221,7 +224,7 @@ async def test_a_negative_posture_in_the_statement_is_untrusted_from_the_start(
 ) -> None:
     async with (
         inprocess_network(tmp_path, []) as net,
-        handmade(net.base_url, posture={"secure_boot": False}) as provider,
+        handmade(net.base_url, await net.enroll(), posture={"secure_boot": False}) as provider,
     ):
         await provider.register(statement=provider.signed())
         await wait_for(lambda: _untrusted(net))
@@ -230,10 +233,10 @@ async def test_a_negative_posture_in_the_statement_is_untrusted_from_the_start(
 async def test_claiming_another_providers_serial_inherits_nothing(tmp_path: Path) -> None:
     async with (
         inprocess_network(tmp_path, [], **FAST_CHALLENGES) as net,
-        handmade(net.base_url, serial="C02SERIAL") as original,
+        handmade(net.base_url, await net.enroll(), serial="C02SERIAL") as original,
     ):
         await honest_start(net, original)
-        async with handmade(net.base_url, serial="C02SERIAL") as copycat:
+        async with handmade(net.base_url, await net.enroll(), serial="C02SERIAL") as copycat:
             await copycat.register(statement=copycat.signed())
             await wait_for(lambda: _listed(net, 2))  # it never answers its challenges
             entries = list((await feed(net)).values())

@@ -28,6 +28,8 @@ LEDGER_TABLES = {
     "holds",
     "model_prices",
     "pricing_policy",
+    "provider_identities",
+    "provider_account_verdicts",
 }
 
 

@@ -109,9 +109,13 @@ class HandmadeProvider:
 
 
 @asynccontextmanager
-async def handmade(base_url: str, **fields: Any) -> AsyncIterator[HandmadeProvider]:
+async def handmade(
+    base_url: str, token: str | None = None, **fields: Any
+) -> AsyncIterator[HandmadeProvider]:
+    """A connected provider presenting the provider `token` (None: anonymous)."""
     url = base_url.replace("http://", "ws://") + "/ws/provider"
-    async with connect(url) as socket:
+    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+    async with connect(url, additional_headers=headers) as socket:
         yield HandmadeProvider(socket, **fields)
 
 

@@ -2,16 +2,20 @@
 
 The coordinator is the real app served by uvicorn; providers are real `ProviderAgent`s
 speaking the real wire protocol — only their engines are scripted. Used for routing,
-cancellation and failure tests that need to be fast.
+cancellation and failure tests that need to be fast. Each provider is enrolled as a real one
+is: it presents a provider token of its own provider account (`enroll`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from pydantic import SecretStr
 
 from moonflower import wire
 from moonflower.cli.coordinator import uvicorn_server
@@ -35,14 +39,26 @@ class InProcessNetwork:
     services: Services
     agents: list[ProviderAgent]
     agent_tasks: list[asyncio.Task[None]]
+    _account_numbers: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     @property
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.key}"}
 
-    def add_provider(self, engine: ScriptedEngine) -> ProviderAgent:
+    async def enroll(self, account: str | None = None) -> str:
+        """A new provider token for `account` (by default a new provider account of its own,
+        so one provider's verdict never touches another's)."""
+        name = account or f"provider-{next(self._account_numbers)}"
+        created = await keys.create_key(self.services.db, account_name=name, purpose="provider")
+        return created.key
+
+    def add_provider(self, engine: ScriptedEngine, token: str | None) -> ProviderAgent:
+        """Start a provider agent presenting `token` (None: none, as an anonymous one)."""
         settings = ProviderSettings(
-            coordinator=self.base_url, backoff_initial_s=0.05, backoff_max_s=0.2
+            coordinator=self.base_url,
+            token=None if token is None else SecretStr(token),
+            backoff_initial_s=0.05,
+            backoff_max_s=0.2,
         )
         agent = ProviderAgent(settings, engine, HARDWARE, SoftwareSigner.generate())
         self.agents.append(agent)
@@ -86,7 +102,7 @@ async def inprocess_network(
     network = InProcessNetwork(f"http://127.0.0.1:{settings.port}", key, services, [], [])
     try:
         for engine in engines:
-            agent = network.add_provider(engine)
+            agent = network.add_provider(engine, await network.enroll())
             async with asyncio.timeout(10):
                 await agent.is_connected.wait()
         await network.wait_routable(len(engines))

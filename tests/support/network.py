@@ -89,7 +89,8 @@ class LocalNetwork:
         env.update({f"MOONFLOWER_{name}": value for name, value in self.settings.items()})
         return env
 
-    def spawn(self, name: str, *args: str) -> Process:
+    def spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> Process:
+        """Run `moonflower ARGS` as `name`, with this network's environment plus `env`."""
         log_path = self.root / f"{name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as log_file:
@@ -97,7 +98,7 @@ class LocalNetwork:
                 [sys.executable, "-m", "moonflower", *args],
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
-                env=self.env(),
+                env={**self.env(), **(env or {})},
                 cwd=self.root,
             )
         process = Process(name, popen, log_path)
@@ -120,6 +121,12 @@ class LocalNetwork:
     def start_provider(
         self, name: str = "provider", model: str = "default", *extra: str
     ) -> Process:
+        """Start `moonflower provider serve` and wait until it registered. Unless `extra`
+        passes a `--token`, the provider is enrolled first: a provider token of the provider
+        account named `name` reaches it in MOONFLOWER_PROVIDER_TOKEN."""
+        env: dict[str, str] = {}
+        if "--token" not in extra:
+            env["MOONFLOWER_PROVIDER_TOKEN"] = self.create_provider_token(name)
         before = self.provider_count()
         process = self.spawn(
             name,
@@ -132,6 +139,7 @@ class LocalNetwork:
             "--data-dir",
             str(self.root / name),
             *extra,
+            env=env,
         )
         wait_until(
             lambda: self.provider_count() > before or not process.is_running,
@@ -149,6 +157,11 @@ class LocalNetwork:
         if credit_usd is not None:
             self.cli("credit", account, credit_usd)
         return key
+
+    def create_provider_token(self, account: str) -> str:
+        """A new provider token of the provider account `account` (created if missing)."""
+        created = self.cli("keys", "create", "--provider", "--account", account)
+        return created.strip().splitlines()[-1]
 
     def cli(self, *args: str) -> str:
         """Run `moonflower ARGS` against this network's database; its standard output."""

@@ -5,8 +5,10 @@ registers, sends heartbeats, opens each sealed job with its own X25519 key and s
 short text events back, honouring cancels. What it leaves out is everything that costs a
 real provider memory or CPU: there is no model, and no attestation statement — so these
 providers are trust level `none`, are never challenged, sign no receipts, and a coordinator
-only routes to them with `MOONFLOWER_MIN_TRUST=none`. They say nothing about inference or
-trust; they load the coordinator's connection handling, routing and relaying.
+only routes to them with `MOONFLOWER_MIN_TRUST=none`. Each presents the provider `token` it
+is given; without one it is anonymous, which a coordinator admits only with
+`MOONFLOWER_ALLOW_ANONYMOUS_PROVIDERS=true`. They say nothing about inference or trust; they
+load the coordinator's connection handling, routing and relaying.
 """
 
 from __future__ import annotations
@@ -65,11 +67,16 @@ class SimulatedProvider:
     counters: FleetCounters
     words: tuple[str, ...] = WORDS
     token_delay_s: float = 0.0
+    token: str | None = None
+    """The provider token presented when connecting; None connects anonymously."""
     keys: EncryptionKeyPair = field(default_factory=EncryptionKeyPair.generate)
     provider_id: str | None = None
     _socket: ClientConnection | None = None
     _send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _jobs: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    _credits: dict[str, asyncio.Semaphore] = field(default_factory=dict)
+    """Per job, the events it may still send: the flow-control window, then what the
+    coordinator grants (`job_credit`) as its consumer reads."""
 
     def registration(self) -> wire.Register:
         card = wire.ModelCard(
@@ -89,8 +96,13 @@ class SimulatedProvider:
         """Open the socket and register; returns once the coordinator said `registered`."""
         # No WebSocket pings: heartbeats already prove liveness, and a thousand ping timers
         # would be most of this process's work.
+        headers = {} if self.token is None else {"Authorization": f"Bearer {self.token}"}
         self._socket = await connect(
-            self.url, max_size=wire.MAX_FRAME_BYTES, ping_interval=None, open_timeout=30
+            self.url,
+            additional_headers=headers,
+            max_size=wire.MAX_FRAME_BYTES,
+            ping_interval=None,
+            open_timeout=30,
         )
         await self._send(self.registration())
         async with asyncio.timeout(REGISTER_TIMEOUT_S):
@@ -119,6 +131,11 @@ class SimulatedProvider:
                     running = self._jobs.get(message.job_id)
                     if running is not None:
                         running.cancel()
+                elif isinstance(message, wire.JobCredit):
+                    credit = self._credits.get(message.job_id)
+                    for _ in range(message.events if credit is not None else 0):
+                        assert credit is not None
+                        credit.release()
             self.counters.disconnects += 1
         except ConnectionClosed:
             self.counters.disconnects += 1
@@ -133,6 +150,7 @@ class SimulatedProvider:
 
     def _forget(self, job_id: str, _task: asyncio.Task[None]) -> None:
         self._jobs.pop(job_id, None)
+        self._credits.pop(job_id, None)
 
     async def _send(self, message: wire.AnyMessage) -> None:
         assert self._socket is not None
@@ -166,11 +184,14 @@ class SimulatedProvider:
         limit = request.max_tokens if request.max_tokens is not None else len(self.words)
         words = self.words[:limit]
         sent = 0
+        credit = self._credits[job.job_id] = asyncio.Semaphore(wire.FLOW_WINDOW_EVENTS)
         try:
+            await credit.acquire()
             await self._event(job.job_id, channel, Started(prompt_tokens=prompt_tokens))
             for word in words:
                 if self.token_delay_s:
                     await asyncio.sleep(self.token_delay_s)
+                await credit.acquire()
                 await self._event(job.job_id, channel, TextDelta(text=word, tokens=1))
                 sent += 1
             reason: FinishReason = "stop" if len(words) == len(self.words) else "length"
@@ -208,15 +229,16 @@ async def simulated_fleet(
     heartbeat_interval_s: float = wire.HEARTBEAT_INTERVAL_S,
     connecting_at_once: int = 50,
     timeout_s: float = 120.0,
+    token: str | None = None,
 ) -> AsyncIterator[SimulatedFleet]:
-    """`count` providers of `model`, all registered by the time this yields (at most
-    `connecting_at_once` registering at a time, all within `timeout_s`); every socket is
-    closed on exit."""
+    """`count` providers of `model`, all presenting `token` (None: anonymous), all
+    registered by the time this yields (at most `connecting_at_once` registering at a time,
+    all within `timeout_s`); every socket is closed on exit."""
     url = base_url.replace("http://", "ws://") + "/ws/provider"
     counters = FleetCounters()
     fleet = SimulatedFleet(
         [
-            SimulatedProvider(url, model, slots, counters, token_delay_s=token_delay_s)
+            SimulatedProvider(url, model, slots, counters, token_delay_s=token_delay_s, token=token)
             for _ in range(count)
         ],
         counters,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from moonflower.cli import accounts, chat, coordinator, keys, provider, up, verify
+from moonflower.cli import accounts, chat, coordinator, keys, provider, providers, up, verify
 
 app = typer.Typer(
     name="moonflower",
@@ -16,6 +16,7 @@ app.add_typer(coordinator.app, name="coordinator")
 app.add_typer(provider.app, name="provider")
 app.add_typer(keys.app, name="keys")
 app.add_typer(accounts.app, name="accounts")
+app.add_typer(providers.app, name="providers")
 # So that `credit alice -5` is refused as a negative amount, not as an unknown option.
 app.command("credit", context_settings={"ignore_unknown_options": True})(accounts.credit)
 app.command("up")(up.up)

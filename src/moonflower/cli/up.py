@@ -1,5 +1,9 @@
 """`moonflower up`: a whole local network in one process — coordinator, one provider with the
-default model, and a fresh API key — printed as lines to paste into a shell."""
+default model, and a fresh API key — printed as lines to paste into a shell.
+
+The local provider is enrolled like any other: `up` issues it a provider token of the
+`local-provider` account (handed over in memory, never on a command line) and revokes that
+token when it stops."""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from typing import Annotated
 import typer
 from pydantic import SecretStr
 
-from moonflower import eventloop
+from moonflower import errors, eventloop
 from moonflower.cli import logs
 from moonflower.cli.coordinator import coordinator_settings, uvicorn_server
 from moonflower.cli.provider import load
@@ -84,7 +88,7 @@ async def run_network(
                 return  # uvicorn could not bind; it already said why
             await asyncio.sleep(0.05)
         providing = asyncio.create_task(agent.run())
-        await asyncio.wait_for(agent.is_connected.wait(), READY_TIMEOUT_S)
+        await wait_connected(agent, providing)
         for _ in range(int(READY_TIMEOUT_S / 0.05)):  # until it passes its first challenge
             if services.registry.routable_count():
                 break
@@ -101,7 +105,29 @@ async def run_network(
             await asyncio.gather(providing, return_exceptions=True)
         server.should_exit = True
         await asyncio.gather(serving, return_exceptions=True)
+        await keys.revoke_key(services.db, earning.key_id)
         await services.db.close()
+
+
+async def wait_connected(agent: ProviderAgent, providing: asyncio.Task[None]) -> None:
+    """Until the local provider is registered; if the coordinator refused it (its account
+    holds a verdict from an earlier run, say), say why and how to restore it."""
+    connected = asyncio.create_task(agent.is_connected.wait())
+    try:
+        await asyncio.wait(
+            {connected, providing}, timeout=READY_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        connected.cancel()
+    if providing.done():
+        try:
+            providing.result()
+        except errors.RegistrationRejected as exc:
+            logs.progress(f"{exc}")
+            logs.progress(f"to restore it: moonflower providers clear --account {PROVIDER_ACCOUNT}")
+            raise typer.Exit(1) from None
+    if not agent.is_connected.is_set():
+        raise TimeoutError(f"the local provider did not connect within {READY_TIMEOUT_S:.0f}s")
 
 
 def print_ready(port: int, key: str, model: str) -> None:

@@ -26,6 +26,7 @@ from moonflower.coordinator.dialects import anthropic_errors, openai_errors
 from moonflower.coordinator.dispatch import Dispatcher
 from moonflower.coordinator.prompt_count import PromptCounter
 from moonflower.coordinator.registry import Registry
+from moonflower.coordinator.reputation import Reputation
 from moonflower.coordinator.routes import (
     attestation,
     chat,
@@ -47,6 +48,9 @@ from moonflower.settings import CoordinatorSettings
 
 log = logging.getLogger(__name__)
 
+REPUTATION_DRAIN_S = 5.0
+"""On shutdown, how long provider verdicts and records still being written may take."""
+
 HOLD_SWEEP_INTERVAL_S = 300.0
 
 
@@ -63,6 +67,7 @@ async def build_services(settings: CoordinatorSettings) -> Services:
         registry=registry,
         dispatcher=Dispatcher(registry, db, settings),
         callers=CallerCache(db, settings.api_key_cache_s),
+        reputation=Reputation(db, registry, allow_anonymous=settings.allow_anonymous_providers),
         started_at=int(time.time()),
         prompts=PromptCounter.from_settings(settings),
     )
@@ -93,6 +98,7 @@ def create_app(
         try:
             yield
         finally:
+            await built.reputation.drain(REPUTATION_DRAIN_S)  # verdicts land before close
             sweeping.cancel()
             await asyncio.gather(sweeping, return_exceptions=True)
             if services is None:

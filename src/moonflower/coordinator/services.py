@@ -16,6 +16,7 @@ from moonflower.coordinator.auth import CallerCache
 from moonflower.coordinator.dispatch import Dispatcher
 from moonflower.coordinator.prompt_count import PromptCounter
 from moonflower.coordinator.registry import Registry
+from moonflower.coordinator.reputation import Reputation
 from moonflower.ledger.database import Database
 from moonflower.settings import CoordinatorSettings
 
@@ -27,6 +28,8 @@ class Services:
     registry: Registry
     dispatcher: Dispatcher
     callers: CallerCache
+    reputation: Reputation
+    """Who may serve; verdicts that outlast a connection."""
     started_at: int
     """Unix time the coordinator started (the `created` of the models it lists)."""
     prompts: PromptCounter

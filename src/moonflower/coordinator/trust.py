@@ -3,10 +3,14 @@ the challenge-response loop, and the trust level routing relies on.
 
 Levels: `none` (no or invalid statement), `self_signed` (valid statement, passing
 challenges), `hardware` (additionally a hardware vendor's certificate chain binding the
-signing key). Untrusted is not a level but a verdict for the life of one connection: once
-given, no heartbeat, later success or anything else clears it; only a new connection with a
-fresh statement and a passing challenge starts over. Nothing is ever restored from what a
-provider says about itself (a serial number, say) across connections.
+signing key). Untrusted is not a level but a verdict: once given, no heartbeat, later success
+or anything else on the connection clears it. Each verdict given after registration is also
+handed to the connection's `on_untrusted` callback, which makes it last beyond the connection
+(`reputation.py` records it against the provider's proven key and its account). Nothing is
+ever restored from what a provider says about itself (a serial number, say).
+
+Owns no storage and no I/O: what a verdict means beyond this connection is the callback's
+business.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import enum
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -65,6 +70,13 @@ class ProviderTrust:
     """Unix time of the same, for the public feed."""
     consecutive_failures: int = 0
     challenges_passed: int = 0
+    has_proven_key: bool = False
+    """Did this connection prove it holds the statement's signing key, by a status it signed
+    for a fresh challenge? Until then the key is only claimed: anyone may replay a public
+    statement, so no verdict is held against a key that was not proven."""
+    on_untrusted: Callable[[str], None] | None = field(default=None, repr=False)
+    """Told the reason of the verdict, once, when this connection becomes untrusted; set
+    after registration, so a statement's own negative posture stays this connection's."""
     _pending: Challenge | None = field(default=None, repr=False)
 
     @property
@@ -85,10 +97,16 @@ class ProviderTrust:
     def is_attested(self, *, freshness_s: float, now: float) -> bool:
         return self.is_routable(TrustLevel.SELF_SIGNED, freshness_s=freshness_s, now=now)
 
-    def mark_untrusted(self, reason: str) -> None:
-        if self.untrusted_reason is None:
-            log.warning("provider is untrusted for this connection: %s", reason)
-            self.untrusted_reason = reason
+    def mark_untrusted(self, reason: str, *, is_reported: bool = True) -> None:
+        """Untrust this connection for `reason` (the first reason stays) and report the
+        verdict to `on_untrusted`, unless it is someone else's already recorded verdict
+        (`is_reported=False`: a verdict against the account this connection shares)."""
+        if self.untrusted_reason is not None:
+            return
+        log.warning("provider is untrusted: %s", reason)
+        self.untrusted_reason = reason
+        if is_reported and self.on_untrusted is not None:
+            self.on_untrusted(reason)
 
     def issue(self, challenge: Challenge) -> None:
         self._pending = challenge
@@ -132,6 +150,7 @@ class ProviderTrust:
             )
         except AttestationError as exc:
             return exc.reason
+        self.has_proven_key = True
         self._check_status(status)
         if answer.mda_chain:
             self._check_device(answer.mda_chain, challenge, settings)

@@ -259,3 +259,43 @@ class PricingPolicy(Base):
     minimum_charge_micro_usd: Mapped[int] = mapped_column(MicroUSD)
     platform_fee_bps: Mapped[int]
     updated_at: Mapped[datetime]
+
+
+class ProviderIdentity(Base):
+    """A provider machine's lasting identity: the fingerprint of a signing key it proved it
+    holds, the account that answers for it, when it was seen, how it served, and the verdict
+    that keeps it out of routing, if any (cleared only by an operator)."""
+
+    __tablename__ = "provider_identities"
+    __table_args__ = (CheckConstraint("jobs >= 0 AND failures >= 0", name="non_negative"),)
+
+    fingerprint: Mapped[str] = mapped_column(String(64), primary_key=True)
+    """Lowercase hex SHA-256 of the 65-byte P-256 public point."""
+    account_id: Mapped[str] = mapped_column(String(32), ForeignKey("accounts.id"), index=True)
+    first_seen_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime]
+    jobs: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    """Jobs that ended on its connections, as the coordinator counted them."""
+    failures: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    """Of those, the ones that failed on the provider's side."""
+    untrusted_reason: Mapped[str | None] = mapped_column(String(200))
+    untrusted_at: Mapped[datetime | None]
+
+
+class ProviderAccountVerdict(Base):
+    """A check a provider failed, held against the account that answers for it: while one of
+    an account's verdicts is not cleared, none of its machines is admitted, whatever key it
+    presents. Kept after clearing, as the account's record."""
+
+    __tablename__ = "provider_account_verdicts"
+    __table_args__ = (Index("ix_provider_account_verdicts_account_id", "account_id"),)
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    account_id: Mapped[str] = mapped_column(String(32), ForeignKey("accounts.id"))
+    fingerprint: Mapped[str | None] = mapped_column(String(64))
+    """The key the failing connection had proven it holds, if it had proven one."""
+    reason: Mapped[str] = mapped_column(String(200))
+    untrusted_at: Mapped[datetime]
+    cleared_at: Mapped[datetime | None]

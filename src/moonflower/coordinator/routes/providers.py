@@ -3,14 +3,18 @@
 Owns the life of a `ProviderSession`: it exists from a valid `register` until the socket
 closes or falls silent for longer than the heartbeat timeout, and every job still running on
 it fails when it goes. Frames are validated by `wire`; an invalid frame closes the socket.
+Who may register is `reputation`'s decision: a provider it refuses (no or a bad provider
+token, an untrusted key or account) gets a `rejected` frame saying why, then the socket closes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from fastapi import APIRouter
@@ -18,15 +22,13 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from moonflower import errors, wire
 from moonflower.coordinator.auth import credential
+from moonflower.coordinator.reputation import UNENROLLED, RecordedStats
 from moonflower.coordinator.services import Services
 from moonflower.coordinator.session import ProviderSession
-from moonflower.coordinator.trust import ProviderTrust, judge_registration
+from moonflower.coordinator.trust import judge_registration
 from moonflower.crypto.envelope import KEY_BYTES, validate_public_key
-from moonflower.crypto.signing import b64d, key_fingerprint
+from moonflower.crypto.signing import b64d
 from moonflower.crypto.status import new_challenge
-from moonflower.ledger import jobs as job_ledger
-from moonflower.ledger import keys
-from moonflower.ledger.accounts import ensure_account
 from moonflower.settings import CoordinatorSettings
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,7 @@ FRAME_COST_BYTES = 16 * 1024
 CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_UNSUPPORTED_DATA = 1003
 CLOSE_POLICY_VIOLATION = 1008
+CLOSE_TRY_AGAIN_LATER = 1013
 
 
 @router.websocket("/ws/provider")
@@ -58,13 +61,28 @@ async def provider_socket(websocket: WebSocket) -> None:
         async with send_lock:
             await websocket.send_text(frame)
 
+    token = credential(websocket)
     try:
+        if token is None and not services.settings.allow_anonymous_providers:
+            await skip_registration(websocket)  # a stranger's frame is not even parsed
+            raise errors.AuthenticationFailed(UNENROLLED)
         registration, sealing_key = await receive_registration(websocket)
         trust = judge_registration(registration, sealing_key, services.settings)
-        account_id = await earning_account(websocket, trust, services)
-    except (errors.ProtocolError, TimeoutError, WebSocketDisconnect) as exc:
-        log.warning("provider registration failed: %s", exc)
+        models = tuple(card.id for card in registration.models)
+        enrollment = await services.reputation.admit(token, trust, models)
+    except (
+        errors.ProtocolError,
+        errors.AuthenticationFailed,
+        errors.PermissionDenied,
+        TimeoutError,
+        WebSocketDisconnect,
+    ) as exc:
+        log.warning("provider registration refused: %s", exc)
         await reject(websocket, str(exc))
+        return
+    except Exception:  # the store's trouble: no verdict, the provider connects again later
+        log.exception("could not admit a provider")
+        await close_quietly(websocket, CLOSE_TRY_AGAIN_LATER)
         return
     session = ProviderSession(
         id="prov_" + uuid.uuid4().hex[:16],
@@ -72,9 +90,10 @@ async def provider_socket(websocket: WebSocket) -> None:
         send_frame=send_frame,
         encryption_public_key=sealing_key,
         trust=trust,
-        account_id=account_id,
+        account_id=enrollment.account_id,
+        stats=RecordedStats(),
     )
-    await job_ledger.note_models_served(services.db, [m.id for m in registration.models])
+    services.reputation.connected(session, enrollment)
     services.registry.add(session)
     notify_waiting(services, session)
     log.info(
@@ -86,7 +105,13 @@ async def provider_socket(websocket: WebSocket) -> None:
         if session.trust.statement_problem and registration.statement is not None
         else "",
     )
-    challenges = asyncio.create_task(challenge_loop(session, services.settings))
+    challenges = asyncio.create_task(
+        challenge_loop(
+            session,
+            services.settings,
+            functools.partial(services.reputation.key_proven, session, enrollment),
+        )
+    )
     try:
         await send_frame(
             wire.encode(
@@ -104,6 +129,7 @@ async def provider_socket(websocket: WebSocket) -> None:
     finally:
         challenges.cancel()
         services.registry.remove(session.id)
+        services.reputation.disconnected(session, enrollment, models)
         log.info("provider %s disconnected", session.id)
 
 
@@ -152,27 +178,17 @@ async def receive_registration(websocket: WebSocket) -> tuple[wire.Register, byt
     return message, encryption_key(message)
 
 
-async def earning_account(websocket: WebSocket, trust: ProviderTrust, services: Services) -> str:
-    """The account this provider earns for: the one its provider token names, else one
-    kept for its attested signing key (so its earnings can be claimed later), else the
-    shared account of providers that proved nothing."""
-    token = credential(websocket)
-    if token is not None:
-        caller = await keys.authenticate_provider(services.db, token)
-        if caller is None:
-            raise errors.ProtocolError("unknown or revoked provider token")
-        return caller.account_id
-    statement = trust.statement
-    name = (
-        f"provider:{key_fingerprint(statement.signing_key)[:32]}"
-        if statement is not None
-        else "provider:unattested"
-    )
-    return (await ensure_account(services.db, name, "provider")).id
+async def skip_registration(websocket: WebSocket) -> None:
+    """Wait for the first frame (a refused provider then reads its `rejected` as the answer
+    to its `register`), without reading what it says."""
+    await asyncio.wait_for(websocket.receive(), REGISTER_TIMEOUT_S)
 
 
-async def challenge_loop(session: ProviderSession, settings: CoordinatorSettings) -> None:
-    """Challenge right away, then every interval, for as long as the provider is trusted."""
+async def challenge_loop(
+    session: ProviderSession, settings: CoordinatorSettings, key_proven: Callable[[], None]
+) -> None:
+    """Challenge right away, then every interval, for as long as the provider is trusted;
+    `key_proven` is called once, when an answer first proves the provider holds its key."""
     if session.trust.statement is None:
         return  # nothing to prove a challenge against
     loop = asyncio.get_running_loop()
@@ -188,7 +204,10 @@ async def challenge_loop(session: ProviderSession, settings: CoordinatorSettings
             )
         except TimeoutError:
             answer = None
+        was_proven = session.trust.has_proven_key
         session.trust.settle(answer, settings)
+        if session.trust.has_proven_key and not was_proven:
+            key_proven()
         await asyncio.sleep(settings.challenge_interval_s)
 
 
