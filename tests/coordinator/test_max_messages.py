@@ -1,10 +1,13 @@
 """The cap on messages per request: refused as a 400 naming the field, in each dialect's own
-words, before the conversation is validated; a conversation at the cap is accepted."""
+words, before the conversation is validated; a conversation at the cap is accepted; the
+coordinator's `max_messages` setting is the cap its routes apply."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from pydantic import BaseModel
 
@@ -18,6 +21,8 @@ from moonflower.coordinator.dialects import (
 )
 from moonflower.coordinator.dialects.request_body import MAX_MESSAGES, validate_body
 from moonflower.settings import CoordinatorSettings
+from tests.support import inprocess
+from tests.support.fake_engine import ScriptedEngine
 from tests.support.openapi import assert_valid_anthropic, assert_valid_openai
 
 
@@ -97,3 +102,38 @@ def test_a_dialect_may_pass_its_own_cap() -> None:
     assert check(3).messages == [0, 1, 2]
     with pytest.raises(errors.InvalidRequest, match="maximum length 3, but got an array with"):
         check(4)
+
+
+async def test_the_max_messages_setting_caps_every_conversation_route(tmp_path: Path) -> None:
+    """`MOONFLOWER_MAX_MESSAGES` reaches the dialects: with 3, four messages are refused by
+    every conversation route of the real app, three are served."""
+    engine = ScriptedEngine(script="ok")
+    async with (
+        inprocess.inprocess_network(tmp_path, [engine], max_messages=3) as net,
+        httpx.AsyncClient(base_url=net.base_url, headers=net.headers) as client,
+    ):
+        four, three = turns(5)[1:], turns(3)
+        refused = {
+            "/v1/chat/completions": await client.post(
+                "/v1/chat/completions", json={"model": "fake-model", "messages": four}
+            ),
+            "/v1/messages": await client.post(
+                "/v1/messages", json={"model": "fake-model", "max_tokens": 4, "messages": four}
+            ),
+            "/v1/messages/count_tokens": await client.post(
+                "/v1/messages/count_tokens", json={"model": "fake-model", "messages": four}
+            ),
+            "/v1/responses": await client.post(
+                "/v1/responses", json={"model": "fake-model", "input": four}
+            ),
+        }
+        served = await client.post(
+            "/v1/chat/completions", json={"model": "fake-model", "messages": three}
+        )
+    for path, response in refused.items():
+        assert response.status_code == 400, path
+        assert "3" in response.json()["error"]["message"], path
+    assert refused["/v1/chat/completions"].json()["error"]["param"] == "messages"
+    assert refused["/v1/responses"].json()["error"]["param"] == "input"
+    assert served.status_code == 200
+    assert len(engine.requests) == 1

@@ -21,10 +21,14 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 from moonflower import errors
 from moonflower.coordinator.dialects import anthropic_errors
 from moonflower.coordinator.dialects.request_body import (
+    MAX_ANTHROPIC_STOPS,
+    MAX_MESSAGES,
     ToolMode,
+    check_stops,
     resolve_tool_choice,
     validate_body,
 )
+from moonflower.coordinator.dialects.schema_bounds import check_schema
 from moonflower.generation import (
     GenerationRequest,
     Message,
@@ -213,10 +217,16 @@ class MessagesCall:
     """Whether the caller enabled thinking: only then is reasoning rendered as blocks."""
 
 
-def parse(payload: Any) -> MessagesCall:
-    """A `/v1/messages` body."""
-    body = _validate(MessagesBody, payload)
+def parse(payload: Any, *, max_messages: int = MAX_MESSAGES) -> MessagesCall:
+    """A `/v1/messages` body with at most `max_messages` messages."""
+    body = _validate(MessagesBody, payload, max_messages)
     stops = tuple(body.stop_sequences or ())
+    check_stops(
+        stops,
+        name="stop_sequences",
+        max_count=MAX_ANTHROPIC_STOPS,
+        to_error=anthropic_errors.from_validation_error,
+    )
     for i, stop in enumerate(stops):
         if not stop:
             raise errors.InvalidRequest(
@@ -240,15 +250,19 @@ def parse(payload: Any) -> MessagesCall:
     )
 
 
-def parse_count(payload: Any) -> GenerationRequest:
+def parse_count(payload: Any, *, max_messages: int = MAX_MESSAGES) -> GenerationRequest:
     """A `/v1/messages/count_tokens` body: the conversation that would be sent, unlimited."""
-    body = _validate(CountTokensBody, payload)
+    body = _validate(CountTokensBody, payload, max_messages)
     return _conversation(body)
 
 
-def _validate(model: type[_Body], payload: Any) -> _Body:
+def _validate(model: type[_Body], payload: Any, max_messages: int) -> _Body:
     return validate_body(
-        model, payload, to_error=anthropic_errors.from_validation_error, endpoint="messages"
+        model,
+        payload,
+        to_error=anthropic_errors.from_validation_error,
+        endpoint="messages",
+        max_messages=max_messages,
     )
 
 
@@ -258,6 +272,9 @@ def _is_thinking(body: CountTokensBody) -> bool:
 
 def _conversation(body: CountTokensBody) -> GenerationRequest:
     for i, tool in enumerate(body.tools or ()):
+        check_schema(
+            tool.input_schema, param=f"tools[{i}].input_schema", prefix=f"tools.{i}.input_schema"
+        )
         if tool.input_schema.get("type") != "object":
             raise errors.InvalidRequest(
                 f"tools.{i}.input_schema.type: Input should be 'object'",

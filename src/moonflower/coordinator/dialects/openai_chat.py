@@ -17,10 +17,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from moonflower import errors
 from moonflower.coordinator.dialects import openai_errors
 from moonflower.coordinator.dialects.request_body import (
+    MAX_MESSAGES,
+    MAX_OPENAI_STOPS,
     ToolMode,
+    check_stops,
     resolve_tool_choice,
     validate_body,
 )
+from moonflower.coordinator.dialects.schema_bounds import check_schema
 from moonflower.generation import (
     GenerationRequest,
     Message,
@@ -143,16 +147,18 @@ class ChatCall:
     include_usage: bool
 
 
-def parse(payload: Any) -> ChatCall:
+def parse(payload: Any, *, max_messages: int = MAX_MESSAGES) -> ChatCall:
+    """A chat completion body with at most `max_messages` messages."""
     body = validate_body(
         ChatCompletionBody,
         payload,
         to_error=openai_errors.from_validation_error,
         endpoint="chat completion",
+        max_messages=max_messages,
     )
     _check_combinations(body)
-    stops = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
-    tools = tuple(_tool(t) for t in body.tools or ())
+    stops = openai_stops(body.stop)
+    tools = tuple(_tool(t, i) for i, t in enumerate(body.tools or ()))
     request = GenerationRequest(
         model=body.model,
         messages=tuple(_message(m, i) for i, m in enumerate(body.messages)),
@@ -182,14 +188,28 @@ def _check_combinations(body: ChatCompletionBody) -> None:
             "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
             param="stream_options",
         )
-    if body.stop == "" or (isinstance(body.stop, list) and len(body.stop) > 4):
-        raise errors.InvalidRequest(
-            "'stop' takes up to 4 non-empty sequences.", param="stop", code="invalid_value"
-        )
     if body.top_logprobs is not None and not body.logprobs:
         raise errors.InvalidRequest(
             "'top_logprobs' requires 'logprobs' to be true.", param="top_logprobs"
         )
+
+
+def openai_stops(stop: str | list[str] | None) -> tuple[str, ...]:
+    """`stop` (one string or a list, chat and legacy completions alike) as a tuple: at most
+    4 sequences (OpenAI's documented limit), none empty or over `MAX_STOP_CHARS`."""
+    if stop == "":
+        raise errors.InvalidRequest(
+            "Invalid 'stop': a stop sequence must not be empty.", param="stop", code="invalid_value"
+        )
+    stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
+    check_stops(
+        stops,
+        name="stop",
+        max_count=MAX_OPENAI_STOPS,
+        to_error=openai_errors.from_validation_error,
+        is_list=not isinstance(stop, str),
+    )
+    return stops
 
 
 def _message(message: _ChatMessage, index: int) -> Message:
@@ -219,7 +239,10 @@ def _message(message: _ChatMessage, index: int) -> Message:
     )
 
 
-def _tool(tool: _Tool) -> Tool:
+def _tool(tool: _Tool, index: int) -> Tool:
+    if tool.function.parameters is not None:
+        where = f"tools[{index}].function.parameters"
+        check_schema(tool.function.parameters, param=where, prefix=f"Invalid '{where}'")
     parameters = tool.function.parameters or {"type": "object", "properties": {}}
     return Tool(
         name=tool.function.name, description=tool.function.description, parameters=parameters
@@ -253,4 +276,7 @@ def _response_format(requested: _ResponseFormat | None) -> ResponseFormat | None
             param="response_format.json_schema",
             code="missing_required_parameter",
         )
+    if spec.schema_ is not None:
+        where = "response_format.json_schema.schema"
+        check_schema(spec.schema_, param=where, prefix=f"Invalid '{where}'")
     return ResponseFormat("json_schema", schema=spec.schema_ or {}, name=spec.name)

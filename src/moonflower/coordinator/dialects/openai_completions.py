@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from moonflower import errors
 from moonflower.coordinator import sse
 from moonflower.coordinator.dialects import openai_errors
+from moonflower.coordinator.dialects.openai_chat import openai_stops
 from moonflower.coordinator.dialects.request_body import validate_body
 from moonflower.coordinator.exchange import Completion
 from moonflower.generation import (
@@ -97,7 +98,7 @@ def parse(payload: Any) -> CompletionCall:
     prompt = _prompt(body.prompt)
     _check_unsupported(body)
     _check_combinations(body)
-    stops = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+    stops = openai_stops(body.stop)
     request = GenerationRequest(
         model=body.model,
         prompt=prompt,
@@ -158,10 +159,6 @@ def _check_combinations(body: CompletionBody) -> None:
         raise errors.InvalidRequest(
             "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
             param="stream_options",
-        )
-    if body.stop == "" or (isinstance(body.stop, list) and len(body.stop) > 4):
-        raise errors.InvalidRequest(
-            "'stop' takes up to 4 non-empty sequences.", param="stop", code="invalid_value"
         )
 
 

@@ -23,10 +23,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from moonflower import errors
 from moonflower.coordinator.dialects import openai_chat, openai_errors
 from moonflower.coordinator.dialects.request_body import (
+    MAX_MESSAGES,
     ToolMode,
     resolve_tool_choice,
     validate_body,
 )
+from moonflower.coordinator.dialects.schema_bounds import check_schema
 from moonflower.generation import (
     GenerationRequest,
     Message,
@@ -152,9 +154,14 @@ class ResponsesCall:
     echo: dict[str, Any]
 
 
-def parse(payload: Any) -> ResponsesCall:
+def parse(payload: Any, *, max_messages: int = MAX_MESSAGES) -> ResponsesCall:
+    """A Responses body with at most `max_messages` input items (or messages)."""
     body = validate_body(
-        ResponsesBody, payload, to_error=openai_errors.from_validation_error, endpoint="responses"
+        ResponsesBody,
+        payload,
+        to_error=openai_errors.from_validation_error,
+        endpoint="responses",
+        max_messages=max_messages,
     )
     _refuse_stored_state(body)
     tools = tuple(_tool(raw, i) for i, raw in enumerate(body.tools or ()))
@@ -163,7 +170,7 @@ def parse(payload: Any) -> ResponsesCall:
     instructions = (Message("system", body.instructions),) if body.instructions else ()
     request = GenerationRequest(
         model=body.model,
-        messages=instructions + _conversation(body),
+        messages=instructions + _conversation(body, max_messages),
         max_tokens=body.max_output_tokens,
         sampling=SamplingParams(temperature=body.temperature, top_p=body.top_p),
         tools=neutral_tools,
@@ -208,7 +215,7 @@ def _refuse_stored_state(body: ResponsesBody) -> None:
             )
 
 
-def _conversation(body: ResponsesBody) -> tuple[Message, ...]:
+def _conversation(body: ResponsesBody, max_messages: int) -> tuple[Message, ...]:
     if body.input is not None and body.messages:
         raise errors.InvalidRequest(
             "Give the conversation either as 'input' or as 'messages', not both.",
@@ -216,7 +223,9 @@ def _conversation(body: ResponsesBody) -> tuple[Message, ...]:
         )
     if body.messages is not None and body.input is None:
         # A chat-style body sent here: the chat dialect knows that shape.
-        chat = openai_chat.parse({"model": body.model, "messages": body.messages})
+        chat = openai_chat.parse(
+            {"model": body.model, "messages": body.messages}, max_messages=max_messages
+        )
         return chat.request.messages
     if body.input is None:
         raise errors.InvalidRequest(
@@ -298,6 +307,10 @@ def _tool(raw: Any, index: int) -> tuple[Tool, dict[str, Any]]:
         spec = _FunctionTool.model_validate(raw)
     except ValidationError as exc:
         raise _nested(exc, where) from None
+    if spec.parameters is not None:
+        check_schema(
+            spec.parameters, param=f"{where}.parameters", prefix=f"Invalid '{where}.parameters'"
+        )
     parameters = spec.parameters or {"type": "object", "properties": {}}
     tool = Tool(name=spec.name, description=spec.description, parameters=parameters)
     echo = {
@@ -344,6 +357,7 @@ def _response_format(spec: _TextFormat | None) -> ResponseFormat | None:
                 param=f"text.format.{field}",
                 code="missing_required_parameter",
             )
+    check_schema(spec.schema_, param="text.format.schema", prefix="Invalid 'text.format.schema'")
     return ResponseFormat("json_schema", schema=spec.schema_, name=spec.name)
 
 

@@ -1,6 +1,6 @@
 """What every dialect's request parsing shares: validating the JSON body against the
-dialect's pydantic model (with a cap on how many messages a conversation may have), and
-resolving a tool choice against the tools offered.
+dialect's pydantic model (with a cap on how many messages a conversation may have), the caps
+on stop sequences (how many, how long), and resolving a tool choice against the tools offered.
 
 Dialect-neutral: each dialect passes its own validation-error mapping and field names, so
 errors still come out in its own words. It must not know any dialect's wire shapes; it
@@ -25,8 +25,15 @@ Body = TypeVar("Body", bound=BaseModel)
 ToolMode = Literal["auto", "none", "required", "function"]
 
 MAX_MESSAGES = 2048
-"""The most messages a request may carry, unless the dialect passes its own `max_messages`
-(the coordinator setting of that name, once parsing is handed the settings)."""
+"""The most messages a request may carry, unless the route passes its own `max_messages`
+(the coordinator setting of that name)."""
+MAX_OPENAI_STOPS = 4
+"""OpenAI documents "up to 4 sequences" for `stop` (chat and legacy completions)."""
+MAX_ANTHROPIC_STOPS = 16
+"""Anthropic documents no count for `stop_sequences`; every stop is matched against the
+output after each token, so a request may carry at most this many (README, Limits)."""
+MAX_STOP_CHARS = 256
+"""The longest stop sequence, in characters, in every dialect."""
 CONVERSATION_FIELDS = ("messages", "input")
 """Chat and Anthropic messages, and the Responses API's list of input items."""
 
@@ -47,7 +54,7 @@ def validate_body(
     for name in CONVERSATION_FIELDS:
         items = payload.get(name)
         if isinstance(items, list) and len(items) > max_messages:
-            raise to_error(_too_long(name, items, max_messages)) from None
+            raise to_error(_too_long(name, len(items), max_messages)) from None
     try:
         body = model.model_validate(payload)
     except ValidationError as exc:
@@ -57,13 +64,35 @@ def validate_body(
     return body
 
 
-def _too_long(name: str, items: list[object], max_length: int) -> ValidationError:
+def check_stops(
+    stops: Sequence[str],
+    *,
+    name: str,
+    max_count: int,
+    to_error: Callable[[ValidationError], errors.InvalidRequest],
+    is_list: bool = True,
+) -> None:
+    """Refuse more than `max_count` stop sequences, or one longer than `MAX_STOP_CHARS`, as
+    the dialect's `InvalidRequest` naming `name` (or the element; `is_list` False: the field
+    held one string)."""
+    if len(stops) > max_count:
+        raise to_error(_too_long(name, len(stops), max_count))
+    for index, stop in enumerate(stops):
+        if len(stop) > MAX_STOP_CHARS:
+            loc: tuple[int | str, ...] = (name, index) if is_list else (name,)
+            detail = InitErrorDetails(
+                type="string_too_long", loc=loc, input="", ctx={"max_length": MAX_STOP_CHARS}
+            )
+            raise to_error(ValidationError.from_exception_data("request body", [detail]))
+
+
+def _too_long(name: str, length: int, max_length: int) -> ValidationError:
     """What pydantic reports for a list over its `max_length`, so each dialect words it."""
     detail = InitErrorDetails(
         type="too_long",
         loc=(name,),
-        input=items,
-        ctx={"field_type": "List", "max_length": max_length, "actual_length": len(items)},
+        input=[],  # never echoed; the length is in the context
+        ctx={"field_type": "List", "max_length": max_length, "actual_length": length},
     )
     return ValidationError.from_exception_data("request body", [detail])
 

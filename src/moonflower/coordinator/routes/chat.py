@@ -25,7 +25,7 @@ router = APIRouter()
 async def chat_completions(request: Request) -> Response:
     services = Services.of(request)
     caller = await authenticate(request, services.callers)
-    call = openai_chat.parse(await read_json(request))
+    call = openai_chat.parse(await read_json(request), max_messages=services.settings.max_messages)
     admission = await services.dispatcher.admit(call.request, caller, trust_floor(request))
 
     def render(job: Job) -> Rendering:

@@ -27,7 +27,9 @@ router = APIRouter()
 async def create_message(request: Request) -> Response:
     services = Services.of(request)
     caller = await authenticate(request, services.callers)
-    call = anthropic_messages.parse(await read_json(request))
+    call = anthropic_messages.parse(
+        await read_json(request), max_messages=services.settings.max_messages
+    )
     admission = await services.dispatcher.admit(call.request, caller, trust_floor(request))
 
     def render(job: Job) -> Rendering:
@@ -56,7 +58,9 @@ async def count_tokens(request: Request) -> Response:
     (`max_tokens=0`), so the count includes the chat template, system prompt and tools."""
     services = Services.of(request)
     caller = await authenticate(request, services.callers)
-    conversation = anthropic_messages.parse_count(await read_json(request))
+    conversation = anthropic_messages.parse_count(
+        await read_json(request), max_messages=services.settings.max_messages
+    )
     job = await services.dispatcher.start(
         dataclasses.replace(conversation, max_tokens=0),
         caller,

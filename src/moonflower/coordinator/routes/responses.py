@@ -24,7 +24,9 @@ router = APIRouter()
 async def responses(request: Request) -> Response:
     services = Services.of(request)
     caller = await authenticate(request, services.callers)
-    call = openai_responses.parse(await read_json(request))
+    call = openai_responses.parse(
+        await read_json(request), max_messages=services.settings.max_messages
+    )
     admission = await services.dispatcher.admit(call.request, caller, trust_floor(request))
 
     def render(job: Job) -> Rendering:
