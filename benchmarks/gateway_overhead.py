@@ -11,9 +11,10 @@ client, on uvloop, so the load generator takes as little of the shared cores as 
   installed into its own virtualenv `benchmarks/.venvs/litellm` (created on first use;
   if that fails, the target is skipped and the output says so);
 - **moonflower**: a real coordinator process (`LocalNetwork`, SQLite,
-  `MOONFLOWER_MIN_TRUST=none`) with `benchmarks.synthetic_provider` processes connected:
-  simulated providers that stream the same tokens at the same rate over the real protocol
-  (sealed jobs, one sealed event per token), but with no attestation.
+  `MOONFLOWER_MIN_TRUST=none`, `MOONFLOWER_ALLOW_ANONYMOUS_PROVIDERS=true`) with
+  `benchmarks.synthetic_provider` processes connected: simulated providers that stream the
+  same tokens at the same rate over the real protocol (sealed jobs, one sealed event per
+  token), but with no provider token and no attestation.
 
 At each concurrency level every target runs `--requests` streaming requests (at least two
 per concurrent client), targets taking turns level by level, after a short warm-up. Per

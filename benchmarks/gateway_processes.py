@@ -23,6 +23,8 @@ REPO = Path(__file__).resolve().parent.parent
 LITELLM_VENV = Path(__file__).resolve().parent / ".venvs" / "litellm"
 LITELLM_INSTALL_TIMEOUT_S = 900.0
 STARTUP_TIMEOUT_S = 120.0
+SYNTHETIC_PROVIDERS = {"MIN_TRUST": "none", "ALLOW_ANONYMOUS_PROVIDERS": "true"}
+"""Coordinator settings for synthetic providers: they present no token and no statement."""
 
 
 @dataclass
@@ -140,9 +142,10 @@ def start_litellm(root: Path, upstream_url: str) -> Iterator[tuple[ServiceProces
 def start_moonflower(
     root: Path, tokens: int, interval_ms: float, providers: int
 ) -> Iterator[tuple[str, str]]:
-    """A coordinator (routing to unattested providers) and one process of `providers`
-    synthetic providers with 64 slots each; yields the base URL and a funded API key."""
-    network = LocalNetwork(root / "moonflower", log_level="warning", settings={"MIN_TRUST": "none"})
+    """A coordinator (admitting and routing to anonymous, unattested providers) and one
+    process of `providers` synthetic providers with 64 slots each; yields the base URL and a
+    funded API key."""
+    network = LocalNetwork(root / "moonflower", log_level="warning", settings=SYNTHETIC_PROVIDERS)
     try:
         network.start_coordinator()
         key = network.create_key("gateway-overhead", credit_usd="10000")

@@ -1,9 +1,10 @@
 """Scale: a real coordinator process with many providers connected and many consumers
 streaming at once.
 
-The coordinator runs as its own process (`LocalNetwork`) with `MOONFLOWER_MIN_TRUST=none`;
-the providers are `tests.support.simulated_providers` — real WebSocket clients speaking the
-real protocol, all in this process, with no model and no attestation (trust `none`). Once
+The coordinator runs as its own process (`LocalNetwork`) with `MOONFLOWER_MIN_TRUST=none` and
+`MOONFLOWER_ALLOW_ANONYMOUS_PROVIDERS=true`; the providers are
+`tests.support.simulated_providers` — real WebSocket clients speaking the real protocol, all
+in this process, with no model, no provider token and no attestation (trust `none`). Once
 they are all registered, `--clients` concurrent consumers each stream `--requests` chat
 completions with httpx. Reported: failed requests (must be 0), the coordinator's own pick
 timings from `GET /health`, client-side latency, the coordinator's CPU time per request,
@@ -63,9 +64,14 @@ class ScaleResult:
 
 
 def start_network(root: Path) -> LocalNetwork:
-    """A coordinator that routes to providers without attestation (what simulated providers
-    are), logging warnings only, so a thousand connections do not flood its log."""
-    network = LocalNetwork(root, log_level="warning", settings={"MIN_TRUST": "none"})
+    """A coordinator that admits and routes to providers without a token or attestation
+    (what simulated providers are), logging warnings only, so a thousand connections do not
+    flood its log."""
+    network = LocalNetwork(
+        root,
+        log_level="warning",
+        settings={"MIN_TRUST": "none", "ALLOW_ANONYMOUS_PROVIDERS": "true"},
+    )
     network.start_coordinator()
     return network
 

@@ -6,7 +6,8 @@ WebSocket clients speaking the real protocol, no model and no attestation, so tr
 `none`) in this process, each answering every job with `synthetic_tokens(--tokens)`, one
 sealed text event per token, waiting `--interval-ms` before each: the same text at the
 same rate as `benchmarks.synthetic_upstream`. A coordinator routes to them only with
-`MOONFLOWER_MIN_TRUST=none`. Runs until interrupted (SIGINT or SIGTERM). Usage:
+`MOONFLOWER_MIN_TRUST=none` and `MOONFLOWER_ALLOW_ANONYMOUS_PROVIDERS=true` (they present no
+provider token). Runs until interrupted (SIGINT or SIGTERM). Usage:
 
     .venv/bin/python -m benchmarks.synthetic_provider --coordinator http://127.0.0.1:8000
         [--providers 1] [--slots 64] [--tokens 64] [--interval-ms 5]
