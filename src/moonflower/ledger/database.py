@@ -23,7 +23,9 @@ database library's errors are translated into the exception tree.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
@@ -70,8 +72,9 @@ def default_database_url(data_dir: Path) -> str:
 def create_engine(url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> AsyncEngine:
     """An async engine for `url`, configured for the ledger, without migrating anything.
 
-    For a SQLite file, the directory holding it is created if missing. Every wait on the
-    store is bounded by `timeout_s` (see the module docstring).
+    For a SQLite file, the directory holding it is created if missing, and the file is made
+    private (`keep_private`). Every wait on the store is bounded by `timeout_s` (see the
+    module docstring).
     """
     parsed = make_url(url)
     if parsed.get_backend_name() == "postgresql":
@@ -79,8 +82,8 @@ def create_engine(url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> AsyncEng
     if parsed.get_backend_name() != "sqlite":
         return create_async_engine(parsed, pool_timeout=timeout_s)
     database = parsed.database
-    if database and database != ":memory:" and not database.startswith("file:"):
-        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    if database and _is_sqlite_file(database):
+        keep_private(Path(database).expanduser())
     # One connection: SQLite has one writer at a time, and every transaction here takes the
     # write lock (BEGIN IMMEDIATE). Queued on the pool, a transaction starts the moment the
     # previous one ends; queued on the busy timeout, it would sleep in SQLite's back-off
@@ -107,6 +110,27 @@ def create_read_engine(url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> Asy
     )
     event.listen(engine.sync_engine, "begin", _begin_deferred)
     return engine
+
+
+def keep_private(path: Path) -> None:
+    """Make the SQLite file at `path` readable and writable by its owner only (0600), before
+    SQLite opens it: a missing file is created empty with that mode (SQLite takes an empty
+    file as a new database, and gives its -wal and -shm files the main file's mode), in a
+    directory created 0700 when missing; an existing file of ours, and its -wal and -shm,
+    lose any group and other permissions. The ledger holds every account and key hash."""
+    if not path.parent.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            status = file.stat()
+            if status.st_uid == os.getuid() and status.st_mode & 0o077:
+                file.chmod(status.st_mode & 0o700)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:  # not ours to change: say so, and carry on
+            log.warning("could not make %s private: %s", file, exc.strerror)
 
 
 def _is_sqlite_file(database: str | None) -> bool:
