@@ -91,8 +91,11 @@ class CoordinatorSettings(BaseSettings):
     shutdown_grace_s: float = Field(default=60.0, ge=0)
     """On SIGTERM, how long requests in flight may take to finish before they are cut."""
     max_job_duration_s: float = Field(default=3600.0, gt=0)
-    """The longest a job may run; a hold older than this (plus a margin) belongs to a
-    coordinator that stopped mid-request and is released."""
+    """The longest a job may run, by the wall clock from when it was sent to its provider,
+    whether or not its consumer reads; then it is cancelled and settled."""
+    hold_lease_s: float = Field(default=120.0, ge=1)
+    """How long a hold's lease lasts; the coordinator running its job renews it every third
+    of that. Holds whose lease ran out (their coordinator stopped) are released."""
     queue_max_waiting: int = Field(default=64, ge=0)
     """Requests that may wait per model for a busy provider; beyond that they are refused."""
     queue_max_wait_s: float = Field(default=30.0, gt=0)

@@ -21,7 +21,6 @@ from starlette.responses import Response
 
 from moonflower import __version__, errors
 from moonflower.coordinator.auth import CallerCache
-from moonflower.coordinator.billing import release_abandoned_holds
 from moonflower.coordinator.dialects import anthropic_errors, openai_errors
 from moonflower.coordinator.dispatch import Dispatcher
 from moonflower.coordinator.prompt_count import PromptCounter
@@ -51,8 +50,6 @@ log = logging.getLogger(__name__)
 REPUTATION_DRAIN_S = 5.0
 """On shutdown, how long provider verdicts and records still being written may take."""
 
-HOLD_SWEEP_INTERVAL_S = 300.0
-
 
 async def build_services(settings: CoordinatorSettings) -> Services:
     url = settings.database_url or default_database_url(settings.data_dir)
@@ -61,26 +58,17 @@ async def build_services(settings: CoordinatorSettings) -> Services:
         default_floor=TrustLevel.parse(settings.min_trust),
         freshness_s=settings.challenge_interval_s + settings.challenge_slack_s,
     )
+    prompts = PromptCounter.from_settings(settings)
     return Services(
         settings=settings,
         db=db,
         registry=registry,
-        dispatcher=Dispatcher(registry, db, settings),
+        dispatcher=Dispatcher(registry, db, settings, prompt_counter=prompts),
         callers=CallerCache(db, settings.api_key_cache_s),
         reputation=Reputation(db, registry, allow_anonymous=settings.allow_anonymous_providers),
         started_at=int(time.time()),
-        prompts=PromptCounter.from_settings(settings),
+        prompts=prompts,
     )
-
-
-async def sweep_abandoned_holds(db: Database, settings: CoordinatorSettings) -> None:
-    """Every few minutes after start-up: give back holds no coordinator will settle."""
-    while True:
-        await asyncio.sleep(HOLD_SWEEP_INTERVAL_S)
-        try:
-            await release_abandoned_holds(db, settings)
-        except Exception:
-            log.exception("could not release abandoned holds")
 
 
 def create_app(
@@ -93,14 +81,16 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         built = services or await build_services(settings)
         app.state.services = built
-        await release_abandoned_holds(built.db, settings)  # before serving anyone
-        sweeping = asyncio.create_task(sweep_abandoned_holds(built.db, settings))
+        leases = built.dispatcher.leases
+        await leases.release_expired()  # before serving anyone
+        renewing = asyncio.create_task(leases.run())
         try:
             yield
         finally:
+            await built.dispatcher.finish_settlements(settings.shutdown_grace_s)
             await built.reputation.drain(REPUTATION_DRAIN_S)  # verdicts land before close
-            sweeping.cancel()
-            await asyncio.gather(sweeping, return_exceptions=True)
+            renewing.cancel()
+            await asyncio.gather(renewing, return_exceptions=True)
             if services is None:
                 await built.db.close()
 

@@ -215,6 +215,7 @@ class Hold(Base):
         CheckConstraint("status IN ('held', 'settled', 'released')", name="status"),
         CheckConstraint("amount_micro_usd >= 0", name="non_negative"),
         Index("ix_holds_status_created_at", "status", "created_at"),
+        Index("ix_holds_status_lease", "status", "lease_expires_at"),
     )
 
     job_id: Mapped[str] = mapped_column(String(128), primary_key=True)
@@ -223,6 +224,9 @@ class Hold(Base):
     status: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime]
     closed_at: Mapped[datetime | None]
+    lease_expires_at: Mapped[datetime | None]
+    """Until when the coordinator running the job vouches for it; it renews the lease while
+    the job lives, and only a hold whose lease has run out may be released."""
 
 
 class ModelPrice(Base):
