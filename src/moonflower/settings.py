@@ -1,17 +1,43 @@
 """Settings for each Moonflower process; the only module that reads environment variables.
 
 Every field can be set as `MOONFLOWER_<FIELD>` in the environment; CLI flags override them.
+Secrets (a provider token, a database URL with its password) can also come from a file
+named by `MOONFLOWER_PROVIDER_TOKEN_FILE` / `MOONFLOWER_DATABASE_URL_FILE` (or the CLI's
+`--token-file` / `--database-url-file`), so they need never be on a command line, where
+every local user can read them. Errors never echo an input value.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MAX_TOKENS = 8192
+MAX_SECRET_FILE_BYTES = 64 * 1024
+
+
+def read_secret_file(path: Path, what: str) -> str:
+    """The secret held in the file at `path`: its one line of text, surrounding whitespace
+    removed. `ValueError` names the file and `what` it should hold, never its content."""
+    try:
+        with path.open("rb") as file:
+            raw = file.read(MAX_SECRET_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ValueError(f"cannot read the {what} file {path}: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        text = ""
+    if len(raw) > MAX_SECRET_FILE_BYTES or not text or "\n" in text:
+        raise ValueError(f"the {what} file {path} must hold the {what} alone, on one line")
+    return text
+
+
+def _both(value: str, file: str) -> str:
+    return f"set {value} or {file}, not both"
 
 
 def default_data_dir() -> Path:
@@ -26,13 +52,17 @@ class PriceSetting(BaseModel):
 
 
 class CoordinatorSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="MOONFLOWER_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="MOONFLOWER_", extra="ignore", hide_input_in_errors=True
+    )
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     data_dir: Path = Field(default_factory=default_data_dir)
     database_url: str | None = None
     """SQLAlchemy async URL; defaults to SQLite inside `data_dir`."""
+    database_url_file: Path | None = None
+    """A file holding `database_url` (which may carry a password) on one line."""
     database_timeout_s: float = Field(default=5.0, gt=0, le=600)
     """The longest a request waits on the database for one thing (a pooled connection,
     SQLite's write lock, a PostgreSQL connection or statement) before it is answered 503
@@ -113,15 +143,27 @@ class CoordinatorSettings(BaseSettings):
     """Silence after which a stream sends an SSE comment so proxies keep the connection."""
     log_level: str = "info"
 
+    @model_validator(mode="after")
+    def _database_url_from_file(self) -> Self:
+        if self.database_url_file is not None:
+            if self.database_url is not None:
+                raise ValueError(_both("MOONFLOWER_DATABASE_URL", "MOONFLOWER_DATABASE_URL_FILE"))
+            self.database_url = read_secret_file(self.database_url_file, "database URL")
+        return self
+
 
 class ProviderSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="MOONFLOWER_PROVIDER_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="MOONFLOWER_PROVIDER_", extra="ignore", hide_input_in_errors=True
+    )
 
     coordinator: str = "http://127.0.0.1:8000"
     model: str = "default"
     engine: str = "llama_cpp"
     token: SecretStr | None = None
     """A provider token (`mfp-…`) naming the account this provider's earnings go to."""
+    token_file: Path | None = None
+    """A file holding `token` on one line."""
     data_dir: Path = Field(default_factory=default_data_dir)
     context_length: int | None = Field(default=None, gt=0)
     slots: int = Field(default=2, ge=1)
@@ -138,3 +180,13 @@ class ProviderSettings(BaseSettings):
     backoff_initial_s: float = Field(default=0.5, gt=0)
     backoff_max_s: float = Field(default=5.0, gt=0)
     log_level: str = "info"
+
+    @model_validator(mode="after")
+    def _token_from_file(self) -> Self:
+        if self.token_file is not None:
+            if self.token is not None:
+                raise ValueError(
+                    _both("MOONFLOWER_PROVIDER_TOKEN", "MOONFLOWER_PROVIDER_TOKEN_FILE")
+                )
+            self.token = SecretStr(read_secret_file(self.token_file, "provider token"))
+        return self

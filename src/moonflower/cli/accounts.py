@@ -15,7 +15,13 @@ from typing import Annotated
 
 import typer
 
-from moonflower.cli.keys import DatabaseUrl, DataDir, print_created_key, with_database
+from moonflower.cli.keys import (
+    DatabaseUrl,
+    DatabaseUrlFile,
+    DataDir,
+    print_created_key,
+    with_database,
+)
 from moonflower.ledger import accounts, book, keys
 from moonflower.ledger.book import format_usd
 from moonflower.ledger.database import Database
@@ -65,6 +71,7 @@ def create(
     ] = False,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
+    database_url_file: DatabaseUrlFile = None,
 ) -> None:
     """Create an empty account. A provider account's token is printed, only this once."""
 
@@ -75,7 +82,7 @@ def create(
         token = await keys.create_key(db, account_name=name, purpose="provider")
         return _Created(account, token)
 
-    created = with_database(data_dir, database_url, work)
+    created = with_database(data_dir, database_url, work, database_url_file=database_url_file)
     account = created.account
     described = f"created {account.kind} account {account.name} ({account.id})"
     if created.token is None:
@@ -86,9 +93,15 @@ def create(
 
 
 @app.command("list")
-def list_accounts(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
+def list_accounts(
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    database_url_file: DatabaseUrlFile = None,
+) -> None:
     """List every account with its balance, what is held and what is available, in USD."""
-    rows = with_database(data_dir, database_url, accounts.list_accounts)
+    rows = with_database(
+        data_dir, database_url, accounts.list_accounts, database_url_file=database_url_file
+    )
     table = [("NAME", "ID", "KIND", "BALANCE", "HELD", "AVAILABLE")] + [
         (
             info.name,
@@ -115,6 +128,7 @@ def credit(
     memo: Annotated[str, typer.Option(help="Why, for the ledger's record.")] = "admin credit",
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
+    database_url_file: DatabaseUrlFile = None,
 ) -> None:
     """Deposit money into an account (an admin grant or a payment received elsewhere)."""
     try:
@@ -131,7 +145,7 @@ def credit(
         await book.deposit(db, found.id, amount_micro_usd, memo=memo)
         return await accounts.get_account(db, found.id)
 
-    credited = with_database(data_dir, database_url, work)
+    credited = with_database(data_dir, database_url, work, database_url_file=database_url_file)
     if credited is None:
         typer.echo(f"no account named or with id {account!r}", err=True)
         raise typer.Exit(1)

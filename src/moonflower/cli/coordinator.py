@@ -1,4 +1,10 @@
-"""`moonflower coordinator serve`: run the coordinator's HTTP and WebSocket server."""
+"""`moonflower coordinator serve`: run the coordinator's HTTP and WebSocket server.
+
+Also home of `coordinator_settings`, which every command that opens the coordinator's
+store shares: the database URL may carry a password, so besides `--database-url` it comes
+from `MOONFLOWER_DATABASE_URL`, or from a file (`--database-url-file`,
+`MOONFLOWER_DATABASE_URL_FILE`) that no other local user can read.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ from fastapi import FastAPI
 
 from moonflower import eventloop
 from moonflower.cli import logs
+from moonflower.cli.secret_flags import build_settings, secret_overrides
 from moonflower.coordinator.app import create_app
 from moonflower.coordinator.services import Services
 from moonflower.coordinator.shutdown import DrainingServer
@@ -19,21 +26,42 @@ from moonflower.settings import CoordinatorSettings
 app = typer.Typer(help="Run the coordinator.", no_args_is_help=True)
 
 
+DatabaseUrlOption = Annotated[
+    str | None,
+    typer.Option(
+        help="SQLAlchemy async URL, e.g. postgresql+asyncpg://… Other local users can read "
+        "a command line: prefer MOONFLOWER_DATABASE_URL or --database-url-file.",
+    ),
+]
+DatabaseUrlFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="A file holding the database URL on one line (or MOONFLOWER_DATABASE_URL_FILE).",
+        dir_okay=False,
+    ),
+]
+
+
 def coordinator_settings(
     host: str | None,
     port: int | None,
     data_dir: Path | None,
     database_url: str | None,
     aliases: list[str] | None = None,
+    *,
+    database_url_file: Path | None = None,
 ) -> CoordinatorSettings:
+    """Settings from the environment, with the flags given (not None) overriding them; a
+    setting that does not validate ends the command (exit code 2)."""
     overrides: dict[str, Any] = {
         "host": host,
         "port": port,
         "data_dir": data_dir,
-        "database_url": database_url,
         "model_aliases": parse_aliases(aliases) if aliases else None,
     }
-    return CoordinatorSettings(**{k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    given.update(secret_overrides("database_url", database_url, database_url_file))
+    return build_settings(CoordinatorSettings, given)
 
 
 def parse_aliases(pairs: list[str]) -> dict[str, str]:
@@ -75,16 +103,17 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Where the SQLite database lives.")] = None,
-    database_url: Annotated[
-        str | None, typer.Option(help="SQLAlchemy async URL, e.g. postgresql+asyncpg://…")
-    ] = None,
+    database_url: DatabaseUrlOption = None,
+    database_url_file: DatabaseUrlFileOption = None,
     alias: Annotated[
         list[str] | None,
         typer.Option(help="Serve MODEL under another public NAME (NAME=MODEL; repeatable)."),
     ] = None,
 ) -> None:
     """Serve the OpenAI- and Anthropic-compatible API and the provider WebSocket."""
-    settings = coordinator_settings(host, port, data_dir, database_url, alias)
+    settings = coordinator_settings(
+        host, port, data_dir, database_url, alias, database_url_file=database_url_file
+    )
     logs.configure(settings.log_level)
     server = uvicorn_server(settings, create_app(settings))
     eventloop.run(server.serve())

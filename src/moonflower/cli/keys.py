@@ -10,7 +10,11 @@ from typing import Annotated, TypeVar
 
 import typer
 
-from moonflower.cli.coordinator import coordinator_settings
+from moonflower.cli.coordinator import (
+    DatabaseUrlFileOption,
+    DatabaseUrlOption,
+    coordinator_settings,
+)
 from moonflower.errors import InvalidRequest
 from moonflower.ledger import keys
 from moonflower.ledger.database import Database, default_database_url
@@ -22,15 +26,22 @@ app = typer.Typer(
 T = TypeVar("T")
 
 DataDir = Annotated[Path | None, typer.Option(help="The coordinator's data directory.")]
-DatabaseUrl = Annotated[str | None, typer.Option(help="The coordinator's database URL.")]
+DatabaseUrl = DatabaseUrlOption
+DatabaseUrlFile = DatabaseUrlFileOption
 
 
 def with_database(
-    data_dir: Path | None, database_url: str | None, work: Callable[[Database], Awaitable[T]]
+    data_dir: Path | None,
+    database_url: str | None,
+    work: Callable[[Database], Awaitable[T]],
+    *,
+    database_url_file: Path | None = None,
 ) -> T:
     """Run `work` against the coordinator's (migrated) database. A request the ledger refuses
     is the user's mistake, not a crash: its message goes to stderr and the exit code is 1."""
-    settings = coordinator_settings(None, None, data_dir, database_url)
+    settings = coordinator_settings(
+        None, None, data_dir, database_url, database_url_file=database_url_file
+    )
     url = settings.database_url or default_database_url(settings.data_dir)
 
     async def main() -> T:
@@ -61,6 +72,7 @@ def create(
     ] = False,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
+    database_url_file: DatabaseUrlFile = None,
 ) -> None:
     """Create a key and print it. It is shown only this once."""
     purpose: keys.KeyPurpose = "provider" if is_provider else "api"
@@ -68,6 +80,7 @@ def create(
         data_dir,
         database_url,
         lambda db: keys.create_key(db, account_name=account, name=name, purpose=purpose),
+        database_url_file=database_url_file,
     )
     print_created_key(created)
 
@@ -84,9 +97,15 @@ def print_created_key(created: keys.CreatedKey) -> None:
 
 
 @app.command("list")
-def list_keys(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
+def list_keys(
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    database_url_file: DatabaseUrlFile = None,
+) -> None:
     """List keys and provider tokens (prefixes only)."""
-    rows = with_database(data_dir, database_url, keys.list_keys)
+    rows = with_database(
+        data_dir, database_url, keys.list_keys, database_url_file=database_url_file
+    )
     for info in rows:
         state = "revoked" if info.revoked_at else "active"
         typer.echo(
@@ -100,9 +119,15 @@ def revoke(
     key: Annotated[str, typer.Argument(help="Key id or display prefix.")],
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
+    database_url_file: DatabaseUrlFile = None,
 ) -> None:
     """Revoke a key or provider token so it can no longer be used."""
-    is_revoked = with_database(data_dir, database_url, lambda db: keys.revoke_key(db, key))
+    is_revoked = with_database(
+        data_dir,
+        database_url,
+        lambda db: keys.revoke_key(db, key),
+        database_url_file=database_url_file,
+    )
     if not is_revoked:
         typer.echo(f"no single key matches {key!r}", err=True)
         raise typer.Exit(1)

@@ -1,4 +1,9 @@
-"""`moonflower provider serve`: load a model and serve it to a coordinator."""
+"""`moonflower provider serve`: load a model and serve it to a coordinator.
+
+The provider token is a secret: besides `--token` it comes from `MOONFLOWER_PROVIDER_TOKEN`
+or from a file (`--token-file`, `MOONFLOWER_PROVIDER_TOKEN_FILE`), so it need never be on a
+command line, where every local user can read it.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import typer
 
 from moonflower import eventloop
 from moonflower.cli import logs
+from moonflower.cli.secret_flags import build_settings, secret_overrides
 from moonflower.crypto.signing import load_signer
 from moonflower.provider.agent import ProviderAgent
 from moonflower.provider.engines import load_engine
@@ -65,8 +71,17 @@ def serve(
     token: Annotated[
         str | None,
         typer.Option(
-            help="Provider token (mfp-…) of the account that earns for this provider's work; "
-            "or MOONFLOWER_PROVIDER_TOKEN.",
+            help="Provider token (mfp-…) of the account that earns for this provider's work. "
+            "Other local users can read a command line: prefer MOONFLOWER_PROVIDER_TOKEN or "
+            "--token-file.",
+        ),
+    ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="A file holding the provider token on one line "
+            "(or MOONFLOWER_PROVIDER_TOKEN_FILE).",
+            dir_okay=False,
         ),
     ] = None,
 ) -> None:
@@ -78,9 +93,10 @@ def serve(
         "data_dir": data_dir,
         "context_length": context_length,
         "slots": slots,
-        "token": token,
     }
-    settings = ProviderSettings(**{k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    given.update(secret_overrides("token", token, token_file))
+    settings = build_settings(ProviderSettings, given)
     logs.configure(settings.log_level)
     loaded = load(settings)
     agent = ProviderAgent(settings, loaded, detect_hardware(), load_signer(settings.data_dir))
