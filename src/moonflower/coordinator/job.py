@@ -215,6 +215,8 @@ class Job:
         work and forget the job on its connection. Nothing is settled (the hold stays with
         the request, which may go to another provider)."""
         self._is_closed = True
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
         if not self._channel.is_ended:
             await self.provider.cancel_job(self.id)
         self.provider.forget_job(self.id)
