@@ -181,8 +181,12 @@ async def serve(
     dispatcher = services.dispatcher
     if not (is_stream and dispatcher.must_wait(admission)):
         job = await dispatcher.run(admission)
-        rendering = render(job)
-        return await answer(job, request, stream=rendering.stream, whole=rendering.whole)
+        try:
+            rendering = render(job)
+            return await answer(job, request, stream=rendering.stream, whole=rendering.whole)
+        except BaseException:  # no response will own the job: end it here (a no-op if ended)
+            await job.close()
+            raise
     # Once the headers are out a refusal can only be an error event: await the hold first.
     await dispatcher.hold_taken(admission)
     started: list[Job] = []
