@@ -84,10 +84,20 @@ class RecordedStats(ProviderStats):
 class Reputation:
     """Enrollment checks and lasting verdicts for one coordinator process."""
 
-    def __init__(self, db: Database, registry: Registry, *, allow_anonymous: bool) -> None:
+    def __init__(
+        self,
+        db: Database,
+        registry: Registry,
+        *,
+        allow_anonymous: bool,
+        write_attempts: int = WRITE_ATTEMPTS,
+        first_retry_s: float = FIRST_RETRY_S,
+    ) -> None:
         self._db = db
         self._registry = registry
         self._allow_anonymous = allow_anonymous
+        self._write_attempts = write_attempts
+        self._first_retry_s = first_retry_s
         self._anonymous_account_id: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._pending_records = 0
@@ -102,22 +112,22 @@ class Reputation:
         one is needed, an unknown or revoked one) or `PermissionDenied` (a verdict against its
         key or account), each saying why. Writes nothing for a provider it refuses; notes an
         enrolled provider's models as served."""
+        caller: keys.Caller | None = None
         if token is None:
             if not self._allow_anonymous:
                 raise errors.AuthenticationFailed(UNENROLLED)
-            account_id, is_anonymous = await self._anonymous_account(), True
         else:
-            caller = await keys.authenticate_provider(self._db, token)
+            caller = await keys.find_caller(self._db, token, "provider")  # reads only
             if caller is None:
                 raise errors.AuthenticationFailed("unknown or revoked provider token")
-            account_id, is_anonymous = caller.account_id, False
         statement = trust.statement
         fingerprint = None if statement is None else key_fingerprint(statement.signing_key)
-        answerable = None if is_anonymous else account_id
-        await self._refuse_if_untrusted(fingerprint, answerable)
-        if not is_anonymous:
-            await note_models_served(self._db, models)
-        return Enrollment(account_id, fingerprint, is_anonymous)
+        await self._refuse_if_untrusted(fingerprint, None if caller is None else caller.account_id)
+        if caller is None:
+            return Enrollment(await self._anonymous_account(), fingerprint, is_anonymous=True)
+        await keys.note_use(self._db, caller)
+        await note_models_served(self._db, models)
+        return Enrollment(caller.account_id, fingerprint, is_anonymous=False)
 
     async def _anonymous_account(self) -> str:
         if self._anonymous_account_id is None:
@@ -251,13 +261,13 @@ class Reputation:
         task.add_done_callback(self._tasks.discard)
 
     async def _with_retries(self, what: str, write: Callable[[], Awaitable[None]]) -> bool:
-        delay = FIRST_RETRY_S
-        for attempt in range(1, WRITE_ATTEMPTS + 1):
+        delay = self._first_retry_s
+        for attempt in range(1, self._write_attempts + 1):
             try:
                 await write()
                 return True
             except Exception as exc:  # the store's trouble must not end the retries
-                if attempt == WRITE_ATTEMPTS:
+                if attempt == self._write_attempts:
                     log.error("could not record the %s, giving up: %r", what, exc)
                     return False
                 log.warning("could not record the %s (attempt %d): %r", what, attempt, exc)

@@ -8,8 +8,10 @@ the failing machine; an account with a verdict not yet cleared admits none of it
 whatever key they present. Only `clear_key` and `clear_account` (an operator's commands)
 lift verdicts; nothing a provider does or says does.
 
-Decides nothing about who is checked or why: the coordinator (`coordinator/reputation.py`)
-says whose verdict to record and asks `standing` before admitting a provider.
+Lookups only read (`Database.reads`: on SQLite they take no write lock, so a registration
+never waits behind a writer). Decides nothing about who is checked or why: the coordinator
+(`coordinator/reputation.py`) says whose verdict to record and asks `standing` before
+admitting a provider.
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ async def standing(
     """The verdict that keeps a provider with this key (if it has one) and this account (if
     it answers to one) out of routing, or None. A key's verdict is named before its
     account's."""
-    async with db.sessions() as session:
+    async with db.reads() as session:
         if fingerprint is not None:
             key = (
                 await session.execute(
@@ -238,7 +240,7 @@ async def list_identities(db: Database) -> list[IdentityInfo]:
     query = _identities().order_by(
         ProviderIdentity.last_seen_at.desc(), ProviderIdentity.fingerprint
     )
-    async with db.sessions() as session:
+    async with db.reads() as session:
         rows = (await session.execute(query)).all()
     return [_identity_info(row, name) for row, name in rows]
 
@@ -252,7 +254,7 @@ async def list_account_verdicts(
     )
     if not include_cleared:
         query = query.where(ProviderAccountVerdict.cleared_at.is_(None))
-    async with db.sessions() as session:
+    async with db.reads() as session:
         rows = (await session.execute(query.order_by(ProviderAccountVerdict.id))).all()
     return [
         AccountVerdictInfo(
@@ -280,7 +282,7 @@ async def find_identity(db: Database, fingerprint_or_prefix: str) -> IdentityInf
         .where(func.substr(ProviderIdentity.fingerprint, 1, len(wanted)) == wanted)
         .limit(2)
     )
-    async with db.sessions() as session:
+    async with db.reads() as session:
         rows = (await session.execute(query)).all()
     if len(rows) != 1:
         return None
