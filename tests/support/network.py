@@ -122,10 +122,10 @@ class LocalNetwork:
         self, name: str = "provider", model: str = "default", *extra: str
     ) -> Process:
         """Start `moonflower provider serve` and wait until it registered. Unless `extra`
-        passes a `--token`, the provider is enrolled first: a provider token of the provider
-        account named `name` reaches it in MOONFLOWER_PROVIDER_TOKEN."""
+        passes a `--token` or `--token-file`, the provider is enrolled first: a provider
+        token of the provider account named `name` reaches it in MOONFLOWER_PROVIDER_TOKEN."""
         env: dict[str, str] = {}
-        if "--token" not in extra:
+        if not {"--token", "--token-file"} & set(extra):
             env["MOONFLOWER_PROVIDER_TOKEN"] = self.create_provider_token(name)
         before = self.provider_count()
         process = self.spawn(
