@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from moonflower import __version__, errors
-from moonflower.coordinator.auth import CallerCache
+from moonflower.coordinator.auth import CallerCache, authenticate
 from moonflower.coordinator.dialects import anthropic_errors, openai_errors
 from moonflower.coordinator.dispatch import Dispatcher
 from moonflower.coordinator.prompt_count import PromptCounter
@@ -107,7 +107,11 @@ def create_app(
     app.include_router(pricing.router)
     install_error_handlers(app)
     # Consumers may seal requests to this key (per process; `GET /v1/encryption-key`).
-    app.add_middleware(SealedTransport, keys=transport_keys or EncryptionKeyPair.generate())
+    app.add_middleware(
+        SealedTransport,
+        keys=transport_keys or EncryptionKeyPair.generate(),
+        admits=lambda request: authenticate(request, Services.of(request).callers),
+    )
 
     @app.api_route(
         "/v1/{path:path}",

@@ -28,6 +28,7 @@ app's later `receive` calls reach the server's, so a client hanging up still can
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import nacl.public
@@ -49,9 +50,7 @@ from moonflower.client.sealed import (
     open_with_nonce,
     seal_piece,
 )
-from moonflower.coordinator.auth import authenticate
 from moonflower.coordinator.exchange import MAX_BODY_BYTES
-from moonflower.coordinator.services import Services
 from moonflower.crypto.envelope import KEY_BYTES, EncryptionKeyPair
 from moonflower.crypto.signing import b64d
 
@@ -64,8 +63,16 @@ _INVALID = "invalid_sealed_envelope"
 class SealedTransport:
     """ASGI middleware: `app.add_middleware(SealedTransport, keys=EncryptionKeyPair...)`."""
 
-    def __init__(self, app: ASGIApp, keys: EncryptionKeyPair) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        keys: EncryptionKeyPair,
+        admits: Callable[[Request], Awaitable[object]] | None = None,
+    ) -> None:
+        """`admits` checks the caller from the plain headers (raising a domain error) before
+        any of a sealed body is read; the coordinator passes its API-key check."""
         self.app = app
+        self._admits = admits
         self._keys = keys
         self.key = CoordinatorKey.of(keys.public_key)
         self._key_document = orjson.dumps(self.key.document())
@@ -92,9 +99,9 @@ class SealedTransport:
 
     async def _sealed(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            request = Request(scope)
             # The key first: an unknown caller gets no body read and nothing decrypted.
-            await authenticate(request, Services.of(request).callers)
+            if self._admits is not None:
+                await self._admits(Request(scope))
             envelope = await _read_body(scope, receive)
             if envelope is None:
                 return  # the client left before sending its body
