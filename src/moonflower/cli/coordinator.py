@@ -15,7 +15,7 @@ import typer
 import uvicorn
 from fastapi import FastAPI
 
-from moonflower import eventloop
+from moonflower import eventloop, wire
 from moonflower.cli import logs
 from moonflower.cli.secret_flags import build_settings, secret_overrides
 from moonflower.coordinator.app import create_app
@@ -83,7 +83,7 @@ def uvicorn_server(settings: CoordinatorSettings, app: FastAPI) -> uvicorn.Serve
         port=settings.port,
         log_config=None,
         access_log=False,
-        ws_max_size=16 * 1024 * 1024,
+        ws_max_size=wire.MAX_FRAME_BYTES,  # larger provider frames are refused unbuffered
         # Provider frames are sealed, so compressing them gains nothing; its state would
         # double the memory each connected provider costs.
         ws_per_message_deflate=False,
