@@ -56,6 +56,7 @@ import httpx
 import orjson
 import pytest
 from hypothesis import HealthCheck, settings
+from hypothesis import event as note_path
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 from sqlalchemy import select
@@ -589,6 +590,7 @@ class WireMachine(RuleBasedStateMachine):
         session: ProviderSession,
     ) -> None:
         # Statuses: a hang-up has none; otherwise only what the dialect documents.
+        note_path(f"{consumer.mode}: status {answer.status or 'none (hung up)'}")
         if answer.status:
             allowed = {200} | LEGITIMATE_FAILURES | ({400} if plan.end == "refuse" else set())
             assert answer.status in allowed, answer
@@ -654,6 +656,7 @@ class WireMachine(RuleBasedStateMachine):
             and ex.terminal_sent.reason == "stop"
             and delivered_in_full
         ):
+            note_path("an honest provider delivered in full: paid its exact share")
             assert billed == sent_billable, (row, sent)
             assert billed_prompt == (min(job.prompt_tokens, bound) if billed else 0), row
             assert earned == cost - prices.fee(cost), (earned, cost, row)
@@ -664,6 +667,7 @@ class WireMachine(RuleBasedStateMachine):
         if consumer.reads_everything and not ex.cut:
             withheld = ex.receipt_withheld and not ex.answered_cancel
             if ex.lie_sent or (ex.answered and (ex.receipt_lie or withheld)):
+                note_path("a lie the coordinator saw in full: untrusted")
                 assert untrusted, (plan, ex)
 
     async def replace_provider_if_needed(
@@ -688,8 +692,8 @@ class WireMachine(RuleBasedStateMachine):
 
 
 RUNS = settings(
-    max_examples=10,
-    stateful_step_count=8,
+    max_examples=15,
+    stateful_step_count=10,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
