@@ -88,7 +88,10 @@ from tests.support.scripted_provider import (
 T = TypeVar("T")
 
 MODEL = "scripted"
-MAX_TOKENS = 32
+MAX_TOKENS = 100
+LONG_DELTAS = 72
+"""Deltas of a long answer: more events than the flow-control window, so an honest provider
+waits for `job_credit` and a flooding one may overrun it."""
 CONTEXT_LENGTH = 4096
 """`scripted_provider.model_card`'s context: the coordinator's prompt bound uses it."""
 STEP_TIMEOUT_S = 40.0
@@ -97,7 +100,7 @@ SETTLE_TIMEOUT_S = 20.0
 WAIT_S = 15.0
 
 SETTINGS: dict[str, Any] = {
-    "receipt_timeout_s": 1.0,
+    "receipt_timeout_s": 1.5,
     "first_event_timeout_s": 1.0,
     "first_token_timeout_s": 1.0,
     "idle_timeout_s": 1.0,
@@ -116,7 +119,10 @@ OVERSIZE = wire.MAX_FRAME_BYTES + 1024
 
 # --- plans -----------------------------------------------------------------------------------
 
-Lie = Literal["none", "overclaim", "beyond_max", "out_of_range", "illegal_code", "wrong_usage"]
+Lie = Literal[
+    "none", "overclaim", "beyond_max", "out_of_range", "illegal_code", "wrong_usage", "flood"
+]
+"""`flood`: send without waiting for `job_credit` (an honest provider waits)."""
 End = Literal["finish", "fail", "refuse", "cut", "silent", "oversize"]
 ReceiptKind = Literal["honest", "forged", "miscounted", "missing", "late"]
 Mode = Literal["stream_all", "stream_hangup", "whole", "whole_hangup", "stall_hangup"]
@@ -165,9 +171,11 @@ def word(i: int) -> str:
 
 @st.composite
 def provider_plans(draw: st.DrawFn) -> ProviderPlan:
-    count = draw(st.integers(0, 6))
-    tokens = tuple(draw(st.integers(1, 2)) for _ in range(count))
+    is_long = draw(st.sampled_from([False, False, False, True]))
+    count = LONG_DELTAS if is_long else draw(st.integers(0, 6))
+    tokens = tuple(1 if is_long else draw(st.integers(1, 2)) for _ in range(count))
     lies: list[Lie] = ["overclaim", "beyond_max", "out_of_range", "illegal_code", "wrong_usage"]
+    lies += ["flood"] if is_long else []
     lie = draw(st.sampled_from(["none", "none", "none", "none", *lies]))
     ends: list[End] = ["finish", "finish", "finish", "finish", "fail", "refuse", "cut"]
     end = draw(st.sampled_from([*ends, "silent", "oversize"]))
@@ -455,13 +463,19 @@ class WireMachine(RuleBasedStateMachine):
         frames = frames_of(plan)
         stops_at = plan.end_at if plan.end in ("cut", "silent", "oversize") else len(frames)
         lockstep = plan.lockstep and consumer.mode in ("stream_all", "stream_hangup")
-        deltas = 0
+        deltas = events = 0
         for frame in frames[:stops_at]:
             if job.is_cancelled and plan.answers_cancel:
                 await self.answer_cancel(job, plan, ex)
                 return
             if lockstep and isinstance(frame, TextDelta) and deltas > 0:
                 await ex.wait(functools.partial(ex.has_read, deltas), 5)
+            if not isinstance(frame, Finished | Failed):
+                events += 1
+                if plan.lie != "flood" and not await self.window_allows(job, events):
+                    if job.is_cancelled and plan.answers_cancel:
+                        await self.answer_cancel(job, plan, ex)
+                    return
             await send_frame(job, frame, plan)
             is_lie = isinstance(frame, bytes) or (
                 isinstance(frame, TextDelta) and frame.tokens > MAX_TOKENS
@@ -501,6 +515,18 @@ class WireMachine(RuleBasedStateMachine):
                 await job.wait_cancelled(WAIT_S)
             if job.is_cancelled:
                 await self.answer_cancel(job, plan, ex)
+
+    async def window_allows(self, job: ScriptedJob, events: int) -> bool:
+        """Wait until the flow-control window covers `events` events; False when the job
+        was cancelled or no credit came (the provider then stops, as an agent does)."""
+        needed = events - wire.FLOW_WINDOW_EVENTS
+        if needed <= 0:
+            return True
+        with contextlib.suppress(TimeoutError):
+            await self.provider.wait_for(
+                lambda: job.credit >= needed or job.is_cancelled, 5, "credit"
+            )
+        return job.credit >= needed and not job.is_cancelled
 
     async def answer_cancel(self, job: ScriptedJob, plan: ProviderPlan, ex: Exchange) -> None:
         """Stop as an agent does: `finished` (cancelled) with the counts sent, then the
@@ -664,7 +690,8 @@ class WireMachine(RuleBasedStateMachine):
         # Trust: keeping the rules is never a verdict; a lie the coordinator saw is.
         if plan.keeps_the_rules:
             assert not untrusted, session.trust.untrusted_reason
-        if consumer.reads_everything and not ex.cut:
+        timed_out = row.error_code == "timeout"  # a lie after that reaches nobody
+        if consumer.reads_everything and not ex.cut and not timed_out:
             withheld = ex.receipt_withheld and not ex.answered_cancel
             if ex.lie_sent or (ex.answered and (ex.receipt_lie or withheld)):
                 note_path("a lie the coordinator saw in full: untrusted")
