@@ -8,7 +8,8 @@ every example. Each rule runs one job to its end: the provider plays a random pl
 deltas and counts; counts that lie — more tokens than the bytes hold, beyond `max_tokens`,
 out of range; a failure code only the coordinator may make; `finished` with the wrong
 usage; a receipt that is honest, forged, miscounted, missing or late; falling silent,
-disconnecting or sending an oversize frame at any point; answering a cancel or not) while
+disconnecting or sending an oversize frame at any point; answering a cancel or not; long
+answers past the flow-control window, waiting for credit or not) while
 the consumer streams and reads all, streams and hangs up after k chunks, asks for a whole
 answer, asks for one and hangs up, or stalls (reads nothing) and then hangs up. A provider
 that was cut off, left a job running, or became untrusted is replaced by a fresh connection
@@ -18,19 +19,24 @@ that was cut off, left a job running, or became untrusted is replaced by a fresh
 After every step, against the database:
 
 - the ledger sums to zero, and no account is below zero or below what it holds;
-- no hold is still `held` once its job has ended (its row in `jobs` exists);
+- no hold is still `held` once its job has ended (its row in `jobs` exists, waited for a
+  bounded time);
 - the consumer paid exactly the price of the job's billed tokens, never more completion
   tokens than `max_tokens`, than the provider sent (bounded by their bytes) or — when it
   read the stream to its end or asked for a whole answer — than reached it; nothing at all
   (not even the prompt) when no completion token was billed; a whole answer that failed
-  costs nothing;
+  costs nothing. (A consumer that hung up is bounded only by what the provider sent: what
+  was handed to its connection before it left counts as delivered, and a whole answer that
+  completed just before the hang-up was noticed counts as returned.)
 - an honest provider whose job completed and reached the consumer in full earned exactly
   its share: the coordinator's price of (its prompt claim bounded by the coordinator's
   bound, the tokens it delivered) minus the platform fee; a provider never earns more than
   the consumer paid minus the fee, and nothing for a job that made it untrusted;
 - trust: a provider that only kept the rules (whatever the consumer did) is still trusted,
   and comes back with the same token after a disconnect; one whose lie reached a
-  coordinator that read its whole job is untrusted;
+  coordinator that read its whole job (the consumer read to the end, and neither a
+  time-out nor a disconnect cut it short) is untrusted; a job that left its provider
+  untrusted paid nobody;
 - statuses: 200; 400 only when the provider itself refused the request as invalid; 502
   (`ProviderFailed`: the provider failed, broke the protocol, went away, or a whole answer
   did not complete) and 504 (`UpstreamTimeout`: no first token in time, or a whole answer
