@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -22,7 +21,6 @@ import httpx
 import orjson
 import pytest
 
-from moonflower import wire
 from moonflower.generation import Failed, Started, TextDelta
 from moonflower.ledger.tables import Job
 from tests.adversarial.conftest import (
@@ -188,9 +186,7 @@ async def test_a_huge_started_prompt_count_is_never_billed_as_claimed(
             assert job.billed_prompt_tokens < 10_000, job
             assert job.billed_completion_tokens <= 1, job
         assert await charged(books, consumer, before) <= PRICES.cost(10_000, 1)
-        assert await books.balance("prompt-liar") - before["prompt-liar"] <= PRICES.cost(
-            10_000, 1
-        )
+        assert await books.balance("prompt-liar") - before["prompt-liar"] <= PRICES.cost(10_000, 1)
         assert await books.open_holds() == []
         await books.assert_balanced()
         assert await charged(books, consumer, before) == 0
@@ -254,7 +250,7 @@ async def test_a_receipt_with_other_counts_earns_nothing_and_untrusts(
             await job.finish("stop")
             await job.receipt(completion_tokens=2000, prompt_tokens=900)
 
-        (status, text, _), _ = await asyncio.gather(stream_chat(consumer), lie())
+        (_, text, _), _ = await asyncio.gather(stream_chat(consumer), lie())
         assert text == "one two"
         await assert_money(
             books, consumer, "forger", before, delivered_tokens=2, provider_honest=False
@@ -488,10 +484,10 @@ async def test_a_provider_flooding_past_its_window_is_cut_off_untrusted_and_held
         async def flood_it() -> ScriptedJob:
             job = await flood.next_job()
             await job.started(5)
-            piece = "y" * 40_000
+            piece = "y" * 200_000
             with contextlib.suppress(Exception):  # the socket closes under it
                 for _ in range(200):  # no credit asked for or waited on
-                    await job.text(piece, 40)
+                    await job.text(piece, 200)
             return job
 
         flooding = asyncio.create_task(flood_it())
@@ -502,7 +498,8 @@ async def test_a_provider_flooding_past_its_window_is_cut_off_untrusted_and_held
             job = await flooding
             assert job.credit < 200
         growth = rss_bytes(each_coordinator) - rss_before
-        assert growth < 64 * 1024 * 1024, growth  # 200 × 40 kB = 8 MB sent, never all kept
+        # 200 events of 200 kB (40 MB) were sent; kept whole they would show here.
+        assert growth < 32 * 1024 * 1024, growth
         await books.wait_settled()
         assert await books.balance("flooder") == before["flooder"]
         assert await books.open_holds() == []
@@ -543,7 +540,3 @@ async def test_a_provider_sending_past_max_tokens_is_cut_off_untrusted_and_unpai
     await assert_out_of_routing(coordinator, liar, enrolled)
     await assert_live()
     assert_clean_log(coordinator)
-
-
-# keep names used by later sections importable
-_ = (sqlite3, wire)
