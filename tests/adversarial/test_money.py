@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any
 
 import httpx
 import orjson
 import pytest
+from sqlalchemy import select
 
 from moonflower.generation import Failed, Started, TextDelta
 from moonflower.ledger.tables import Job
@@ -540,3 +543,159 @@ async def test_a_provider_sending_past_max_tokens_is_cut_off_untrusted_and_unpai
     await assert_out_of_routing(coordinator, liar, enrolled)
     await assert_live()
     assert_clean_log(coordinator)
+
+
+# --- 5. the job deadline holds when the consumer stops reading; leases keep live holds ---------
+
+
+@pytest.mark.coordinator_settings(MAX_JOB_DURATION_S="3")
+async def test_a_consumer_that_stops_reading_is_cut_at_the_deadline_and_charged_anyway(
+    coordinator: RunningCoordinator,
+    books: Books,
+    consumer: Consumer,
+    provider_token: Enroll,
+    assert_live: Liveness,
+) -> None:
+    enrolled = await provider_token("honest")
+    before = await books.balances()
+    async with ScriptedProvider.connect(coordinator.base_url, token=enrolled.token) as honest:
+        await honest.wait_routable(coordinator.base_url)
+
+        async def serve_until_cancelled() -> ScriptedJob:
+            job = await honest.next_job()
+            await job.started(5)
+            for n in range(4):
+                await job.text(f" w{n}")
+            await job.wait_cancelled(timeout=15)  # the deadline, with nobody reading
+            await job.finish("cancelled")
+            await job.receipt()
+            return job
+
+        serving = asyncio.create_task(serve_until_cancelled())
+        async with await open_stream(consumer) as stream:
+            assert stream.status_code == 200
+            # Never read: the job ends on the coordinator's clock alone, hold closed.
+            job = await serving
+            await books.wait_settled(timeout=15)
+        jobs = await assert_money(
+            books, consumer, "honest", before, delivered_tokens=4, provider_honest=True
+        )
+        assert [j.billed_completion_tokens > 0 for j in jobs] == [True], jobs  # not free
+        assert await books.balance("honest") > before["honest"]
+        assert job.is_cancelled
+        await assert_trusted(coordinator, honest)
+    await assert_live()
+    assert_clean_log(coordinator)
+
+
+@pytest.mark.coordinator_settings(HOLD_LEASE_S="3")
+async def test_a_job_outliving_its_hold_lease_keeps_its_hold_and_settles_once(
+    coordinator: RunningCoordinator,
+    books: Books,
+    consumer: Consumer,
+    provider_token: Enroll,
+    assert_live: Liveness,
+) -> None:
+    from moonflower.ledger.tables import Hold
+
+    async def hold_row() -> Hold:
+        async with books.db.sessions() as session:
+            [row] = (await session.scalars(select(Hold))).all()
+        return row
+
+    enrolled = await provider_token("honest")
+    before = await books.balances()
+    async with ScriptedProvider.connect(coordinator.base_url, token=enrolled.token) as honest:
+        await honest.wait_routable(coordinator.base_url)
+        asking = asyncio.create_task(stream_chat(consumer))
+        job = await honest.next_job()
+        await job.started(5)
+        await job.text("slow")
+        first = await hold_row()
+        assert first.status == "held" and first.lease_expires_at is not None
+        first_expiry = first.lease_expires_at
+        # Keep the job running until the coordinator's clock passes its first lease term,
+        # with the lease renewed all along.
+        async with asyncio.timeout(15):
+            while True:
+                row = await hold_row()
+                assert row.status == "held", row
+                assert row.lease_expires_at is not None
+                if row.lease_expires_at > first_expiry + timedelta(seconds=3):
+                    break
+                await asyncio.sleep(0.1)
+        await job.text(" answer")
+        await job.finish("stop")
+        await job.receipt()
+        status, text, _ = await asyncio.wait_for(asyncio.shield(asking), 10)
+        assert (status, text) == (200, "slow answer")
+        [settled] = await assert_money(
+            books, consumer, "honest", before, delivered_tokens=2, provider_honest=True
+        )
+        assert settled.billed_completion_tokens == 2
+        assert [h.status for h in await books.holds()] == ["settled"]
+    await assert_live()
+    assert_clean_log(coordinator)
+
+
+# --- 6. settlement against a database that is briefly locked ------------------------------------
+
+
+def sqlite_path(running: RunningCoordinator) -> str:
+    return running.database_url.split(":///", 1)[1]
+
+
+async def wait_for_log(running: RunningCoordinator, needle: str, timeout: float = 20) -> None:
+    async with asyncio.timeout(timeout):
+        while needle not in running.log():
+            await asyncio.sleep(0.05)
+
+
+@pytest.mark.coordinator_settings(DATABASE_TIMEOUT_S="1")
+async def test_a_settlement_blocked_by_a_locked_database_lands_once_after_the_lock_goes(
+    coordinator: RunningCoordinator,
+    books: Books,
+    consumer: Consumer,
+    provider_token: Enroll,
+    assert_live: Liveness,
+) -> None:
+    enrolled = await provider_token("honest")
+    before = await books.balances()
+    async with ScriptedProvider.connect(coordinator.base_url, token=enrolled.token) as honest:
+        await honest.wait_routable(coordinator.base_url)
+        answering: asyncio.Task[ScriptedJob]
+
+        async def begin() -> ScriptedJob:
+            job = await honest.next_job()
+            await job.started(5)
+            await job.text("one")
+            await job.text(" two")
+            return job
+
+        answering = asyncio.create_task(begin())
+        async with await open_stream(consumer) as stream:
+            job = await answering
+            lines = stream.aiter_lines()
+            async with asyncio.timeout(10):
+                while "two" not in await anext(lines):
+                    pass
+            lock = sqlite3.connect(sqlite_path(coordinator), isolation_level=None, timeout=5)
+            try:
+                lock.execute("BEGIN IMMEDIATE")  # the write lock, held by someone else
+                await job.finish("stop")
+                await job.receipt()
+                await wait_for_log(coordinator, "the database is unavailable; retrying")
+                assert lock.execute("SELECT status FROM holds").fetchall() == [("held",)]
+            finally:
+                lock.execute("ROLLBACK")
+                lock.close()
+            async with asyncio.timeout(15):
+                async for _ in lines:
+                    pass
+        [settled] = await assert_money(
+            books, consumer, "honest", before, delivered_tokens=2, provider_honest=True
+        )
+        assert settled.billed_completion_tokens == 2
+        assert [h.status for h in await books.holds()] == ["settled"]
+        await assert_trusted(coordinator, honest)
+    await assert_live()
