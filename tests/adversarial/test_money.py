@@ -17,6 +17,7 @@ import contextlib
 import sqlite3
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -699,3 +700,54 @@ async def test_a_settlement_blocked_by_a_locked_database_lands_once_after_the_lo
         assert [h.status for h in await books.holds()] == ["settled"]
         await assert_trusted(coordinator, honest)
     await assert_live()
+
+
+# --- 9. a hold write cancelled half-way ---------------------------------------------------------
+
+
+async def test_a_hold_whose_requester_is_cancelled_while_it_is_written_is_released(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hard to time over the wire, so played at the dispatcher on a real SQLite database: the
+    request is cancelled while its hold is being written, the write lands anyway (as a
+    cancelled SQLite commit can), and the hold must not stay open for nobody."""
+    from moonflower.ledger import billing
+    from moonflower.ledger.accounts import get_account
+    from moonflower.ledger.book import deposit
+    from moonflower.ledger.keys import create_key
+    from moonflower.ledger.tables import Hold
+    from tests.support.fake_engine import ScriptedEngine
+    from tests.support.inprocess import inprocess_network
+
+    asked, may_write = asyncio.Event(), asyncio.Event()
+    real_reserve = billing.reserve
+
+    async def gated_reserve(*args: Any, **kwargs: Any) -> int:
+        asked.set()
+        await may_write.wait()  # the database answers when the test says so
+        return await real_reserve(*args, **kwargs)
+
+    monkeypatch.setattr(billing, "reserve", gated_reserve)
+    async with inprocess_network(tmp_path, [ScriptedEngine()]) as net:
+        db, dispatcher = net.services.db, net.services.dispatcher
+        key = await create_key(db, account_name="hasty")
+        await deposit(db, key.account_id, 10_000)
+        holding = asyncio.create_task(dispatcher._hold("job-cut-short", key.account_id, 500))
+        await asked.wait()
+        holding.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await holding
+        may_write.set()  # the write lands after its requester is gone
+
+        async def status() -> str | None:
+            async with db.sessions() as session:
+                hold = await session.get(Hold, "job-cut-short")
+            return None if hold is None else hold.status
+
+        async with asyncio.timeout(5):
+            while await status() in (None, "held"):
+                await asyncio.sleep(0.01)
+        assert await status() == "released"
+        account = await get_account(db, key.account_id)
+        assert (account.balance_micro_usd, account.held_micro_usd) == (10_000, 0)
+        assert "job-cut-short" not in dispatcher.leases
