@@ -751,3 +751,79 @@ async def test_a_hold_whose_requester_is_cancelled_while_it_is_written_is_releas
         account = await get_account(db, key.account_id)
         assert (account.balance_micro_usd, account.held_micro_usd) == (10_000, 0)
         assert "job-cut-short" not in dispatcher.leases
+
+
+# --- 11. routing ranks on what the coordinator measured -----------------------------------------
+
+
+async def serve_every_job(
+    provider: ScriptedProvider, served: list[str], *, claim: int, pause_s: float
+) -> None:
+    """Serve every job this provider gets: eight five-byte deltas claiming `claim` tokens
+    each, `pause_s` apart (the provider's real decode speed), and a receipt over its claims."""
+    while True:
+        job = await provider.next_job(timeout=60)
+        await job.started(5)
+        for n in range(8):
+            if n:
+                await asyncio.sleep(pause_s)  # decoding the next token
+            await job.text(f" wd{n:02d}", claim)
+        await job.finish("stop")
+        await job.receipt()
+        served.append(job.job_id)
+
+
+async def test_a_provider_claiming_huge_usage_does_not_outrank_an_honest_faster_one(
+    coordinator: RunningCoordinator,
+    books: Books,
+    consumer: Consumer,
+    provider_token: Enroll,
+    assert_live: Liveness,
+) -> None:
+    honest_account, liar_account = await provider_token("honest"), await provider_token("liar")
+    before = await books.balances()
+    honest_jobs: list[str] = []
+    liar_jobs: list[str] = []
+    async with (
+        ScriptedProvider.connect(coordinator.base_url, token=honest_account.token) as honest,
+        ScriptedProvider.connect(coordinator.base_url, token=liar_account.token) as liar,
+    ):
+        await honest.wait_routable(coordinator.base_url)
+        await liar.wait_routable(coordinator.base_url)
+        serving = [
+            asyncio.create_task(serve_every_job(honest, honest_jobs, claim=1, pause_s=0.025)),
+            # Half as fast, claiming a hundred tokens for every five bytes.
+            asyncio.create_task(serve_every_job(liar, liar_jobs, claim=100, pause_s=0.05)),
+        ]
+        try:
+            # Two requests at a time, one slot each: both providers serve every round.
+            for _ in range(4):
+                answers = await asyncio.gather(
+                    consumer.chat(max_tokens=1000), consumer.chat(max_tokens=1000)
+                )
+                assert [a.status_code for a in answers] == [200, 200]
+            assert (len(honest_jobs), len(liar_jobs)) == (4, 4)
+            # Both proven: the next jobs go to the one the coordinator measured faster.
+            for _ in range(5):
+                answer = await consumer.chat(max_tokens=1000)
+                assert answer.status_code == 200
+            assert (len(honest_jobs), len(liar_jobs)) == (9, 4)
+        finally:
+            for task in serving:
+                task.cancel()
+            await asyncio.gather(*serving, return_exceptions=True)
+        await books.wait_settled()
+        jobs = {job.id: job for job in await scripted_jobs(books)}
+        for job_id in honest_jobs:
+            assert jobs[job_id].billed_completion_tokens == 8
+        for job_id in liar_jobs:  # its claims are bounded by the bytes it sent
+            assert jobs[job_id].billed_completion_tokens <= 8 * 5
+        assert await charged(books, consumer, before) == sum(cost_of(j) for j in jobs.values())
+        for account, served in (("honest", honest_jobs), ("liar", liar_jobs)):
+            shares = sum(cost_of(jobs[i]) - PRICES.fee(cost_of(jobs[i])) for i in served)
+            assert await books.balance(account) - before[account] == shares
+        assert await books.open_holds() == []
+        await books.assert_balanced()
+        await assert_trusted(coordinator, honest)
+    await assert_live()
+    assert_clean_log(coordinator)
