@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ import httpx
 import orjson
 import pytest
 from sqlalchemy import select
+from sqlalchemy import text as sql
 
 from moonflower.generation import Failed, Started, TextDelta
 from moonflower.ledger.tables import Job
@@ -642,8 +643,39 @@ async def test_a_job_outliving_its_hold_lease_keeps_its_hold_and_settles_once(
 # --- 6. settlement against a database that is briefly locked ------------------------------------
 
 
-def sqlite_path(running: RunningCoordinator) -> str:
-    return running.database_url.split(":///", 1)[1]
+@contextlib.asynccontextmanager
+async def database_locked(
+    running: RunningCoordinator, books: Books
+) -> AsyncIterator[Callable[[], Awaitable[list[str]]]]:
+    """Someone else holds the lock the coordinator's settlement needs (SQLite: the write
+    lock; PostgreSQL: the accounts table) until the block ends; yields a reader of the
+    holds' statuses that works while the lock is held."""
+    if running.is_postgres:
+        async with books.db.engine.connect() as connection:
+            transaction = await connection.begin()
+            await connection.execute(sql("LOCK TABLE accounts IN ACCESS EXCLUSIVE MODE"))
+
+            async def pg_statuses() -> list[str]:
+                rows = await connection.execute(sql("SELECT status FROM holds"))
+                return [row[0] for row in rows]
+
+            try:
+                yield pg_statuses
+            finally:
+                await transaction.rollback()
+        return
+    path = running.database_url.split(":///", 1)[1]
+    lock = sqlite3.connect(path, isolation_level=None, timeout=5)
+    try:
+        lock.execute("BEGIN IMMEDIATE")
+
+        async def sqlite_statuses() -> list[str]:
+            return [row[0] for row in lock.execute("SELECT status FROM holds").fetchall()]
+
+        yield sqlite_statuses
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
 
 
 async def wait_for_log(running: RunningCoordinator, needle: str, timeout: float = 20) -> None:
@@ -654,7 +686,7 @@ async def wait_for_log(running: RunningCoordinator, needle: str, timeout: float 
 
 @pytest.mark.coordinator_settings(DATABASE_TIMEOUT_S="1")
 async def test_a_settlement_blocked_by_a_locked_database_lands_once_after_the_lock_goes(
-    coordinator: RunningCoordinator,
+    each_coordinator: RunningCoordinator,
     books: Books,
     consumer: Consumer,
     provider_token: Enroll,
@@ -662,9 +694,8 @@ async def test_a_settlement_blocked_by_a_locked_database_lands_once_after_the_lo
 ) -> None:
     enrolled = await provider_token("honest")
     before = await books.balances()
-    async with ScriptedProvider.connect(coordinator.base_url, token=enrolled.token) as honest:
-        await honest.wait_routable(coordinator.base_url)
-        answering: asyncio.Task[ScriptedJob]
+    async with ScriptedProvider.connect(each_coordinator.base_url, token=enrolled.token) as honest:
+        await honest.wait_routable(each_coordinator.base_url)
 
         async def begin() -> ScriptedJob:
             job = await honest.next_job()
@@ -680,16 +711,11 @@ async def test_a_settlement_blocked_by_a_locked_database_lands_once_after_the_lo
             async with asyncio.timeout(10):
                 while "two" not in await anext(lines):
                     pass
-            lock = sqlite3.connect(sqlite_path(coordinator), isolation_level=None, timeout=5)
-            try:
-                lock.execute("BEGIN IMMEDIATE")  # the write lock, held by someone else
+            async with database_locked(each_coordinator, books) as hold_statuses:
                 await job.finish("stop")
                 await job.receipt()
-                await wait_for_log(coordinator, "the database is unavailable; retrying")
-                assert lock.execute("SELECT status FROM holds").fetchall() == [("held",)]
-            finally:
-                lock.execute("ROLLBACK")
-                lock.close()
+                await wait_for_log(each_coordinator, "the database is unavailable; retrying")
+                assert await hold_statuses() == ["held"]
             async with asyncio.timeout(15):
                 async for _ in lines:
                     pass
@@ -698,7 +724,7 @@ async def test_a_settlement_blocked_by_a_locked_database_lands_once_after_the_lo
         )
         assert settled.billed_completion_tokens == 2
         assert [h.status for h in await books.holds()] == ["settled"]
-        await assert_trusted(coordinator, honest)
+        await assert_trusted(each_coordinator, honest)
     await assert_live()
 
 
