@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
@@ -563,8 +564,11 @@ async def test_a_consumer_that_stops_reading_is_cut_at_the_deadline_and_charged_
     async with ScriptedProvider.connect(coordinator.base_url, token=enrolled.token) as honest:
         await honest.wait_routable(coordinator.base_url)
 
+        sent_at: list[float] = []
+
         async def serve_until_cancelled() -> ScriptedJob:
             job = await honest.next_job()
+            sent_at.append(time.monotonic())
             await job.started(5)
             for n in range(4):
                 await job.text(f" w{n}")
@@ -579,6 +583,8 @@ async def test_a_consumer_that_stops_reading_is_cut_at_the_deadline_and_charged_
             # Never read: the job ends on the coordinator's clock alone, hold closed.
             job = await serving
             await books.wait_settled(timeout=15)
+            # On time: the deadline, the receipt's grace, and a little slack for two cores.
+            assert time.monotonic() - sent_at[0] < 3 + 2 + 3
         jobs = await assert_money(
             books, consumer, "honest", before, delivered_tokens=4, provider_honest=True
         )
