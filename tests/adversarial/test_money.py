@@ -344,6 +344,43 @@ async def test_a_consumer_hanging_up_while_the_receipt_is_awaited_never_untrusts
     assert_clean_log(each_coordinator)
 
 
+async def test_a_consumer_hanging_up_mid_stream_never_untrusts_even_without_a_receipt(
+    coordinator: RunningCoordinator,
+    books: Books,
+    consumer: Consumer,
+    provider_token: Enroll,
+    assert_live: Liveness,
+) -> None:
+    enrolled = await provider_token("honest")
+    before = await books.balances()
+    async with ScriptedProvider.connect(coordinator.base_url, token=enrolled.token) as honest:
+        await honest.wait_routable(coordinator.base_url)
+
+        async def begin() -> ScriptedJob:
+            job = await honest.next_job()
+            await job.started(5)
+            await job.text("one")
+            await job.text(" two")
+            return job
+
+        answering = asyncio.create_task(begin())
+        async with await open_stream(consumer) as stream:
+            job = await answering
+            lines = stream.aiter_lines()
+            async with asyncio.timeout(10):
+                while "two" not in await anext(lines):
+                    pass
+        await job.wait_cancelled()  # the hang-up reaches the provider as a cancel
+        await job.finish("cancelled")  # and its receipt is lost on the way
+        await assert_money(
+            books, consumer, "honest", before, delivered_tokens=2, provider_honest=True
+        )
+        assert await books.balance("honest") > before["honest"]
+        await assert_trusted(coordinator, honest)
+        await assert_live()
+    assert_clean_log(coordinator)
+
+
 # --- 8. a consumer leaving before the first output ---------------------------------------------
 
 
