@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 import pytest
 from sqlalchemy import select
 from sqlalchemy import text as sql
@@ -125,10 +124,12 @@ async def open_stream(consumer: Consumer, body: dict[str, Any] | None = None) ->
 async def test_the_prices_in_force_are_the_ones_the_tests_compute_with(
     coordinator: RunningCoordinator,
 ) -> None:
+    """Every sum below is computed with `PRICES`: they are the coordinator's own."""
     prices = await pricing(coordinator)
-    text = orjson.dumps(prices).decode()
-    assert str(PRICES.input) in text or str(PRICES.input / 1_000_000) in text, prices
-    assert str(PRICES.output) in text or str(PRICES.output / 1_000_000) in text, prices
+    assert prices["default"]["input_price"] == PRICES.input
+    assert prices["default"]["output_price"] == PRICES.output
+    assert prices["minimum_charge_micro_usd"] == PRICES.minimum
+    assert prices["platform_fee_percent"] == PRICES.fee_bps / 100
 
 
 async def test_a_delta_claiming_thousands_of_tokens_for_one_byte_is_paid_for_one(
