@@ -403,7 +403,9 @@ def held(network: LocalNetwork, consumer: str) -> int:
     return accounts(network)[consumer].held_micro_usd
 
 
-def test_holds_of_a_crashed_coordinator_are_released_at_start_up(tmp_path: Path) -> None:
+def test_holds_of_a_crashed_coordinator_are_released_once_their_lease_ran_out(
+    tmp_path: Path,
+) -> None:
     network, _provider = start_billed_network(tmp_path)
     try:
         consumer, key = new_consumer(network)
@@ -423,10 +425,10 @@ def test_holds_of_a_crashed_coordinator_are_released_at_start_up(tmp_path: Path)
         reserved = held(network, consumer)
         assert reserved > 0
         network.start_coordinator()
-        assert held(network, consumer) == reserved  # young: it may belong to a live request
+        assert held(network, consumer) == reserved  # leased: it may belong to a live request
         assert network.coordinator is not None
         network.coordinator.stop(signal.SIGKILL)
-        age_holds(network, hours=3)  # older than the longest request may run
+        expire_leases(network)  # nobody renewed them: their lease ran out
         network.start_coordinator()
         after = accounts(network)
         assert after[consumer] == before[consumer]
@@ -434,9 +436,7 @@ def test_holds_of_a_crashed_coordinator_are_released_at_start_up(tmp_path: Path)
         network.stop()
 
 
-def age_holds(network: LocalNetwork, *, hours: int) -> None:
+def expire_leases(network: LocalNetwork) -> None:
     database = network.data_dir / "moonflower.db"
     with sqlite3.connect(database) as connection:
-        connection.execute(
-            "UPDATE holds SET created_at = datetime(created_at, ?)", (f"-{hours} hours",)
-        )
+        connection.execute("UPDATE holds SET lease_expires_at = datetime('now', '-1 minute')")

@@ -5,8 +5,8 @@ consumer, pay the provider and the platform, record the job and its receipt). Th
 idempotent per job id and retried, with back-off, until it lands: a database that is down
 for a while delays a settlement, it never makes a job free or leaves its provider unpaid.
 Meanwhile the job's hold stays leased (`leases.HoldLeases`), so nobody releases it. Callers
-wait only a bounded time for the result (a stream's receipt event carries the cost when it
-landed in time); the write goes on in the background.
+wait for the first attempt only (bounded by the database's own time-out): when it fails, a
+stream's receipt event carries no cost, and the write goes on in the background.
 """
 
 from __future__ import annotations
@@ -28,8 +28,6 @@ from moonflower.ledger.receipts import ReceiptRecord
 
 log = logging.getLogger(__name__)
 
-WAIT_S = 2.0
-"""How long a caller waits for a settlement before going on without its result."""
 RETRY_FIRST_S = 0.1
 RETRY_MAX_S = 30.0
 
@@ -60,6 +58,8 @@ class Settler:
         self._limits = limits
         self._sleep = sleep
         self._writing: dict[str, asyncio.Task[billing.Settlement]] = {}
+        self._tried: dict[str, asyncio.Event] = {}
+        """Per settlement being written: set once its first attempt has ended."""
 
     @property
     def pending(self) -> int:
@@ -68,27 +68,37 @@ class Settler:
 
     async def settle(self, order: SettlementOrder) -> billing.Settlement | None:
         """Write `order` (once per job id, however often asked) and return its settlement,
-        or None if it has not landed within `WAIT_S` (it keeps being retried)."""
+        or None if its first attempt failed (it keeps being retried in the background). The
+        first attempt is waited for whole: it is bounded by the database's own time-out."""
         job_id = order.record.id
         task = self._writing.get(job_id)
         if task is None:
-            task = asyncio.create_task(self._write_until_landed(order))
+            tried = self._tried[job_id] = asyncio.Event()
+            task = asyncio.create_task(self._write_until_landed(order, tried))
             self._writing[job_id] = task
-            task.add_done_callback(lambda _t: self._writing.pop(job_id, None))
+            task.add_done_callback(lambda _t: self._forget(job_id))
             tokens = order.record.prompt_tokens + order.record.completion_tokens
             self._limits.record_tokens(order.record.key_id, tokens)
-        try:
-            return await asyncio.wait_for(asyncio.shield(task), WAIT_S)
-        except TimeoutError:
-            log.warning("settlement of job %s is taking long; it goes on", job_id)
-            return None
+        else:
+            tried = self._tried[job_id]
+        await asyncio.shield(tried.wait())
+        if task.done() and not task.cancelled():
+            return task.result()
+        log.warning("settlement of job %s is waiting for the database; it goes on", job_id)
+        return None
+
+    def _forget(self, job_id: str) -> None:
+        self._writing.pop(job_id, None)
+        self._tried.pop(job_id, None)
 
     async def drain(self, deadline_s: float) -> None:
         """At shutdown: give the settlements still being written up to `deadline_s`."""
         if self._writing:
             await asyncio.wait(set(self._writing.values()), timeout=deadline_s)
 
-    async def _write_until_landed(self, order: SettlementOrder) -> billing.Settlement:
+    async def _write_until_landed(
+        self, order: SettlementOrder, tried: asyncio.Event
+    ) -> billing.Settlement:
         delay_s = RETRY_FIRST_S
         while True:
             try:
@@ -102,6 +112,8 @@ class Settler:
             else:
                 self._leases.drop(order.record.id)
                 return settlement
+            finally:
+                tried.set()
             await self._sleep(delay_s)
             delay_s = min(delay_s * 2, RETRY_MAX_S)
 
