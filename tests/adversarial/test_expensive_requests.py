@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -246,16 +245,15 @@ async def test_a_schema_too_slow_to_compile_is_refused_once_and_not_retried(
     schema = slow_schema()
     assert len(orjson.dumps(schema)) <= MAX_SCHEMA_BYTES  # within the coordinator's bounds
     fmt = {"type": "json_schema", "json_schema": {"name": "form", "schema": schema}}
-    t0 = time.monotonic()
     response = await consumer.chat("Fill in the form.", model=REAL_MODEL, response_format=fmt)
-    elapsed = time.monotonic() - t0
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert (error["type"], error["param"]) == ("invalid_request_error", "response_format")
     assert f"takes more than {COMPILE_DEADLINE_S:g} s to turn into a grammar" in error["message"]
-    # Refused at the provider's deadline, well before the coordinator's first-event
-    # time-out (5 s here) would have sent the job to the second provider.
-    assert elapsed < COMPILE_DEADLINE_S + 3
+    # Refused at the provider's deadline (converted once, on one provider), before the
+    # coordinator's first-event time-out would have sent the job to the second provider.
+    conversions = sum(p.log().count("converting an output schema to a grammar") for p in providers)
+    assert conversions == 1
     failures = [failure for process in providers for failure in attempts_logged(process)]
     assert [code for _job, code in failures] == ["invalid_request"]
     sent = re.findall(r"job (\S+) sent to provider (\S+)", coordinator.log())
@@ -284,14 +282,13 @@ async def test_counting_tokens_with_an_expensive_forced_tool_answers_at_once(
         "tools": [tool],
         "tool_choice": {"type": "tool", "name": "fill"},
     }
-    t0 = time.monotonic()
     counted = await consumer.client.post("/v1/messages/count_tokens", json=payload)
-    elapsed = time.monotonic() - t0
     assert counted.status_code == 200, counted.text
     assert counted.json()["input_tokens"] > 1000
-    # Compiling the forced call's grammar takes seconds, up to the deadline: none was.
-    assert elapsed < COMPILE_DEADLINE_S
+    # Compiling the forced call's grammar takes seconds, up to the deadline: none was tried
+    # (decided from the provider's own log, not from a timing guess on a shared machine).
     assert attempts_logged(provider) == []
+    assert "converting an output schema to a grammar" not in provider.log()
     await books.wait_settled()
     assert (await books.balances())[consumer.name] == before[consumer.name]  # counting is free
     await books.assert_balanced()

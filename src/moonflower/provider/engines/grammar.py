@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import re
 import threading
 import time
@@ -42,6 +43,8 @@ from moonflower.provider.engines.numeric_ranges import (
     bounded_numeric_rule,
     has_numeric_bounds,
 )
+
+log = logging.getLogger(__name__)
 
 JSON_OBJECT_SCHEMA: dict[str, Any] = {"type": "object"}
 MAX_REPEAT = 1000
@@ -311,6 +314,7 @@ class CompiledGrammars(Generic[Compiled]):
     def _compiled(self, schema: dict[str, Any]) -> tuple[Compiled | _Refused, int]:
         with self._lock:
             self.conversions += 1
+        log.info("converting an output schema to a grammar (%d so far)", self.conversions)
         gbnf = _convert(schema, self._deadline_s)
         if isinstance(gbnf, _Refused):
             return gbnf, 0
