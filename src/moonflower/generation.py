@@ -12,7 +12,7 @@ one is a protocol error, while constructing a dataclass in-process checks nothin
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field
@@ -116,7 +116,8 @@ class ResponseFormat:
 
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
-    """Sampling knobs. `None` means "the engine's default"."""
+    """Sampling knobs. `None` means "the model's recommended value, else the engine's
+    default" (temperature 1, top_p 1, top_k off, no penalties, a random seed)."""
 
     temperature: float | None = None
     top_p: float | None = None
@@ -124,6 +125,15 @@ class SamplingParams:
     seed: int | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+
+    def filled_from(self, defaults: SamplingParams) -> SamplingParams:
+        """These knobs, with `defaults`' value wherever one is unset here."""
+        unset = {
+            knob.name: getattr(defaults, knob.name)
+            for knob in fields(self)
+            if getattr(self, knob.name) is None
+        }
+        return replace(self, **unset)
 
 
 @dataclass(frozen=True, slots=True)

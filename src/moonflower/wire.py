@@ -39,6 +39,7 @@ from moonflower.generation import (
     GenerationEvent,
     GenerationRequest,
     Label,
+    SamplingParams,
 )
 
 PROTOCOL_VERSION = 3
@@ -48,9 +49,8 @@ FLOW_WINDOW_EVENTS = 64
 """Events of one job a provider may send beyond those its coordinator granted (`job_credit`)."""
 
 HEARTBEAT_INTERVAL_S = 5.0
-"""How often a provider sends a heartbeat; the coordinator drops a silent provider after
-`HEARTBEAT_TIMEOUT_S`."""
-HEARTBEAT_TIMEOUT_S = 30.0
+"""How often a provider sends a heartbeat; the coordinator drops a provider silent for longer
+than its `heartbeat_timeout_s` setting (90 s by default)."""
 MAX_FRAME_BYTES = 10 * 1024 * 1024
 
 MAX_MODEL_CARDS = 32
@@ -92,6 +92,21 @@ class Hardware(_Frame):
     os: Label
 
 
+class SamplingDefaults(_Frame):
+    """The sampling a model's authors recommend, for the knobs a request leaves unset.
+
+    Whoever runs the model fills these in (the coordinator before it seals a job, the
+    provider's engine for anything still unset) so that an answer's reported settings are
+    the ones used. Bounded like the requests' own values."""
+
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    top_k: int | None = Field(default=None, ge=0, le=1000)
+
+    def params(self) -> SamplingParams:
+        return SamplingParams(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
+
+
 class ModelCard(_Frame):
     """One model a provider serves."""
 
@@ -101,6 +116,7 @@ class ModelCard(_Frame):
     quantization: Label | None = None
     engine: Label
     size_bytes: Bytes
+    sampling_defaults: SamplingDefaults = Field(default_factory=SamplingDefaults)
 
 
 # provider → coordinator

@@ -58,6 +58,17 @@ class PromptCounter(Protocol):
     async def count(self, request: GenerationRequest, card: wire.ModelCard) -> int | None: ...
 
 
+def with_recommended_sampling(
+    request: GenerationRequest, card: wire.ModelCard
+) -> GenerationRequest:
+    """`request` with the model's recommended sampling wherever the caller set none, as the
+    provider will run it: what is sealed, signed for and reported is what was used."""
+    sampling = request.sampling.filled_from(card.sampling_defaults.params())
+    return (
+        request if sampling == request.sampling else dataclasses.replace(request, sampling=sampling)
+    )
+
+
 def worst_card(providers: list[ProviderSession], model: str) -> wire.ModelCard:
     """The card of `model` with the longest context among `providers`: the reservation
     must cover whichever of them ends up serving the request."""
@@ -334,7 +345,8 @@ class Dispatcher:
         """Send the job to one provider and wait for its first output (and the hold). If
         the provider failed before that, the attempt is abandoned unsettled (so the same job
         id can go elsewhere) and returned with why."""
-        job_id, request, caller = admission.job_id, admission.request, admission.caller
+        job_id, caller = admission.job_id, admission.caller
+        request = with_recommended_sampling(admission.request, card)
         prompt = await self._prompt_count(request, card)
         try:
             channel = await provider.start_job(job_id, request, card)

