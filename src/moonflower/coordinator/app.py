@@ -22,6 +22,7 @@ from starlette.responses import Response
 from moonflower import __version__, errors
 from moonflower.coordinator.auth import CallerCache, authenticate
 from moonflower.coordinator.dialects import anthropic_errors, openai_errors
+from moonflower.coordinator.dialects.caller_dialect import speaks_anthropic
 from moonflower.coordinator.dispatch import Dispatcher
 from moonflower.coordinator.prompt_count import PromptCounter
 from moonflower.coordinator.registry import Registry
@@ -151,9 +152,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def render_error(request: Request, exc: errors.MoonflowerError) -> Response:
-    """Render `exc` in the dialect of the route that was called; an error that says when to
+    """Render `exc` in the dialect the request speaks (`caller_dialect`); an error that says when to
     try again (`retry_after_s`) also says it in a `Retry-After` header, which SDKs honour."""
-    if is_anthropic_route(request.url.path):
+    if speaks_anthropic(request):
         status, body = anthropic_errors.status_and_body(exc)
         body["request_id"] = "req_" + secrets.token_hex(12)
     else:
@@ -163,7 +164,3 @@ def render_error(request: Request, exc: errors.MoonflowerError) -> Response:
     if isinstance(retry_after_s, int):
         response.headers["Retry-After"] = str(max(1, retry_after_s))
     return response
-
-
-def is_anthropic_route(path: str) -> bool:
-    return path == "/v1/messages" or path.startswith("/v1/messages/")

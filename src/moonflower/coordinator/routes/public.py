@@ -1,4 +1,9 @@
-"""Read-only routes: the models served right now and the coordinator's health."""
+"""Read-only routes: the models served right now and the coordinator's health.
+
+Wiring only: the Models API answers in the caller's dialect (`caller_dialect`), its shapes
+live in `dialects/openai_models` and `dialects/anthropic_models`, what it lists and how it
+pages in `model_catalog`. Both need an API key.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,10 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from moonflower import errors
 from moonflower.coordinator.auth import authenticate
+from moonflower.coordinator.dialects import anthropic_models, openai_models
+from moonflower.coordinator.dialects.caller_dialect import speaks_anthropic
+from moonflower.coordinator.model_catalog import ListedModel, listed_models
 from moonflower.coordinator.services import Services, json_response
 
 router = APIRouter()
@@ -17,48 +24,24 @@ router = APIRouter()
 async def list_models(request: Request) -> Response:
     services = Services.of(request)
     await authenticate(request, services.callers)
-    return json_response({"object": "list", "data": model_objects(services)})
+    entries, query = catalog(services), request.query_params
+    if speaks_anthropic(request):
+        return json_response(anthropic_models.list_body(entries, query, services.started_at))
+    return json_response(openai_models.list_body(entries, query, services.started_at))
 
 
 @router.get("/v1/models/{model_id:path}")
 async def retrieve_model(model_id: str, request: Request) -> Response:
     services = Services.of(request)
     await authenticate(request, services.callers)
-    found = [m for m in model_objects(services) if m["id"] == model_id]
-    if not found:
-        raise errors.ModelNotFound(model_id)
-    return json_response(found[0])
+    entries = catalog(services)
+    if speaks_anthropic(request):
+        return json_response(anthropic_models.model_body(entries, model_id, services.started_at))
+    return json_response(openai_models.model_body(entries, model_id, services.started_at))
 
 
-def model_objects(services: Services) -> list[dict[str, object]]:
-    """The models served right now, then every alias whose target is served right now."""
-    served = services.registry.models()
-    objects: list[dict[str, object]] = [
-        {
-            "id": model_id,
-            "object": "model",
-            "created": services.started_at,
-            "owned_by": "moonflower",
-            "context_length": max(card.context_length for card in cards),
-            "providers": len(cards),
-        }
-        for model_id, cards in sorted(served.items())
-    ]
-    aliases = services.settings.model_aliases
-    for alias, target in sorted(aliases.items()):
-        if target in served and alias not in served:
-            objects.append(
-                {
-                    "id": alias,
-                    "object": "model",
-                    "created": services.started_at,
-                    "owned_by": "moonflower",
-                    "alias_of": target,
-                    "context_length": max(card.context_length for card in served[target]),
-                    "providers": len(served[target]),
-                }
-            )
-    return objects
+def catalog(services: Services) -> list[ListedModel]:
+    return listed_models(services.registry.models(), services.settings.model_aliases)
 
 
 @router.get("/health")
