@@ -165,7 +165,8 @@ def test_revoked_key_is_a_401(network: LocalNetwork) -> None:
 
     key = network.create_key(account="revoked")
     url = f"{network.base_url}/v1/models"
-    assert httpx.get(url, headers={"x-api-key": key}).status_code == 200
+    headers = {"Authorization": f"Bearer {key}"}  # OpenAI's dialect (`x-api-key`: Anthropic's)
+    assert httpx.get(url, headers=headers).status_code == 200
     subprocess.run(
         [sys.executable, "-m", "moonflower", "keys", "revoke", key[:11], *network.db_args()],
         check=True,
@@ -174,7 +175,7 @@ def test_revoked_key_is_a_401(network: LocalNetwork) -> None:
     )
     # The coordinator remembers a key's caller for `api_key_cache_s` (5 s by default).
     deadline = time.monotonic() + 5 + 10
-    while (response := httpx.get(url, headers={"x-api-key": key})).status_code == 200:
+    while (response := httpx.get(url, headers=headers)).status_code == 200:
         assert time.monotonic() < deadline, "a revoked key kept working past the cache time"
         time.sleep(0.25)
     assert_openai_error(response, 401)
