@@ -82,7 +82,8 @@ class _Frame(BaseModel):
 
 
 class Hardware(_Frame):
-    """What the machine is, as the OS reports it."""
+    """What the machine is, as the OS reports it. `serial` is what the provider calls its
+    machine (a hardware serial, or a `mid-`/`key-` stand-in): a claim, never a trust key."""
 
     cpu: Label
     cpu_cores: Cores
@@ -90,6 +91,7 @@ class Hardware(_Frame):
     gpu: Label | None = None
     memory_bytes: Bytes
     os: Label
+    serial: Label | None = None
 
 
 class SamplingDefaults(_Frame):

@@ -43,7 +43,8 @@ def test_this_machine_is_described() -> None:
     assert found.os == platform.platform()
     if platform.system() == "Linux" and Path("/proc/cpuinfo").exists():
         assert found.cpu == cpu_model_from_cpuinfo(Path("/proc/cpuinfo").read_text())
-        assert found.chip is None
+        assert found.chip == (found.gpu or found.cpu)  # no Apple chip: the GPU, else the CPU
+    assert found.chip
 
 
 def test_it_round_trips_through_the_wire_model() -> None:
@@ -78,8 +79,33 @@ def test_unreadable_sources_fall_back_instead_of_failing(
     monkeypatch.setattr(hardware.psutil, "virtual_memory", broken)
     found = detect_hardware()
     assert found.cpu
+    assert found.chip
     assert found.memory_bytes >= 0
     assert found.gpu is None or platform.system() == "Darwin"
+
+
+def test_a_linux_machine_with_an_nvidia_gpu_is_named_by_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "0000:01:00.0").mkdir()
+    (tmp_path / "0000:01:00.0" / "information").write_text("Model: \t NVIDIA L4\nIRQ: 1\n")
+    monkeypatch.setattr(hardware, "_NVIDIA_GPUS", tmp_path)
+    monkeypatch.setattr(platform, "system", lambda: "Linux")
+    found = detect_hardware()
+    assert (found.chip, found.gpu) == ("NVIDIA L4", "NVIDIA L4")
+
+
+def test_unprintable_hardware_names_still_describe_the_machine(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("model name\t: Odd\x1b[31mCPU\u202e " + "x" * 400 + "\n")
+    monkeypatch.setattr(hardware, "_CPUINFO", cpuinfo)
+    monkeypatch.setattr(platform, "system", lambda: "Linux")
+    found = detect_hardware()  # a wire label would refuse the raw name
+    assert found.cpu.startswith("Odd [31mCPU ")
+    assert len(found.cpu) == 256 and found.cpu.isprintable()
+    assert found.chip == found.cpu
 
 
 # --- identity facts for the attestation statement -------------------------------------------

@@ -99,7 +99,10 @@ def serve(
     settings = build_settings(ProviderSettings, given)
     logs.configure(settings.log_level)
     loaded = load(settings)
-    agent = ProviderAgent(settings, loaded, detect_hardware(), load_signer(settings.data_dir))
+    signer = load_signer(settings.data_dir)
+    agent = ProviderAgent(
+        settings, loaded, detect_hardware(signing_key=signer.public_key()), signer
+    )
     try:
         eventloop.run(serve_until_stopped(agent, settings.drain_timeout_s))
     except KeyboardInterrupt:

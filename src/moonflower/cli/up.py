@@ -79,7 +79,8 @@ async def run_network(
         services.db, account_name=PROVIDER_ACCOUNT, name="moonflower up", purpose="provider"
     )
     provider_settings = provider_settings.model_copy(update={"token": SecretStr(earning.key)})
-    agent = ProviderAgent(provider_settings, engine, detect_hardware(), signer)
+    hardware = detect_hardware(signing_key=signer.public_key())
+    agent = ProviderAgent(provider_settings, engine, hardware, signer)
     serving = asyncio.create_task(server.serve())
     providing: asyncio.Task[None] | None = None
     try:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+from asyncio import FIRST_COMPLETED
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -173,41 +175,69 @@ async def serve(
 ) -> Response:
     """Run an admitted request and answer it in its dialect.
 
-    A stream that must first wait for a free provider starts at once — headers, then SSE
+    The response waits for the provider's first output, so its headers can name the
+    provider (`job_headers`). A stream that must first wait for a free provider waits like
+    that for at most the keep-alive interval, the longest silence a stream allows; if no
+    provider has taken it by then it starts — headers with the job id only, then SSE
     keep-alive comments while it waits — and a failure to start then arrives as the
-    dialect's error event (`error_frames`) rather than as an HTTP status. Otherwise the
-    response waits for the provider's first output, so its headers can name the provider."""
+    dialect's error event (`error_frames`) rather than as an HTTP status."""
     services = Services.of(request)
     dispatcher = services.dispatcher
     if not (is_stream and dispatcher.must_wait(admission)):
-        job = await dispatcher.run(admission)
-        try:
-            rendering = render(job)
-            return await answer(job, request, stream=rendering.stream, whole=rendering.whole)
-        except BaseException:  # no response will own the job: end it here (a no-op if ended)
-            await job.close()
-            raise
+        return await _answer_started(await dispatcher.run(admission), request, render)
     # Once the headers are out a refusal can only be an error event: await the hold first.
     await dispatcher.hold_taken(admission)
-    started: list[Job] = []
+    starting = asyncio.create_task(dispatcher.run(admission))
+    if await _starts_within(starting, request, services.settings.sse_keepalive_s):
+        return await _answer_started(starting.result(), request, render)
 
     async def opening() -> AsyncIterator[bytes]:
-        job = await dispatcher.run(admission)
-        started.append(job)
-        stream = render(job).stream
+        stream = render(await starting).stream
         assert stream is not None
         return stream()
 
-    async def close() -> None:
-        for job in started:
-            await job.close()
-
     return sse.EventStreamResponse(
         sse.deferred(opening, on_error=error_frames),
-        on_close=close,
+        on_close=functools.partial(_stop_starting, starting),
         headers={"x-moonflower-job-id": admission.job_id},
         keepalive_s=services.settings.sse_keepalive_s,
     )
+
+
+async def _answer_started(
+    job: Job, request: Request, render: Callable[[Job], Rendering]
+) -> Response:
+    try:
+        rendering = render(job)
+        return await answer(job, request, stream=rendering.stream, whole=rendering.whole)
+    except BaseException:  # no response will own the job: end it here (a no-op if ended)
+        await job.close()
+        raise
+
+
+async def _starts_within(starting: asyncio.Task[Job], request: Request, timeout_s: float) -> bool:
+    """Whether `starting` gave a job within `timeout_s`. A failure, or a wait that runs out,
+    is left for the stream to report; if the client hangs up first, the start is stopped."""
+    hangup = asyncio.create_task(wait_for_disconnect(request))
+    try:
+        await asyncio.wait({starting, hangup}, timeout=timeout_s, return_when=FIRST_COMPLETED)
+    except BaseException:  # the request itself was cancelled: nobody will read this start
+        await _stop_starting(starting)
+        raise
+    finally:
+        hangup.cancel()
+    if hangup.done() and not hangup.cancelled() and not starting.done():
+        await _stop_starting(starting)
+        raise errors.ProviderFailed("The client disconnected before a provider was free.")
+    return starting.done() and not starting.cancelled() and starting.exception() is None
+
+
+async def _stop_starting(starting: asyncio.Task[Job]) -> None:
+    """Stop a start nobody will read (leaving the queue), or close the job it gave."""
+    starting.cancel()
+    await asyncio.wait({starting})
+    if not starting.cancelled() and starting.exception() is None:
+        await starting.result().close()
 
 
 async def answer(

@@ -6,6 +6,12 @@ the consumer has been charged. So every value here is made printable ASCII (acce
 compatibility forms folded, breaks and odd spaces made spaces, invisible characters dropped,
 anything else replaced by "?") and cut to a bounded length; a value that is left empty is
 dropped. Building headers never raises. Knows nothing of dialects or of how the job ran.
+
+The chip and serial come from the provider's verified statement when it names them, else from
+what the provider registered (every provider names a chip, and a serial: its hardware serial
+or a `mid-`/`key-` stand-in). Either way they are the provider's own words: only the
+`x-provider-trust-level` `hardware` means a device attestation matched the statement's serial,
+and `x-provider-attested` says only whether a statement was verified.
 """
 
 from __future__ import annotations
@@ -30,11 +36,10 @@ def job_headers(job: Job) -> dict[str, str]:
         "x-provider-trust-level": trust.level.label,
         "x-provider-attested": "true" if statement is not None else "false",
     }
-    hardware = statement.hardware if statement is not None else None
-    values["x-provider-chip"] = (
-        hardware.chip if hardware is not None else provider.registration.hardware.chip
-    )
-    values["x-provider-serial"] = hardware.serial if hardware is not None else None
+    attested = statement.hardware if statement is not None else None
+    registered = provider.registration.hardware
+    values["x-provider-chip"] = (attested.chip if attested else None) or registered.chip
+    values["x-provider-serial"] = (attested.serial if attested else None) or registered.serial
     headers = {}
     for name, value in values.items():
         safe = header_value(value)

@@ -1,16 +1,28 @@
 """What machine the provider runs on, as the OS reports it.
 
 Owns `detect_hardware()`, which reads cheap local sources only (/proc, `sysctl`, psutil,
-`platform`) and never fails: anything it cannot learn falls back to a plain default. It also
-owns the identity facts for the attestation statement: `machine_model()`, `serial_number()`
-(None whenever the OS will not say, e.g. DMI serials are root-only on Linux, and for vendor
-placeholders such as "To Be Filled By O.E.M.") and `os_version()`; these never raise either.
+`platform`) and never fails: anything it cannot learn falls back to a plain default. Its
+`chip` names the machine on every platform (the Apple chip; elsewhere the GPU when one is
+cheaply known, else the CPU) and its `serial` is `machine_serial()`.
+
+It also owns the identity facts for the attestation statement: `machine_model()`,
+`serial_number()` (the hardware serial; None whenever the OS will not say, e.g. DMI serials
+are root-only on Linux, and for vendor placeholders such as "To Be Filled By O.E.M.") and
+`os_version()`; these never raise either. `machine_serial()` is what a provider calls itself
+when there is no hardware serial: `mid-<hex>`, a Moonflower-specific hash of the systemd/D-Bus
+machine id computed like systemd's `sd_id128_get_machine_app_specific()` (stable across
+restarts, the same for every provider on the machine, and revealing nothing of the machine id
+itself), else `key-<hex>` from the provider's signing key fingerprint. Neither is a hardware
+serial, so neither goes into the statement's `serial` (which a device attestation must match).
+
 It must not probe slowly (no `system_profiler`, no GPU libraries) and must not send anything
 anywhere.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import platform
 import re
@@ -20,6 +32,8 @@ from pathlib import Path
 
 import psutil
 
+from moonflower.crypto.signing import key_fingerprint
+from moonflower.generation import MAX_LABEL_CHARS
 from moonflower.wire import Hardware
 
 _CPUINFO = Path("/proc/cpuinfo")
@@ -28,6 +42,14 @@ _SYSCTL_TIMEOUT_S = 2.0
 _DMI_PRODUCT_NAME = Path("/sys/devices/virtual/dmi/id/product_name")
 _DMI_PRODUCT_SERIAL = Path("/sys/class/dmi/id/product_serial")
 _DEVICE_TREE_MODEL = Path("/proc/device-tree/model")
+_DEVICE_TREE_SERIAL = Path("/proc/device-tree/serial-number")
+_MACHINE_ID_FILES = (Path("/etc/machine-id"), Path("/var/lib/dbus/machine-id"))
+MACHINE_APP_ID = "72d7cb1adb8246de81587b165c26de51"
+"""Moonflower's application id for app-specific machine ids: with it,
+`systemd-id128 machine-id --app-specific=72d7cb1adb8246de81587b165c26de51` prints the hex
+of this machine's `mid-` serial."""
+_MACHINE_ID = re.compile(r"^[0-9a-f]{32}$")
+_KEY_SERIAL_HEX = 32
 _IOREG = "/usr/sbin/ioreg"
 _IOREG_TIMEOUT_S = 3.0
 # Values firmware vendors leave in DMI fields they never filled in.
@@ -51,18 +73,23 @@ _PLACEHOLDERS = frozenset(
 )
 
 
-def detect_hardware() -> Hardware:
-    """Describe this machine: CPU, cores, chip (macOS), GPU when cheaply known, memory, OS."""
+def detect_hardware(*, signing_key: bytes | None = None) -> Hardware:
+    """Describe this machine: CPU, cores, chip, GPU when cheaply known, memory, OS, and its
+    serial (`machine_serial`; `signing_key` is the provider's identity key, the last resort)."""
     is_macos = platform.system() == "Darwin"
-    chip = _sysctl("machdep.cpu.brand_string") if is_macos else None
-    cpu = chip or _linux_cpu_model() or platform.processor() or platform.machine() or "unknown"
+    apple_chip = _sysctl("machdep.cpu.brand_string") if is_macos else None
+    cpu = (
+        apple_chip or _linux_cpu_model() or platform.processor() or platform.machine() or "unknown"
+    )
+    gpu = _macos_gpu(apple_chip) if is_macos else _nvidia_gpu()
     return Hardware(
-        cpu=cpu,
+        cpu=_label(cpu),
         cpu_cores=os.cpu_count() or 1,
-        chip=chip,
-        gpu=_macos_gpu(chip) if is_macos else _nvidia_gpu(),
+        chip=_label(apple_chip or gpu or cpu),
+        gpu=_label(gpu) if gpu else None,
         memory_bytes=_memory_bytes(),
-        os=platform.platform() or platform.system() or "unknown",
+        os=_label(platform.platform() or platform.system() or "unknown"),
+        serial=machine_serial(signing_key=signing_key),
     )
 
 
@@ -158,13 +185,55 @@ def machine_model(*, system: str | None = None) -> str | None:
 
 def serial_number(*, system: str | None = None) -> str | None:
     """The hardware serial as the OS reports it, or None (Linux exposes the DMI serial to root
-    only; an unprivileged provider reports None rather than guessing). Never raises."""
+    only, boards without DMI may name theirs in the device tree; an unprivileged provider
+    reports None rather than guessing). Never raises."""
     system = platform.system() if system is None else system
     if system == "Darwin":
         return serial_from_ioreg(_ioreg_platform_expert() or "")
     if system == "Linux":
-        return identifier_value(_read_text(_DMI_PRODUCT_SERIAL))
+        return identifier_value(_read_text(_DMI_PRODUCT_SERIAL)) or identifier_value(
+            _read_text(_DEVICE_TREE_SERIAL)
+        )
     return None
+
+
+def machine_serial(*, signing_key: bytes | None = None, system: str | None = None) -> str | None:
+    """What this provider calls its machine: the hardware serial when the OS gives one, else
+    `mid-<hex>` (`app_specific_machine_id` of the machine id), else `key-<hex>` from
+    `signing_key`'s fingerprint; None only when none of those exists. Never raises."""
+    found = serial_number(system=system)
+    if found is not None:
+        return _label(found)
+    for path in _MACHINE_ID_FILES:
+        machine_id = app_specific_machine_id(_read_text(path) or "")
+        if machine_id is not None:
+            return f"mid-{machine_id}"
+    return key_serial(signing_key) if signing_key is not None else None
+
+
+def app_specific_machine_id(machine_id: str, app_id: str = MACHINE_APP_ID) -> str | None:
+    """`machine_id` (32 hex digits, as in /etc/machine-id) hashed for `app_id` as systemd's
+    `sd_id128_get_machine_app_specific()` does: HMAC-SHA256 keyed by the machine id's bytes
+    over the app id's bytes, the first 16 bytes made a version-4 UUID, in 32 hex digits.
+    None when `machine_id` is not one (empty, "uninitialized", all zeros)."""
+    text = machine_id.strip().lower()
+    if not _MACHINE_ID.match(text) or not text.strip("0"):
+        return None
+    digest = bytearray(
+        hmac.new(bytes.fromhex(text), bytes.fromhex(app_id), hashlib.sha256).digest()[:16]
+    )
+    digest[6] = (digest[6] & 0x0F) | 0x40  # version 4
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    return digest.hex()
+
+
+def key_serial(signing_key: bytes) -> str | None:
+    """`key-<hex>`: the start of the signing key's fingerprint (public already), or None for
+    something that is not a P-256 public point."""
+    try:
+        return f"key-{key_fingerprint(signing_key)[:_KEY_SERIAL_HEX]}"
+    except ValueError:
+        return None
 
 
 def os_version(*, system: str | None = None) -> str:
@@ -211,6 +280,13 @@ def describe_linux(os_release: Mapping[str, str], kernel: str) -> str:
     )
     described = distribution or "Linux"
     return f"{described}, kernel {kernel}" if kernel else described
+
+
+def _label(text: str) -> str:
+    """`text` as a wire label: printable and at most `MAX_LABEL_CHARS` characters, so an odd
+    CPU or GPU name cannot make registration fail."""
+    printable = "".join(char if char.isprintable() else " " for char in text).strip()
+    return printable[:MAX_LABEL_CHARS] or "unknown"
 
 
 def _read_text(path: Path) -> str | None:
