@@ -2,6 +2,7 @@
 
 Anthropic's shape is `{"type": "error", "error": {"type", "message"}, "request_id"}` with its
 own type names (`request_id` is null here; the app fills it in for HTTP error responses).
+Every type is one of the nine that Anthropic's OpenAPI document allows in `ErrorResponse`.
 `/v1/messages` routes and the Anthropic SSE `error` event use this module only.
 """
 
@@ -17,7 +18,11 @@ from moonflower.coordinator.dialects.openai_errors import field_path
 from moonflower.generation import Failed, Finished
 
 _STATUS_AND_TYPE: list[tuple[type[errors.MoonflowerError], int, str]] = [
-    (errors.BodyTooLarge, 413, "request_too_large"),
+    # Anthropic's prose lists `request_too_large` for 413 (sent by its proxy), but its API
+    # document and SDKs know only the nine types of `ErrorResponse`, which a client that
+    # decodes errors by type would refuse; `invalid_request_error` is the type Anthropic
+    # says it uses for other 4xx statuses. The SDKs still raise their 413 error.
+    (errors.BodyTooLarge, 413, "invalid_request_error"),
     (errors.InvalidRequest, 400, "invalid_request_error"),
     (errors.AuthenticationFailed, 401, "authentication_error"),
     (errors.PermissionDenied, 403, "permission_error"),

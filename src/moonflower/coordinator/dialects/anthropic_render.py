@@ -199,7 +199,8 @@ class _MessageStream:
         frames.append(_event("message_delta", message_delta))
         if self.receipt is not None:
             # The provider's signed receipt, just before the terminal event, under an event
-            # name Anthropic does not use: its SDKs skip events they do not know.
+            # name Anthropic does not use: the SDKs' stream helpers ignore it, and their raw
+            # event iterators hand it over as an event of a type they do not know.
             payload = {"type": "moonflower_receipt", "receipt": self.receipt.payload()}
             frames.append(_event("moonflower_receipt", payload))
         frames.append(_event("message_stop", {"type": "message_stop"}))

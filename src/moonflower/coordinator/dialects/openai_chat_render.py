@@ -2,8 +2,9 @@
 `chat.completion` body, or `chat.completion.chunk` SSE frames ending in one `[DONE]`.
 
 Reasoning goes out as `reasoning_content`, tool calls in OpenAI's `tool_calls` shape (whole
-or as indexed deltas), log-probabilities when asked for. It does not dispatch or choose
-HTTP status codes.
+or as indexed deltas), log-probabilities when asked for. A whole message carries
+`"annotations": []` as OpenAI's does (nothing here cites the web); stream deltas do not, as
+OpenAI's chunk delta defines no such field. It does not dispatch or choose HTTP status codes.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class ChatRenderer:
             "role": "assistant",
             "content": done.text if done.text or not done.tool_calls else None,
             "refusal": None,
+            "annotations": [],
         }
         if done.reasoning:
             message["reasoning_content"] = done.reasoning
