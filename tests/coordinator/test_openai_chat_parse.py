@@ -118,3 +118,34 @@ def test_bad_tool_and_format_fields_name_the_field(
     with pytest.raises(errors.InvalidRequest) as caught:
         openai_chat.parse(body(**fields))
     assert caught.value.param == param
+
+
+@pytest.mark.parametrize(
+    "part",
+    [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+        {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}},
+        {"type": "file", "file": {"file_id": "file-1"}},
+    ],
+    ids=["image", "audio", "file"],
+)
+def test_content_a_text_model_cannot_read_is_refused_by_name(part: dict[str, Any]) -> None:
+    content = [{"type": "text", "text": "What is this?"}, part]
+    with pytest.raises(errors.InvalidRequest) as refused:
+        openai_chat.parse({"model": "m", "messages": [{"role": "user", "content": content}]})
+    assert refused.value.param == "messages[0].content[1].type"
+    assert f"'{part['type']}' content is not supported" in refused.value.message
+    assert "text only" in refused.value.message
+
+
+def test_text_parts_are_joined_into_one_message() -> None:
+    content = [{"type": "text", "text": "one"}, {"type": "text", "text": "two"}]
+    call = openai_chat.parse({"model": "m", "messages": [{"role": "user", "content": content}]})
+    assert call.request.messages[0].content == "one\ntwo"
+
+
+def test_a_part_without_text_names_the_missing_field() -> None:
+    content = [{"type": "text"}]
+    with pytest.raises(errors.InvalidRequest) as refused:
+        openai_chat.parse({"model": "m", "messages": [{"role": "user", "content": content}]})
+    assert refused.value.param == "messages[0].content[0].text"

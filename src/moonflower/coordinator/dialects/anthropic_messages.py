@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import BaseModel, ConfigDict, Field, Tag
 
 from moonflower import errors
 from moonflower.coordinator.dialects import anthropic_errors
@@ -26,6 +26,7 @@ from moonflower.coordinator.dialects.request_body import (
     ToolMode,
     check_stops,
     resolve_tool_choice,
+    type_tag,
     validate_body,
 )
 from moonflower.coordinator.dialects.schema_bounds import check_schema
@@ -51,24 +52,6 @@ class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="allow", frozen=True)
 
 
-def _tagged(allowed: set[str], fallback: str | None) -> Any:
-    """A discriminator on `type` whose tags start with `_` (so `field_path` drops them from
-    error locations); types outside `allowed` go to `fallback`, or fail if there is none."""
-
-    def tag(value: Any) -> str | None:
-        kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-        if not isinstance(kind, str):
-            return None
-        return "_" + kind if kind in allowed else fallback
-
-    return Discriminator(
-        tag,
-        custom_error_type="invalid_type",
-        custom_error_message="Input should be an object whose 'type' is one of: "
-        + ", ".join(f"'{k}'" for k in sorted(allowed)),
-    )
-
-
 class _TextBlock(_Strict):
     type: Literal["text"]
     text: str = Field(min_length=1)
@@ -82,7 +65,7 @@ class _UnsupportedBlock(_Strict):
 
 _ResultPart = Annotated[
     Annotated[_TextBlock, Tag("_text")] | Annotated[_UnsupportedBlock, Tag("_other")],
-    _tagged({"text"}, "_other"),
+    type_tag({"text"}, "_other"),
 ]
 
 
@@ -113,7 +96,7 @@ _Block = Annotated[
     | Annotated[_ThinkingBlock, Tag("_thinking")]
     | Annotated[_ThinkingBlock, Tag("_redacted_thinking")]
     | Annotated[_UnsupportedBlock, Tag("_other")],
-    _tagged({"text", "tool_use", "tool_result", "thinking", "redacted_thinking"}, "_other"),
+    type_tag({"text", "tool_use", "tool_result", "thinking", "redacted_thinking"}, "_other"),
 ]
 
 
@@ -154,7 +137,7 @@ _ToolChoiceParam = Annotated[
     | Annotated[_ChoiceAny, Tag("_any")]
     | Annotated[_ChoiceTool, Tag("_tool")]
     | Annotated[_ChoiceNone, Tag("_none")],
-    _tagged({"auto", "any", "tool", "none"}, None),
+    type_tag({"auto", "any", "tool", "none"}, None),
 ]
 
 
@@ -175,7 +158,7 @@ _ThinkingParam = Annotated[
     Annotated[_ThinkingEnabled, Tag("_enabled")]
     | Annotated[_ThinkingAdaptive, Tag("_adaptive")]
     | Annotated[_ThinkingDisabled, Tag("_disabled")],
-    _tagged({"enabled", "adaptive", "disabled"}, None),
+    type_tag({"enabled", "adaptive", "disabled"}, None),
 ]
 
 

@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, Tag
 
 from moonflower import errors
 from moonflower.coordinator.dialects import openai_errors
@@ -22,6 +22,7 @@ from moonflower.coordinator.dialects.request_body import (
     ToolMode,
     check_stops,
     resolve_tool_choice,
+    type_tag,
     validate_body,
 )
 from moonflower.coordinator.dialects.schema_bounds import check_schema
@@ -56,6 +57,18 @@ class _TextPart(_Strict):
     text: str
 
 
+class _UnreadablePart(_Strict):
+    """A part the models here cannot read (an image, audio, a file…): refused by name."""
+
+    type: str = Field(max_length=64)
+
+
+_ContentPart = Annotated[
+    Annotated[_TextPart, Tag("_text")] | Annotated[_UnreadablePart, Tag("_other")],
+    type_tag({"text"}, "_other"),
+]
+
+
 class _FunctionCall(_Strict):
     name: str = Field(min_length=1)
     arguments: str
@@ -69,7 +82,7 @@ class _ToolCall(_Strict):
 
 class _ChatMessage(_Strict):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[_TextPart] | None = None
+    content: str | list[_ContentPart] | None = None
     name: str | None = None
     tool_calls: list[_ToolCall] | None = None
     tool_call_id: str | None = None
@@ -212,10 +225,24 @@ def openai_stops(stop: str | list[str] | None) -> tuple[str, ...]:
     return stops
 
 
+def _text(content: str | list[_TextPart | _UnreadablePart] | None, param: str) -> str:
+    if not isinstance(content, list):
+        return content or ""
+    for k, part in enumerate(content):
+        if isinstance(part, _UnreadablePart):
+            where = f"{param}.content[{k}].type"
+            raise errors.InvalidRequest(
+                f"Invalid value for '{where}': {part.type!r} content is not supported: the "
+                "models on this network read text only; send 'text' parts.",
+                param=where,
+                code="invalid_value",
+            )
+    return "\n".join(part.text for part in content if isinstance(part, _TextPart))
+
+
 def _message(message: _ChatMessage, index: int) -> Message:
-    content = message.content
-    text = "\n".join(part.text for part in content) if isinstance(content, list) else content or ""
     param = f"messages[{index}]"
+    text = _text(message.content, param)
     if message.role == "tool" and not message.tool_call_id:
         raise errors.InvalidRequest(
             f"Missing required parameter: '{param}.tool_call_id'.",

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Discriminator, ValidationError
 from pydantic_core import InitErrorDetails
 
 from moonflower import errors
@@ -119,3 +119,21 @@ def resolve_tool_choice(
             unknown_name.format(name=name), param=name_param, code="invalid_value"
         )
     return ToolChoice("function", name)
+
+
+def type_tag(allowed: set[str], fallback: str | None) -> Any:
+    """A discriminator on `type` whose tags start with `_` (so `field_path` drops them from
+    error locations); types outside `allowed` go to `fallback`, or fail if there is none."""
+
+    def tag(value: Any) -> str | None:
+        kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+        if not isinstance(kind, str):
+            return None
+        return "_" + kind if kind in allowed else fallback
+
+    return Discriminator(
+        tag,
+        custom_error_type="invalid_type",
+        custom_error_message="Input should be an object whose 'type' is one of: "
+        + ", ".join(f"'{k}'" for k in sorted(allowed)),
+    )
