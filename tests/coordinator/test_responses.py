@@ -1,6 +1,7 @@
 """The OpenAI Responses endpoint through the real coordinator and real provider agents on
 loopback, with scripted engines: request parsing, the `response` object, the typed event
-stream and errors, each checked against OpenAI's official OpenAPI document. These tests
+stream and errors, each checked against OpenAI's official OpenAPI document (and the
+objects and events against the Open Responses specification too). These tests
 say nothing about inference quality."""
 
 from __future__ import annotations
@@ -32,26 +33,9 @@ from moonflower.generation import (
 from tests.support.fake_engine import ScriptedEngine, counted
 from tests.support.inprocess import InProcessNetwork, inprocess_network
 from tests.support.openapi import assert_valid_openai
+from tests.support.responses_conformance import assert_event_conforms, assert_response_conforms
 
 MODEL = "fake-model"
-EVENT_SCHEMAS = {
-    "response.created": "ResponseCreatedEvent",
-    "response.in_progress": "ResponseInProgressEvent",
-    "response.output_item.added": "ResponseOutputItemAddedEvent",
-    "response.output_item.done": "ResponseOutputItemDoneEvent",
-    "response.content_part.added": "ResponseContentPartAddedEvent",
-    "response.content_part.done": "ResponseContentPartDoneEvent",
-    "response.output_text.delta": "ResponseTextDeltaEvent",
-    "response.output_text.done": "ResponseTextDoneEvent",
-    "response.reasoning_text.delta": "ResponseReasoningTextDeltaEvent",
-    "response.reasoning_text.done": "ResponseReasoningTextDoneEvent",
-    "response.function_call_arguments.delta": "ResponseFunctionCallArgumentsDeltaEvent",
-    "response.function_call_arguments.done": "ResponseFunctionCallArgumentsDoneEvent",
-    "response.completed": "ResponseCompletedEvent",
-    "response.incomplete": "ResponseIncompleteEvent",
-    "response.failed": "ResponseFailedEvent",
-    "error": "ResponseErrorEvent",
-}
 WEATHER_TOOL = {
     "type": "function",
     "name": "get_weather",
@@ -110,8 +94,7 @@ def assert_valid_stream(events: list[dict[str, Any]]) -> None:
         if event["type"] == "moonflower.receipt":  # ours: the provider's signed receipt
             assert set(event["receipt"]) >= {"receipt", "signature", "response_hash"}
             continue
-        assert_valid_openai(EVENT_SCHEMAS[event["type"]], event)
-        assert_valid_openai("ResponseStreamEvent", event)
+        assert_event_conforms(event)  # OpenAI's document and Open Responses'
 
 
 async def post(net: InProcessNetwork, payload: Any) -> httpx.Response:
@@ -142,7 +125,7 @@ async def test_a_string_input_gets_a_complete_response_object(tmp_path: Path) ->
         )
     assert response.status_code == 200
     result = response.json()
-    assert_valid_openai("Response", result)
+    assert_response_conforms(result)
     assert result["id"].startswith("resp_")
     assert (result["object"], result["status"], result["model"]) == ("response", "completed", MODEL)
     assert result["completed_at"] >= result["created_at"]
@@ -216,7 +199,7 @@ async def test_the_length_limit_makes_the_response_incomplete(tmp_path: Path) ->
     async with inprocess_network(tmp_path, [engine]) as net:
         whole = (await post(net, body(max_output_tokens=2))).json()
         events = await stream(net, body(max_output_tokens=2))
-    assert_valid_openai("Response", whole)
+    assert_response_conforms(whole)
     for result in (whole, events[-1]["response"]):
         assert result["status"] == "incomplete"
         assert result["incomplete_details"] == {"reason": "max_output_tokens"}
@@ -234,7 +217,7 @@ async def test_reasoning_becomes_a_reasoning_item_before_the_message(tmp_path: P
     async with inprocess_network(tmp_path, [engine]) as net:
         whole = (await post(net, body())).json()
         events = await stream(net, body())
-    assert_valid_openai("Response", whole)
+    assert_response_conforms(whole)
     for result in (whole, events[-1]["response"]):
         reasoning, message = result["output"]
         assert reasoning["type"] == "reasoning" and reasoning["id"].startswith("rs_")
@@ -255,7 +238,7 @@ async def test_an_answer_cut_short_while_reasoning_still_has_a_message(tmp_path:
     async with inprocess_network(tmp_path, [engine]) as net:
         whole = (await post(net, body())).json()
         events = await stream(net, body())
-    assert_valid_openai("Response", whole)
+    assert_response_conforms(whole)
     for result in (whole, events[-1]["response"]):
         assert result["status"] == "incomplete"
         reasoning, message = result["output"]
@@ -276,7 +259,7 @@ async def test_tool_calls_become_function_call_items(tmp_path: Path) -> None:
     async with inprocess_network(tmp_path, [engine]) as net:
         whole = (await post(net, payload)).json()
         events = await stream(net, payload)
-    assert_valid_openai("Response", whole)
+    assert_response_conforms(whole)
     for result in (whole, events[-1]["response"]):
         assert result["status"] == "completed"
         assert [(i["type"], i["call_id"], i["arguments"]) for i in result["output"]] == [
@@ -322,7 +305,7 @@ async def test_request_options_reach_the_generation_request(tmp_path: Path) -> N
     async with inprocess_network(tmp_path, [engine]) as net:
         result = (await post(net, forced)).json()
         json_object = (await post(net, body(text={"format": {"type": "json_object"}}))).json()
-    assert_valid_openai("Response", result)
+    assert_response_conforms(result)
     request = engine.requests[0]
     assert (request.tool_choice.mode, request.tool_choice.name) == ("function", "get_weather")
     assert request.sampling.top_p == 0.9 and request.max_tokens == 50
@@ -370,7 +353,7 @@ async def test_a_chat_style_messages_body_is_served_too(tmp_path: Path) -> None:
     async with inprocess_network(tmp_path, [engine]) as net:
         response = await post(net, payload)
     assert response.status_code == 200
-    assert_valid_openai("Response", response.json())
+    assert_response_conforms(response.json())
     assert response.json()["output_text"] == "hi"
     assert engine.requests[0].messages == (Message("user", "Hello"),)
 

@@ -3,13 +3,17 @@
 Owns what the endpoint accepts: `input` as a string or an item list (messages,
 `function_call` and `function_call_output` items; `reasoning` items are context the model
 does not need and are skipped), or — as the reference accepts — chat-style `messages`
-instead; `instructions`, sampling, `max_output_tokens`, function `tools`, `tool_choice`,
-`text.format`. Errors name the field (`input[2].type`); unknown fields are ignored (their
-names, never their values, are logged at debug level). Nothing is stored, so fields that
-refer to stored state are refused.
+instead; `instructions`, sampling (temperature, top_p, presence and frequency penalties,
+as chat completions takes them), `max_output_tokens`, function `tools`, `tool_choice`,
+`text.format`, and the logprobs of the output text (`include` with
+`message.output_text.logprobs`, `top_logprobs`). Errors name the field (`input[2].type`);
+unknown fields are ignored (their names, never their values, are logged at debug level).
+Nothing is stored, so fields that refer to stored state are refused.
 
-It also returns the request's settings in the shape a `response` object repeats them
-(`ResponsesCall.echo`). It does not render responses, dispatch, or choose status codes.
+It also returns the request-only settings in the shape a `response` object repeats them
+(`ResponsesCall.echo`): `instructions`, `tools`, `safety_identifier`, `prompt_cache_key`, ….
+The sampling values a response reports are the ones its job ran with, which the renderer
+is given, not the request's. It does not render responses, dispatch, or choose status codes.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from moonflower import errors
 from moonflower.coordinator.dialects import openai_chat, openai_errors
+from moonflower.coordinator.dialects.openai_chat import Penalty
 from moonflower.coordinator.dialects.request_body import (
     MAX_MESSAGES,
     ToolMode,
@@ -86,6 +91,10 @@ _ITEM_MODELS: dict[str, type[_Item]] = {
     "function_call_output": _FunctionCallOutputItem,
 }
 _SKIPPED_ITEMS = {"reasoning"}
+OUTPUT_LOGPROBS = "message.output_text.logprobs"
+"""The `include` value asking for the log-probabilities of the output text."""
+_IDENTIFIER_CHARS = 64
+"""OpenAI's limit for `safety_identifier` and `prompt_cache_key`."""
 
 
 class _FunctionTool(_Strict):
@@ -127,6 +136,10 @@ class ResponsesBody(_Strict):
     max_output_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    include: list[str] | None = None
     tools: list[Any] | None = None
     tool_choice: Literal["none", "auto", "required"] | _ToolChoiceFunction | None = None
     text: _Text | None = None
@@ -134,6 +147,9 @@ class ResponsesBody(_Strict):
     store: bool | None = None
     metadata: dict[str, str] | None = None
     user: str | None = None
+    safety_identifier: str | None = Field(default=None, max_length=_IDENTIFIER_CHARS)
+    prompt_cache_key: str | None = Field(default=None, max_length=_IDENTIFIER_CHARS)
+    max_tool_calls: int | None = Field(default=None, ge=0)
     parallel_tool_calls: bool | None = None
     reasoning: _Reasoning | None = None
     previous_response_id: str | None = None
@@ -146,7 +162,8 @@ class ResponsesCall:
     """A parsed Responses request: the neutral request plus what only this dialect needs.
 
     `echo` holds the request's settings exactly as a `response` object repeats them
-    (`instructions`, `tools`, `tool_choice`, `text`, …): a JSON-ready wire fragment.
+    (`instructions`, `tools`, `tool_choice`, `text`, …): a JSON-ready wire fragment. It
+    holds no sampling values: a response reports those its job ran with.
     """
 
     request: GenerationRequest
@@ -172,31 +189,46 @@ def parse(payload: Any, *, max_messages: int = MAX_MESSAGES) -> ResponsesCall:
         model=body.model,
         messages=instructions + _conversation(body, max_messages),
         max_tokens=body.max_output_tokens,
-        sampling=SamplingParams(temperature=body.temperature, top_p=body.top_p),
+        sampling=SamplingParams(
+            temperature=body.temperature,
+            top_p=body.top_p,
+            presence_penalty=body.presence_penalty,
+            frequency_penalty=body.frequency_penalty,
+        ),
         tools=neutral_tools,
         tool_choice=_tool_choice(body.tool_choice, neutral_tools),
         response_format=_response_format(text_format),
+        logprobs=(body.top_logprobs or 0) if OUTPUT_LOGPROBS in (body.include or ()) else None,
     )
     echo: dict[str, Any] = {
         "instructions": body.instructions,
+        "max_tool_calls": body.max_tool_calls,
         "metadata": body.metadata or {},
         "parallel_tool_calls": body.parallel_tool_calls is not False,
+        "prompt_cache_key": body.prompt_cache_key,
         "reasoning": _reasoning_echo(body.reasoning),
-        "temperature": body.temperature,
-        "top_p": body.top_p,
-        "text": {"format": _format_echo(text_format)},
+        "safety_identifier": body.safety_identifier,
+        "text": _text_echo(body.text),
         "tool_choice": _tool_choice_echo(body.tool_choice),
         "tools": [spec for _tool, spec in tools],
+        "top_logprobs": body.top_logprobs or 0,
+        "user": body.user,
     }
-    if body.user is not None:
-        echo["user"] = body.user
     return ResponsesCall(request=request, is_stream=bool(body.stream), echo=echo)
 
 
-def _reasoning_echo(reasoning: _Reasoning | None) -> dict[str, Any] | None:
+def _reasoning_echo(reasoning: _Reasoning | None) -> dict[str, Any]:
+    """What OpenAI reports for a model that takes no reasoning settings too: both null."""
     if reasoning is None:
-        return None
+        return {"effort": None, "summary": None}
     return {"effort": reasoning.effort, "summary": reasoning.summary}
+
+
+def _text_echo(text: _Text | None) -> dict[str, Any]:
+    echo: dict[str, Any] = {"format": _format_echo(text.format if text is not None else None)}
+    if text is not None and text.verbosity is not None:
+        echo["verbosity"] = text.verbosity
+    return echo
 
 
 def _refuse_stored_state(body: ResponsesBody) -> None:
@@ -367,7 +399,7 @@ def _format_echo(spec: _TextFormat | None) -> dict[str, Any]:
     echo: dict[str, Any] = {"type": "json_schema", "name": spec.name, "schema": spec.schema_}
     if spec.description is not None:
         echo["description"] = spec.description
-    echo["strict"] = spec.strict
+    echo["strict"] = bool(spec.strict)  # unset means not strict, as OpenAI documents
     return echo
 
 

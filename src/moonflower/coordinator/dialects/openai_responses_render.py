@@ -5,8 +5,15 @@ no `[DONE]`) emitted as the events arrive.
 Output items follow the order the model produced them: a `reasoning` item for `<think>`
 text, a `message` item for visible text, one `function_call` item per tool call. The
 whole object is built by replaying the gathered completion through the same state machine
-the stream uses, so both forms always agree. It does not dispatch, frame SSE bytes itself
-beyond `sse.frame`, or choose HTTP status codes; failures are described by `openai_errors`.
+the stream uses, so both forms always agree.
+
+Every `response` object, whole or inside an event, carries every field OpenAI's API and the
+Open Responses specification send, unset ones included (as null, or the value that applied):
+its sampling values are those the job ran with (`SamplingParams` after the model's
+recommended defaults were filled in), an unset knob reported as the engine's default. The
+`error` event carries OpenAI's flat `code`/`message`/`param` and Open Responses' nested
+`error` object. It does not dispatch, frame SSE bytes itself beyond `sse.frame`, or choose
+HTTP status codes; failures are described by `openai_errors`.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from typing import Any, Literal
 from moonflower import errors
 from moonflower.coordinator import sse
 from moonflower.coordinator.dialects import openai_errors
+from moonflower.coordinator.dialects.openai_chat_render import token_logprob
 from moonflower.coordinator.exchange import Completion
 from moonflower.generation import (
     Failed,
@@ -27,7 +35,9 @@ from moonflower.generation import (
     OutputEvent,
     ReasoningDelta,
     Receipted,
+    SamplingParams,
     TextDelta,
+    TokenLogprob,
     ToolCallDelta,
     Usage,
 )
@@ -50,6 +60,7 @@ class _Item:
     id: str = ""
     status: Status = "in_progress"
     parts: list[str] = field(default_factory=list)
+    logprobs: list[dict[str, Any]] = field(default_factory=list)
     call_id: str = ""
     name: str = ""
     tool_index: int | None = None
@@ -91,7 +102,12 @@ class _Item:
     def part(self) -> dict[str, Any]:
         if self.type == "reasoning":
             return {"type": "reasoning_text", "text": self.text}
-        return {"type": "output_text", "text": self.text, "annotations": [], "logprobs": []}
+        return {
+            "type": "output_text",
+            "text": self.text,
+            "annotations": [],
+            "logprobs": list(self.logprobs),
+        }
 
     def where(self) -> dict[str, Any]:
         return {"item_id": self.id, "output_index": self.output_index, "content_index": 0}
@@ -108,7 +124,10 @@ class _OutputItems:
         if not delta.text:
             return []
         events = self._switch_to("message")
-        return [*events, self._append(delta.text, "response.output_text.delta", logprobs=[])]
+        logprobs = _logprobs(delta.logprobs)
+        assert self.open is not None
+        self.open.logprobs += logprobs
+        return [*events, self._append(delta.text, "response.output_text.delta", logprobs=logprobs)]
 
     def reasoning(self, delta: ReasoningDelta) -> list[dict[str, Any]]:
         if not delta.text:
@@ -203,7 +222,7 @@ class _OutputItems:
         else:
             text_done: dict[str, Any] = {"text": item.text}
             if item.type == "message":
-                text_done["logprobs"] = []
+                text_done["logprobs"] = list(item.logprobs)
             kind = "output_text" if item.type == "message" else "reasoning_text"
             events = [
                 {"type": f"response.{kind}.done", **item.where(), **text_done},
@@ -222,11 +241,15 @@ class ResponsesRenderer:
         model: str,
         max_output_tokens: int | None,
         echo: dict[str, Any],
+        sampling: SamplingParams = SamplingParams(),  # noqa: B008 - frozen, never mutated
     ) -> None:
+        """`echo` holds the request-only settings the parser gathered (`ResponsesCall.echo`);
+        `sampling` is what the job runs with (unset knobs: the engine's defaults)."""
         self.id = _new_id("resp_")
         self.created_at = int(time.time())
         self.model = model
         self.max_output_tokens = max_output_tokens
+        self.sampling = _sampling(sampling)
         self.echo = echo
         self._items = _OutputItems()
         self._sequence = 0
@@ -281,10 +304,10 @@ class ResponsesRenderer:
             "service_tier": "default",
             "store": False,
             "truncation": "disabled",
+            "usage": _usage(usage) if usage is not None else None,
+            **self.sampling,
             **self.echo,
         }
-        if usage is not None:
-            body["usage"] = _usage(usage)
         return body
 
     def _on(self, event: OutputEvent) -> list[dict[str, Any]]:
@@ -323,14 +346,8 @@ class ResponsesRenderer:
         described = openai_errors.stream_error(event)["error"]
         code = "invalid_prompt" if described["type"] == "invalid_request_error" else "server_error"
         self._final = self.body("failed", error={"code": code, "message": described["message"]})
-        error_event = {
-            "type": "error",
-            "code": described["code"],
-            "message": described["message"],
-            "param": described["param"],
-        }
         return [
-            error_event,
+            _error_event(described),
             *self._receipt_event(),
             {"type": "response.failed", "response": self._final},
         ]
@@ -346,7 +363,7 @@ def _replay(done: Completion) -> Iterator[OutputEvent]:
     if done.reasoning:
         yield ReasoningDelta(done.reasoning)
     if done.text:
-        yield TextDelta(done.text)
+        yield TextDelta(done.text, logprobs=tuple(done.logprobs))
     for index, call in enumerate(done.tool_calls):
         yield ToolCallDelta(index=index, arguments=call.arguments, id=call.id, name=call.name)
     yield done.finished
@@ -362,6 +379,21 @@ def _output_text(output: list[dict[str, Any]]) -> str:
     )
 
 
+def _sampling(sampling: SamplingParams) -> dict[str, float]:
+    """The sampling fields of a response: a knob still unset was the engine's default
+    (temperature 1, top_p 1, no penalties; `sampling.sampler_settings`)."""
+    return {
+        "temperature": 1.0 if sampling.temperature is None else sampling.temperature,
+        "top_p": 1.0 if sampling.top_p is None else sampling.top_p,
+        "presence_penalty": sampling.presence_penalty or 0.0,
+        "frequency_penalty": sampling.frequency_penalty or 0.0,
+    }
+
+
+def _logprobs(logprobs: tuple[TokenLogprob, ...]) -> list[dict[str, Any]]:
+    return [token_logprob(lp) for lp in logprobs]
+
+
 def _usage(usage: Usage) -> dict[str, Any]:
     return {
         "input_tokens": usage.prompt_tokens,
@@ -375,12 +407,14 @@ def _usage(usage: Usage) -> dict[str, Any]:
 def stream_error_frames(exc: errors.MoonflowerError) -> bytes:
     """A stream that failed before `response.created`: one `error` event."""
     _status, described = openai_errors.status_and_body(exc)
-    error = described["error"]
-    payload = {
-        "type": "error",
-        "sequence_number": 0,
-        "code": error["code"],
-        "message": error["message"],
-        "param": error["param"],
-    }
+    payload = {"type": "error", "sequence_number": 0, **_error_event(described["error"])}
     return sse.frame(payload, event="error")
+
+
+def _error_event(error: dict[str, Any]) -> dict[str, Any]:
+    """An `error` event from OpenAI's error object: OpenAI's event has its fields at the top,
+    Open Responses' nests them under `error`; both are sent, so either kind of client reads
+    it."""
+    fields = {"code": error["code"], "message": error["message"], "param": error["param"]}
+    nested = {"type": error["type"], **fields}
+    return {"type": "error", **fields, "error": nested}

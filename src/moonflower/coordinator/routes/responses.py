@@ -33,6 +33,7 @@ async def responses(request: Request) -> Response:
         renderer = openai_responses_render.ResponsesRenderer(
             model=call.request.model,
             max_output_tokens=job.request.max_tokens,
+            sampling=job.request.sampling,  # as the job runs: recommended defaults filled in
             echo=call.echo,
         )
         return Rendering(
