@@ -9,11 +9,13 @@ every local user can read them. Errors never echo an input value.
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MAX_TOKENS = 8192
 MAX_SECRET_FILE_BYTES = 64 * 1024
@@ -38,6 +40,43 @@ def read_secret_file(path: Path, what: str) -> str:
 
 def _both(value: str, file: str) -> str:
     return f"set {value} or {file}, not both"
+
+
+_WEB_ORIGIN = re.compile(r"https?://(\[[0-9a-f:.]+\]|[a-z0-9.-]+)(:[0-9]{1,5})?")
+_ANY_ORIGIN_REFUSED = (
+    "'*' cannot be a CORS allowed origin: the public read-only routes (models, pricing, "
+    "health, the attestation feed, the encryption key) already answer every origin, and the "
+    "others answer only origins listed by name, e.g. https://app.example"
+)
+
+
+def web_origins(value: object) -> object:
+    """A comma-separated or JSON list of origins as a list; other values as they are."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.startswith("["):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            raise ValueError(
+                "give the CORS allowed origins comma-separated or as a JSON list"
+            ) from None
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def web_origin(value: str, position: int) -> str:
+    """`value` as a browser sends it in `Origin` (lower case, no trailing slash); a
+    `ValueError` for `*` or anything that is not scheme://host[:port]."""
+    origin = value.strip().lower().removesuffix("/")
+    if origin == "*":
+        raise ValueError(_ANY_ORIGIN_REFUSED)
+    if not _WEB_ORIGIN.fullmatch(origin):
+        raise ValueError(
+            f"CORS allowed origin {position} is not a web origin: give scheme://host[:port] "
+            "with no path, e.g. https://app.example"
+        )
+    return origin
 
 
 def default_data_dir() -> Path:
@@ -141,7 +180,23 @@ class CoordinatorSettings(BaseSettings):
     """The most messages (or input items) one request may carry."""
     sse_keepalive_s: float = Field(default=15.0, gt=0)
     """Silence after which a stream sends an SSE comment so proxies keep the connection."""
+    cors_allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Web origins (scheme://host[:port], e.g. https://app.example) whose pages may call
+    the private routes — inference, payments, receipts — from a browser; empty: none may.
+    Comma-separated or a JSON list in MOONFLOWER_CORS_ALLOWED_ORIGINS. The public read-only
+    routes answer every origin whatever this says, so `*` is refused here."""
     log_level: str = "info"
+
+    @field_validator("cors_allowed_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        return web_origins(value)
+
+    @field_validator("cors_allowed_origins")
+    @classmethod
+    def _check_origins(cls, origins: list[str]) -> list[str]:
+        checked = [web_origin(origin, n) for n, origin in enumerate(origins, 1)]
+        return list(dict.fromkeys(checked))
 
     @model_validator(mode="after")
     def _database_url_from_file(self) -> Self:

@@ -50,6 +50,7 @@ def coordinator_settings(
     aliases: list[str] | None = None,
     *,
     database_url_file: Path | None = None,
+    cors_allowed_origins: list[str] | None = None,
 ) -> CoordinatorSettings:
     """Settings from the environment, with the flags given (not None) overriding them; a
     setting that does not validate ends the command (exit code 2)."""
@@ -58,6 +59,7 @@ def coordinator_settings(
         "port": port,
         "data_dir": data_dir,
         "model_aliases": parse_aliases(aliases) if aliases else None,
+        "cors_allowed_origins": cors_allowed_origins or None,
     }
     given = {k: v for k, v in overrides.items() if v is not None}
     given.update(secret_overrides("database_url", database_url, database_url_file))
@@ -109,10 +111,24 @@ def serve(
         list[str] | None,
         typer.Option(help="Serve MODEL under another public NAME (NAME=MODEL; repeatable)."),
     ] = None,
+    cors_allowed_origin: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A web origin (https://app.example) whose pages may call the private routes "
+            "from a browser (repeatable; or MOONFLOWER_CORS_ALLOWED_ORIGINS, comma-separated). "
+            "Public read-only routes answer every origin.",
+        ),
+    ] = None,
 ) -> None:
     """Serve the OpenAI- and Anthropic-compatible API and the provider WebSocket."""
     settings = coordinator_settings(
-        host, port, data_dir, database_url, alias, database_url_file=database_url_file
+        host,
+        port,
+        data_dir,
+        database_url,
+        alias,
+        database_url_file=database_url_file,
+        cors_allowed_origins=cors_allowed_origin,
     )
     logs.configure(settings.log_level)
     server = uvicorn_server(settings, create_app(settings))

@@ -21,6 +21,7 @@ from starlette.responses import Response
 
 from moonflower import __version__, errors
 from moonflower.coordinator.auth import CallerCache, authenticate
+from moonflower.coordinator.cors import Cors
 from moonflower.coordinator.dialects import anthropic_errors, openai_errors
 from moonflower.coordinator.dialects.caller_dialect import speaks_anthropic
 from moonflower.coordinator.dispatch import Dispatcher
@@ -112,6 +113,10 @@ def create_app(
         SealedTransport,
         keys=transport_keys or EncryptionKeyPair.generate(),
         admits=lambda request: authenticate(request, Services.of(request).callers),
+    )
+    # Added last, so outermost: browsers' pre-flights are answered before anything else runs.
+    app.add_middleware(
+        Cors, allowed_origins=settings.cors_allowed_origins, render_error=render_error
     )
 
     @app.api_route(
