@@ -16,7 +16,7 @@ import pytest
 from openai.types.responses import ResponseFunctionToolCall
 
 from tests.support.network import LocalNetwork
-from tests.support.openapi import assert_valid_openai
+from tests.support.responses_conformance import assert_event_conforms, assert_response_conforms
 
 pytestmark = pytest.mark.slow
 
@@ -61,7 +61,7 @@ def test_create_with_a_string_input(client: openai.OpenAI) -> None:
     raw = client.responses.with_raw_response.create(
         model=MODEL, input=QUESTION, max_output_tokens=32, temperature=0
     )
-    assert_valid_openai("Response", raw.http_response.json())
+    assert_response_conforms(raw.http_response.json())  # OpenAI's and Open Responses' documents
     response = raw.parse()
     assert response.id.startswith("resp_")
     assert response.object == "response" and response.model == MODEL
@@ -131,12 +131,12 @@ def test_raw_stream_events_match_the_official_schema(network: LocalNetwork, api_
         event = orjson.loads(lines["data"])
         assert lines["event"] == event["type"]
         if event["type"] != "moonflower.receipt":  # ours, checked below
-            assert_valid_openai("ResponseStreamEvent", event)
+            assert_event_conforms(event)  # OpenAI's and Open Responses' documents
         events.append(event)
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
     assert events[-2]["type"] == "moonflower.receipt"
     assert events[-1]["type"] in ("response.completed", "response.incomplete")
-    assert_valid_openai("Response", events[-1]["response"])
+    assert_response_conforms(events[-1]["response"])
 
 
 def test_max_output_tokens_makes_the_response_incomplete(client: openai.OpenAI) -> None:
