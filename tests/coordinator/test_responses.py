@@ -109,10 +109,12 @@ async def stream(net: InProcessNetwork, payload: dict[str, Any]) -> list[dict[st
     assert b"[DONE]" not in response.content
     events = parse_stream(response.content)
     assert_valid_stream(events)
-    # The provider's signed receipt comes once, just before the terminal event; the
-    # tests below look at OpenAI's own events.
+    # The provider's signed receipt comes once, just before the terminal event (before the
+    # `error` event of a failed stream, which Open Responses wants right before
+    # `response.failed`); the tests below look at OpenAI's own events.
     receipts = [i for i, e in enumerate(events) if e["type"] == "moonflower.receipt"]
-    assert receipts == [len(events) - 2]
+    is_failed = events[-1]["type"] == "response.failed"
+    assert receipts == [len(events) - (3 if is_failed else 2)]
     return [e for e in events if e["type"] != "moonflower.receipt"]
 
 

@@ -67,7 +67,11 @@ SCRIPTS: dict[str, list[OutputEvent]] = {
         finished("tool_calls"),
     ],
     "incomplete": [TextDelta("one two"), RECEIPT, finished("length")],
-    "failed": [TextDelta("partial"), Failed(code="engine_error", message="engine failed")],
+    "failed": [
+        TextDelta("partial"),
+        RECEIPT,
+        Failed(code="engine_error", message="engine failed"),
+    ],
 }
 STATUS = {
     "text": "completed",
@@ -162,7 +166,9 @@ def test_an_error_event_before_the_response_conforms() -> None:
 
 async def test_a_failed_stream_reports_the_error_both_ways() -> None:
     events = await streamed(SCRIPTS["failed"])
-    error, failed = events[-2:]
+    receipt, error, failed = events[-3:]
+    # Open Responses: `response.failed` comes right after `error`, so the receipt goes first.
+    assert receipt["type"] == RECEIPT_EVENT
     assert error["type"] == "error" and failed["type"] == "response.failed"
     assert error["error"]["message"] == error["message"] == failed["response"]["error"]["message"]
     assert failed["response"]["usage"] is None

@@ -335,8 +335,8 @@ class ResponsesRenderer:
         return self._failed(event)
 
     def _receipt_event(self) -> list[dict[str, Any]]:
-        """The provider's signed receipt just before the terminal event. Not an OpenAI event
-        type: the SDKs pass unknown types through untouched."""
+        """The provider's signed receipt just before the terminal event (and its `error`
+        event). Not an OpenAI event type: the SDKs pass unknown types through untouched."""
         if self._receipt is None:
             return []
         return [{"type": "moonflower.receipt", "receipt": self._receipt.payload()}]
@@ -346,9 +346,10 @@ class ResponsesRenderer:
         described = openai_errors.stream_error(event)["error"]
         code = "invalid_prompt" if described["type"] == "invalid_request_error" else "server_error"
         self._final = self.body("failed", error={"code": code, "message": described["message"]})
+        # Open Responses wants `response.failed` right after `error`: the receipt goes first.
         return [
-            _error_event(described),
             *self._receipt_event(),
+            _error_event(described),
             {"type": "response.failed", "response": self._final},
         ]
 
