@@ -104,8 +104,12 @@ class SamplingDefaults(_Frame):
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
     top_k: int | None = Field(default=None, ge=0, le=1000)
+    repeat_penalty: float | None = Field(default=None, gt=0, le=2)
+    """llama.cpp's penalty on tokens repeated within the last 64. No API sets it, so the
+    engine applies it to every sampled (temperature > 0) generation; 1.0, none, when unset."""
 
     def params(self) -> SamplingParams:
+        """The knobs a request can also set."""
         return SamplingParams(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
 
 

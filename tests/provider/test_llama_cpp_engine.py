@@ -124,11 +124,15 @@ def test_importing_the_engines_does_not_load_llama_cpp() -> None:
 
 
 def test_sampling_defaults() -> None:
-    settings = sampler_settings(SamplingParams())
+    settings = sampler_settings(SamplingParams(), repeat_penalty=None)
     assert (settings.temperature, settings.top_p, settings.top_k) == (1.0, 1.0, 0)
     assert (settings.presence_penalty, settings.frequency_penalty) == (0.0, 0.0)
-    assert sampler_settings(SamplingParams(seed=7)).seed == 7
-    assert sampler_settings(SamplingParams(seed=-1)).seed != 0xFFFFFFFF
+    assert settings.repeat_penalty == 1.0
+    assert sampler_settings(SamplingParams(), repeat_penalty=1.1).repeat_penalty == 1.1
+    greedy = SamplingParams(temperature=0.0)
+    assert sampler_settings(greedy, repeat_penalty=1.1).repeat_penalty == 1.0
+    assert sampler_settings(SamplingParams(seed=7), repeat_penalty=None).seed == 7
+    assert sampler_settings(SamplingParams(seed=-1), repeat_penalty=None).seed != 0xFFFFFFFF
 
 
 @pytest.mark.slow

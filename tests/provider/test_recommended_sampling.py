@@ -23,9 +23,13 @@ KNOWN = SamplingDefaults(temperature=0.2, top_p=0.9)
 
 
 def test_the_weight_files_own_values_win_knob_by_knob() -> None:
-    metadata = {"general.sampling.temp": "0.6", "general.sampling.top_k": "20"}
+    metadata = {
+        "general.sampling.temp": "0.6",
+        "general.sampling.top_k": "20",
+        "general.sampling.penalty_repeat": "1.05",
+    }
     assert recommended_sampling(metadata, KNOWN) == SamplingDefaults(
-        temperature=0.6, top_p=0.9, top_k=20
+        temperature=0.6, top_p=0.9, top_k=20, repeat_penalty=1.05
     )
 
 
@@ -51,6 +55,7 @@ def test_unreadable_values_in_the_file_are_ignored(metadata: dict[str, str]) -> 
 def test_values_out_of_range_leave_the_known_ones() -> None:
     assert recommended_sampling({"general.sampling.temp": "9"}, KNOWN) == KNOWN
     assert recommended_sampling({"general.sampling.top_p": "0"}, KNOWN) == KNOWN
+    assert recommended_sampling({"general.sampling.penalty_repeat": "-1"}, KNOWN) == KNOWN
 
 
 def test_a_card_refuses_recommendations_out_of_range() -> None:
@@ -62,7 +67,13 @@ def test_a_card_refuses_recommendations_out_of_range() -> None:
         "size_bytes": 1,
     }
     assert ModelCard.model_validate(card).sampling_defaults == SamplingDefaults()
-    for wrong in ({"temperature": 3}, {"top_p": 0}, {"top_k": -1}, {"temperature": "nan"}):
+    for wrong in (
+        {"temperature": 3},
+        {"top_p": 0},
+        {"top_k": -1},
+        {"temperature": "nan"},
+        {"repeat_penalty": 0},
+    ):
         with pytest.raises(ValueError, match="sampling_defaults"):
             ModelCard.model_validate({**card, "sampling_defaults": wrong})
 
@@ -78,7 +89,7 @@ def test_only_unset_knobs_take_the_recommendation() -> None:
 
 def test_the_bundled_models_carry_their_authors_recommendations() -> None:
     assert resolve_model("default").sampling_defaults == SamplingDefaults(
-        temperature=0.2, top_p=0.9
+        temperature=0.2, top_p=0.9, repeat_penalty=1.1
     )
 
 
@@ -105,7 +116,9 @@ def story(engine: LlamaCppEngine, sampling: SamplingParams) -> str:
 
 @pytest.mark.slow
 def test_the_loaded_card_carries_the_recommendation(smollm2: LlamaCppEngine) -> None:
-    assert smollm2.card.sampling_defaults == SamplingDefaults(temperature=0.2, top_p=0.9)
+    assert smollm2.card.sampling_defaults == SamplingDefaults(
+        temperature=0.2, top_p=0.9, repeat_penalty=1.1
+    )
 
 
 @pytest.mark.slow

@@ -230,8 +230,12 @@ class LlamaCppEngine:
         )
         generated = 0
         ended: FinishReason = "length"
-        sampling = request.sampling.filled_from(self._card.sampling_defaults.params())
-        tokens = _start(llama, plan.prompt, sampler_settings(sampling), plan.grammar)
+        recommended = self._card.sampling_defaults
+        settings = sampler_settings(
+            request.sampling.filled_from(recommended.params()),
+            repeat_penalty=recommended.repeat_penalty,
+        )
+        tokens = _start(llama, plan.prompt, settings, plan.grammar)
         try:
             logprobs = self._logprob_reader(llama, request)
             while generated < limit:
@@ -289,7 +293,7 @@ def _start(
         top_p=settings.top_p,
         min_p=0.0,
         typical_p=1.0,
-        repeat_penalty=1.0,
+        repeat_penalty=settings.repeat_penalty,
         presence_penalty=settings.presence_penalty,
         frequency_penalty=settings.frequency_penalty,
         reset=True,

@@ -41,17 +41,19 @@ class SamplerSettings:
     seed: int
     presence_penalty: float
     frequency_penalty: float
+    repeat_penalty: float
 
 
 def recommended_sampling(metadata: Mapping[str, str], known: SamplingDefaults) -> SamplingDefaults:
     """The sampling the model's authors recommend: what the GGUF file says
-    (`general.sampling.temp`, `.top_p`, `.top_k`; llama.cpp's keys), else `known` (values
-    published beside the weights, for files that do not carry them), knob by knob. A value
-    out of range is ignored rather than trusted."""
+    (`general.sampling.temp`, `.top_p`, `.top_k`, `.penalty_repeat`; llama.cpp's keys), else
+    `known` (values published beside the weights, or measured, for files that do not carry
+    them), knob by knob. A value out of range is ignored rather than trusted."""
     found: dict[str, float | int | None] = {
         "temperature": _number(metadata.get("general.sampling.temp")),
         "top_p": _number(metadata.get("general.sampling.top_p")),
         "top_k": _whole(metadata.get("general.sampling.top_k")),
+        "repeat_penalty": _number(metadata.get("general.sampling.penalty_repeat")),
     }
     merged = {
         knob: found[knob] if found[knob] is not None else value
@@ -77,18 +79,22 @@ def _whole(text: str | None) -> int | None:
     return int(value) if value is not None and value >= 1 and value.is_integer() else None
 
 
-def sampler_settings(params: SamplingParams) -> SamplerSettings:
+def sampler_settings(params: SamplingParams, *, repeat_penalty: float | None) -> SamplerSettings:
     """Defaults: temperature 1, top_p 1, top_k off (0), no penalties, a random seed.
-    Temperature 0 means greedy decoding."""
+    Temperature 0 means greedy decoding. `repeat_penalty` is the model's own (no request
+    sets it) and applies to sampled decoding only: greedy decoding stays the model's most
+    likely answer, as llama.cpp gives it."""
     seed = secrets.randbelow(_SEED_MODULUS) if params.seed is None else params.seed % _SEED_MODULUS
     top_p = 1.0 if params.top_p is None else params.top_p
+    temperature = max(0.0, 1.0 if params.temperature is None else params.temperature)
     return SamplerSettings(
-        temperature=max(0.0, 1.0 if params.temperature is None else params.temperature),
+        temperature=temperature,
         top_p=min(1.0, max(0.0, top_p)),
         top_k=max(0, params.top_k or 0),
         seed=seed,
         presence_penalty=params.presence_penalty or 0.0,
         frequency_penalty=params.frequency_penalty or 0.0,
+        repeat_penalty=(repeat_penalty or 1.0) if temperature > 0 else 1.0,
     )
 
 
