@@ -78,9 +78,12 @@ def body(**extra: Any) -> dict[str, Any]:
 
 
 def parse_stream(raw: bytes) -> list[dict[str, Any]]:
-    """Every SSE event's data, checking that its `event:` line names the data's type."""
+    """Every SSE event's data, checking that its `event:` line names the data's type; the
+    closing `data: [DONE]` is left out."""
     events = []
     for block in raw.decode().strip().split("\n\n"):
+        if block == "data: [DONE]":
+            continue
         lines = dict(line.split(": ", 1) for line in block.split("\n"))
         data = orjson.loads(lines["data"])
         assert lines["event"] == data["type"]
@@ -106,7 +109,8 @@ async def stream(net: InProcessNetwork, payload: dict[str, Any]) -> list[dict[st
     response = await post(net, {**payload, "stream": True})
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/event-stream")
-    assert b"[DONE]" not in response.content
+    assert response.content.endswith(b"\n\ndata: [DONE]\n\n")
+    assert response.content.count(b"[DONE]") == 1
     events = parse_stream(response.content)
     assert_valid_stream(events)
     # The provider's signed receipt comes once, just before the terminal event (before the
@@ -369,7 +373,9 @@ async def test_text_is_streamed_as_it_is_generated(tmp_path: Path) -> None:
         client.stream("POST", "/v1/responses", json=body(stream=True)) as response,
     ):
         data = (
-            orjson.loads(line[6:]) async for line in response.aiter_lines() if line[:6] == "data: "
+            orjson.loads(line[6:])
+            async for line in response.aiter_lines()
+            if line[:6] == "data: " and line != "data: [DONE]"
         )
         async with asyncio.timeout(10):  # a buffering server would send no delta yet
             async for event in data:

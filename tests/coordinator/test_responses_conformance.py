@@ -107,7 +107,8 @@ async def streamed(
             yield event
 
     frames = [frame async for frame in renderer(payload).stream(source())]
-    return [parse_frame(frame) for frame in frames]
+    assert frames[-1] == b"data: [DONE]\n\n"  # Open Responses' end of stream
+    return [parse_frame(frame) for frame in frames[:-1]]
 
 
 def parse_frame(frame: bytes) -> dict[str, Any]:
@@ -154,7 +155,9 @@ async def test_the_scripts_cover_every_event_kind_sent() -> None:
 
 def test_an_error_event_before_the_response_conforms() -> None:
     exc = errors.InvalidRequest("Missing required parameter: 'input'.", param="input")
-    event = parse_frame(stream_error_frames(exc))
+    frame, done = stream_error_frames(exc).split(b"\n\n", 1)
+    assert done == b"data: [DONE]\n\n"
+    event = parse_frame(frame)
     assert_event_conforms(event)
     assert event["error"] == {
         "type": "invalid_request_error",

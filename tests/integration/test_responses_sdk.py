@@ -126,7 +126,9 @@ def test_raw_stream_events_match_the_official_schema(network: LocalNetwork, api_
     )
     assert response.status_code == 200
     events = []
-    for block in response.text.strip().split("\n\n"):
+    blocks = response.text.strip().split("\n\n")
+    assert blocks[-1] == "data: [DONE]"  # Open Responses' end of stream
+    for block in blocks[:-1]:
         lines = dict(line.split(": ", 1) for line in block.split("\n"))
         event = orjson.loads(lines["data"])
         assert lines["event"] == event["type"]

@@ -203,6 +203,8 @@ def _anthropic_delta(gathered: _Gathered, delta: dict[str, Any], call_id: str | 
 def _responses_stream(events: Events) -> Recorded:
     gathered = _Gathered()
     for name, data in events:
+        if data == "[DONE]":
+            continue
         event = json_object(data)
         kind = event.get("type") or name
         if kind == "response.output_item.added":

@@ -1,6 +1,7 @@
 """Renders one job's output events as the OpenAI Responses API does: a whole `response`
-object, or the typed event stream (`event: <type>` frames, each carrying `sequence_number`,
-no `[DONE]`) emitted as the events arrive.
+object, or the typed event stream (`event: <type>` frames, each carrying `sequence_number`)
+emitted as the events arrive, closed by a `data: [DONE]` line after the terminal event as
+the Open Responses specification requires (OpenAI's SDKs stop reading at it).
 
 Output items follow the order the model produced them: a `reasoning` item for `<think>`
 text, a `message` item for visible text, one `function_call` item per tool call. The
@@ -271,10 +272,12 @@ class ResponsesRenderer:
             for payload in self._on(event):
                 yield self._frame(payload)
             if self._final is not None:
+                yield sse.DONE
                 return
         failure = Failed(code="provider_gone", message="The provider's stream ended early.")
         for payload in self._on(failure):
             yield self._frame(payload)
+        yield sse.DONE
 
     def body(
         self,
@@ -406,10 +409,10 @@ def _usage(usage: Usage) -> dict[str, Any]:
 
 
 def stream_error_frames(exc: errors.MoonflowerError) -> bytes:
-    """A stream that failed before `response.created`: one `error` event."""
+    """A stream that failed before `response.created`: one `error` event, then `[DONE]`."""
     _status, described = openai_errors.status_and_body(exc)
     payload = {"type": "error", "sequence_number": 0, **_error_event(described["error"])}
-    return sse.frame(payload, event="error")
+    return sse.frame(payload, event="error") + sse.DONE
 
 
 def _error_event(error: dict[str, Any]) -> dict[str, Any]:
