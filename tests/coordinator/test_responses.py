@@ -17,6 +17,8 @@ import httpx
 import orjson
 import pytest
 
+from moonflower import errors
+from moonflower.coordinator.dialects import openai_responses
 from moonflower.generation import (
     Failed,
     Finished,
@@ -414,6 +416,7 @@ async def test_a_failure_before_the_answer_is_an_openai_error(tmp_path: Path) ->
     assert response.headers["retry-after"]
 
 
+IMAGE = {"type": "input_image", "image_url": "data:image/png;base64,AAAA"}
 BAD_REQUESTS: list[tuple[Any, str | None]] = [
     ([1, 2], None),
     ({"input": "hi"}, "model"),
@@ -452,6 +455,11 @@ BAD_REQUESTS: list[tuple[Any, str | None]] = [
     (body(background=True), "background"),
     (body(stream="yes"), "stream"),
     (body(reasoning={"effort": "enormous"}), "reasoning.effort"),
+    (body(input=[{"role": "user", "content": [IMAGE]}]), "input[0].content[0].type"),
+    (
+        body(input=[{"type": "function_call_output", "call_id": "c", "output": [IMAGE]}]),
+        "input[0].output[0].type",
+    ),
 ]
 
 
@@ -488,3 +496,10 @@ async def test_authentication_and_model_errors(
     assert response.status_code == status
     assert_valid_openai("ErrorResponse", response.json())
     assert response.json()["error"]["code"] == code
+
+
+def test_images_are_refused_as_content_a_text_model_cannot_read() -> None:
+    with pytest.raises(errors.InvalidRequest) as refused:
+        openai_responses.parse(body(input=[{"role": "user", "content": [IMAGE]}]))
+    assert "'input_image' content is not supported" in refused.value.message
+    assert "text only" in refused.value.message

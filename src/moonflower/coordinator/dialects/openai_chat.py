@@ -23,6 +23,7 @@ from moonflower.coordinator.dialects.request_body import (
     check_stops,
     resolve_tool_choice,
     type_tag,
+    unreadable_content,
     validate_body,
 )
 from moonflower.coordinator.dialects.schema_bounds import check_schema
@@ -230,13 +231,7 @@ def _text(content: str | list[_TextPart | _UnreadablePart] | None, param: str) -
         return content or ""
     for k, part in enumerate(content):
         if isinstance(part, _UnreadablePart):
-            where = f"{param}.content[{k}].type"
-            raise errors.InvalidRequest(
-                f"Invalid value for '{where}': {part.type!r} content is not supported: the "
-                "models on this network read text only; send 'text' parts.",
-                param=where,
-                code="invalid_value",
-            )
+            raise unreadable_content(part.type, f"{param}.content[{k}].type", text_type="text")
     return "\n".join(part.text for part in content if isinstance(part, _TextPart))
 
 

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, Tag, ValidationError
 
 from moonflower import errors
 from moonflower.coordinator.dialects import openai_chat, openai_errors
@@ -31,6 +31,8 @@ from moonflower.coordinator.dialects.request_body import (
     MAX_MESSAGES,
     ToolMode,
     resolve_tool_choice,
+    type_tag,
+    unreadable_content,
     validate_body,
 )
 from moonflower.coordinator.dialects.schema_bounds import check_schema
@@ -65,10 +67,24 @@ class _TextPart(_Strict):
     text: str
 
 
+class _UnreadablePart(_Strict):
+    """A part the models here cannot read (an image, a file, audio…): refused by name."""
+
+    type: str = Field(max_length=64)
+
+
+_ContentPart = Annotated[
+    Annotated[_TextPart, Tag("_input_text")]
+    | Annotated[_TextPart, Tag("_output_text")]
+    | Annotated[_UnreadablePart, Tag("_other")],
+    type_tag({"input_text", "output_text"}, "_other"),
+]
+
+
 class _MessageItem(_Strict):
     type: Literal["message"] = "message"
     role: Literal["user", "assistant", "system", "developer"]
-    content: str | list[_TextPart]
+    content: str | list[_ContentPart]
 
 
 class _FunctionCallItem(_Strict):
@@ -81,7 +97,7 @@ class _FunctionCallItem(_Strict):
 class _FunctionCallOutputItem(_Strict):
     type: Literal["function_call_output"]
     call_id: str = Field(min_length=1)
-    output: str | list[_TextPart]
+    output: str | list[_ContentPart]
 
 
 _Item = _MessageItem | _FunctionCallItem | _FunctionCallOutputItem
@@ -272,13 +288,15 @@ def _conversation(body: ResponsesBody, max_messages: int) -> tuple[Message, ...]
     for index, raw in enumerate(body.input):
         item = _item(raw, index)
         if isinstance(item, _MessageItem):
-            messages.append(Message(_ROLES[item.role], _text(item.content)))
+            content = _text(item.content, f"input[{index}].content")
+            messages.append(Message(_ROLES[item.role], content))
         elif isinstance(item, _FunctionCallItem):
             call_names[item.call_id] = item.name
             _add_call(messages, ToolCall(item.call_id, item.name, item.arguments))
         elif isinstance(item, _FunctionCallOutputItem):
             name = call_names.get(item.call_id)
-            messages.append(Message("tool", _text(item.output), (), item.call_id, name))
+            output = _text(item.output, f"input[{index}].output")
+            messages.append(Message("tool", output, (), item.call_id, name))
     if not messages:
         raise errors.InvalidRequest(
             "'input' must contain at least one message or function call item.",
@@ -322,8 +340,13 @@ def _add_call(messages: list[Message], call: ToolCall) -> None:
         messages.append(Message("assistant", "", (call,)))
 
 
-def _text(content: str | list[_TextPart]) -> str:
-    return content if isinstance(content, str) else "\n".join(part.text for part in content)
+def _text(content: str | list[_TextPart | _UnreadablePart], where: str) -> str:
+    if isinstance(content, str):
+        return content
+    for k, part in enumerate(content):
+        if isinstance(part, _UnreadablePart):
+            raise unreadable_content(part.type, f"{where}[{k}].type", text_type="input_text")
+    return "\n".join(part.text for part in content if isinstance(part, _TextPart))
 
 
 def _tool(raw: Any, index: int) -> tuple[Tool, dict[str, Any]]:

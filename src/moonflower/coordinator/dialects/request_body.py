@@ -137,3 +137,14 @@ def type_tag(allowed: set[str], fallback: str | None) -> Any:
         custom_error_message="Input should be an object whose 'type' is one of: "
         + ", ".join(f"'{k}'" for k in sorted(allowed)),
     )
+
+
+def unreadable_content(kind: str, param: str, *, text_type: str) -> errors.InvalidRequest:
+    """The refusal of a content part no model here can read (an image, audio, a file), in
+    OpenAI's words; `param` names the part's `type`."""
+    return errors.InvalidRequest(
+        f"Invalid value for '{param}': {kind!r} content is not supported: the models on this "
+        f"network read text only; send {text_type!r} parts.",
+        param=param,
+        code="invalid_value",
+    )
