@@ -10,7 +10,7 @@ it too, so one short generation feeds every check of its case."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,18 +20,23 @@ import openai
 import pytest
 
 from moonflower.coordinator.exchange import MIN_TRUST_HEADER
+from tests.support.conformance import (
+    HUGE,
+    MODEL,
+    Failure,
+    Keys,
+    anthropic_client,
+    expect_failure,
+    openai_client,
+    rate_limited_network,
+)
 from tests.support.network import LocalNetwork
 from tests.support.openapi import assert_valid_anthropic, assert_valid_openai
 
 pytestmark = pytest.mark.slow
 
-MODEL = "smollm2-135m-instruct"
-REQUESTS_PER_MINUTE = 60
-"""Per key; the main key makes about half as many requests in the whole module."""
 TEXT_TOKENS = 6
 TOOL_TOKENS = 60
-HUGE = "x" * (9 * 1024 * 1024)
-"""Over the coordinator's 8 MiB body limit."""
 
 USER = {"role": "user", "content": "Say hello."}
 SYSTEM = "You are a terse assistant."
@@ -92,40 +97,12 @@ def max_tokens(case: str) -> int:
 
 @pytest.fixture(scope="module")
 def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
-    settings = {"RATE_LIMIT_REQUESTS_PER_MINUTE": str(REQUESTS_PER_MINUTE)}
-    net = LocalNetwork(tmp_path_factory.mktemp("network"), settings=settings)
-    try:
-        net.start_coordinator()
-        net.start_provider()
-        yield net
-    finally:
-        net.stop()
-
-
-@dataclass(frozen=True)
-class Keys:
-    funded: str
-    broke: str
-    """A key whose account holds nothing: 402."""
-    burst: str
-    """A key driven into its rate limit: 429."""
+    yield from rate_limited_network(tmp_path_factory.mktemp("network"))
 
 
 @pytest.fixture(scope="module")
 def keys(network: LocalNetwork) -> Keys:
-    return Keys(
-        funded=network.create_key(),
-        broke=network.create_key("broke", credit_usd=None),
-        burst=network.create_key("burst", credit_usd=None),
-    )
-
-
-def openai_client(network: LocalNetwork, key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{network.base_url}/v1", api_key=key, max_retries=0)
-
-
-def anthropic_client(network: LocalNetwork, key: str) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=network.base_url, api_key=key, max_retries=0)
+    return Keys.create(network)
 
 
 @pytest.fixture(scope="module")
@@ -360,20 +337,6 @@ def test_count_tokens_conforms(claude: anthropic.Anthropic, case: str) -> None:
 # --- Errors -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Failure:
-    """One way to make a request fail: which key asks, what the request carries."""
-
-    status: int
-    anthropic_status: int | None = None
-    """When Anthropic's dialect answers with another status."""
-    key: Callable[[Keys], str] = lambda keys: keys.funded
-    model: str = MODEL
-    content: str = "Say hello."
-    extra: dict[str, Any] | None = None
-    headers: dict[str, str] | None = None
-
-
 FAILURES = {
     "400 bad input": Failure(400, extra={"temperature": 7}),
     "400 prompt over the context": Failure(400, content="lighthouse " * 9000),
@@ -386,23 +349,6 @@ FAILURES = {
         503, anthropic_status=529, headers={MIN_TRUST_HEADER: "hardware"}
     ),
 }
-
-
-def expect_failure(
-    status: int, call: Callable[[], object], error: type[Exception]
-) -> httpx.Response:
-    """Make `call` fail with `status` and return the raw response. For a 429, repeat it
-    (each one a cheap 404 that counts against the key) until the key is over its limit."""
-    for _attempt in range(2 * REQUESTS_PER_MINUTE if status == 429 else 1):
-        with pytest.raises(error) as caught:
-            call()
-        response: httpx.Response = caught.value.response  # type: ignore[attr-defined]
-        if response.status_code == status:
-            break
-        assert status == 429 and response.status_code == 404, response.text
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    return response
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])

@@ -12,8 +12,7 @@ of answers and their streams."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any
 
 import openai
@@ -21,6 +20,15 @@ import openresponses
 import pytest
 
 from moonflower.coordinator.exchange import MIN_TRUST_HEADER
+from tests.support.conformance import (
+    HUGE,
+    MODEL,
+    Failure,
+    Keys,
+    expect_failure,
+    openai_client,
+    rate_limited_network,
+)
 from tests.support.network import LocalNetwork
 from tests.support.openapi import assert_valid_openai
 from tests.support.responses_conformance import (
@@ -31,15 +39,11 @@ from tests.support.responses_conformance import (
 
 pytestmark = pytest.mark.slow
 
-MODEL = "smollm2-135m-instruct"
-REQUESTS_PER_MINUTE = 60
 """Per key; the main key makes well under half as many requests in the whole module."""
 TEXT_TOKENS = 6
 TOOL_TOKENS = 60
 OPEN_RESPONSES_MIN_TOKENS = 16
 """The Open Responses client refuses to ask for fewer (as OpenAI's API does)."""
-HUGE = "x" * (9 * 1024 * 1024)
-"""Over the coordinator's 8 MiB body limit."""
 
 HELLO = "Say hello."
 HISTORY = [
@@ -75,36 +79,12 @@ def request(case: str, *, at_least: int = 0) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
-    settings = {"RATE_LIMIT_REQUESTS_PER_MINUTE": str(REQUESTS_PER_MINUTE)}
-    net = LocalNetwork(tmp_path_factory.mktemp("network"), settings=settings)
-    try:
-        net.start_coordinator()
-        net.start_provider()
-        yield net
-    finally:
-        net.stop()
-
-
-@dataclass(frozen=True)
-class Keys:
-    funded: str
-    broke: str
-    """A key whose account holds nothing: 402."""
-    burst: str
-    """A key driven into its rate limit: 429."""
+    yield from rate_limited_network(tmp_path_factory.mktemp("network"))
 
 
 @pytest.fixture(scope="module")
 def keys(network: LocalNetwork) -> Keys:
-    return Keys(
-        funded=network.create_key(),
-        broke=network.create_key("broke", credit_usd=None),
-        burst=network.create_key("burst", credit_usd=None),
-    )
-
-
-def openai_client(network: LocalNetwork, key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{network.base_url}/v1", api_key=key, max_retries=0)
+    return Keys.create(network)
 
 
 @pytest.fixture(scope="module")
@@ -273,45 +253,17 @@ def test_a_response_reports_the_settings_it_ran_with(oai: openai.OpenAI) -> None
 # --- Errors -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Failure:
-    """One way to make a request fail: which key asks, what the request carries."""
-
-    status: int
-    key: Callable[[Keys], str] = lambda keys: keys.funded
-    model: str = MODEL
-    input: str = HELLO
-    extra: dict[str, Any] | None = None
-    headers: dict[str, str] | None = None
-
-
 FAILURES = {
     "400 bad input": Failure(400, extra={"temperature": 7}),
     "400 bad penalty": Failure(400, extra={"presence_penalty": 3}),
-    "400 prompt over the context": Failure(400, input="lighthouse " * 9000),
+    "400 prompt over the context": Failure(400, content="lighthouse " * 9000),
     "401 bad key": Failure(401, key=lambda _: "mf-not-a-real-key"),
     "402 no balance": Failure(402, key=lambda keys: keys.broke),
     "404 unknown model": Failure(404, model="no-such-model"),
-    "413 too large": Failure(413, input=HUGE),
+    "413 too large": Failure(413, content=HUGE),
     "429 rate limited": Failure(429, key=lambda keys: keys.burst, model="no-such-model"),
     "503 no provider at the trust asked": Failure(503, headers={MIN_TRUST_HEADER: "hardware"}),
 }
-
-
-def expect_failure(status: int, call: Callable[[], object]) -> dict[str, Any]:
-    """Make `call` fail with `status` and return the JSON body of its answer. For a 429, repeat it
-    (each one a cheap 404 that counts against the key) until the key is over its limit."""
-    for _attempt in range(2 * REQUESTS_PER_MINUTE if status == 429 else 1):
-        with pytest.raises(openai.APIStatusError) as caught:
-            call()
-        response = caught.value.response
-        if response.status_code == status:
-            break
-        assert status == 429 and response.status_code == 404, response.text
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    body: dict[str, Any] = response.json()
-    return body
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
@@ -323,14 +275,14 @@ def test_errors_conform(network: LocalNetwork, keys: Keys, name: str, stream: bo
     def call() -> object:
         return client.responses.create(
             model=failure.model,
-            input=failure.input,
+            input=failure.content,
             max_output_tokens=TEXT_TOKENS,
             stream=stream,
             extra_body=failure.extra,
             extra_headers=failure.headers,
         )
 
-    body = expect_failure(failure.status, call)
+    body = expect_failure(failure.status, call, openai.APIStatusError).json()
     assert_valid_openai("ErrorResponse", body)
     if failure.status == 400 and failure.extra:
         assert body["error"]["param"] == next(iter(failure.extra))
