@@ -31,7 +31,7 @@ from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from tests.support.openapi import _best_errors, _describe, _shorten
+from tests.support.openapi import assert_valid_with
 
 VERSION = "2026-04-24"
 _URI = "urn:moonflower-tests:open-responses"
@@ -40,13 +40,7 @@ _URI = "urn:moonflower-tests:open-responses"
 def assert_valid_open_responses(schema_name: str, instance: object) -> None:
     """Fail unless ``instance`` is valid against Open Responses'
     ``components/schemas/<name>``."""
-    errors = list(_validator(schema_name).iter_errors(instance))
-    if not errors:
-        return
-    lines = [f"not a valid Open Responses {schema_name} ({len(errors)} error(s)); best matches:"]
-    lines += [f"  {_describe(error)}" for error in _best_errors(errors)]
-    lines.append(f"instance: {_shorten(instance, 2000)}")
-    raise AssertionError("\n".join(lines))
+    assert_valid_with(_validator(schema_name), f"Open Responses {schema_name}", instance)
 
 
 def open_responses_schema_names() -> list[str]:

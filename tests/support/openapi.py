@@ -98,10 +98,16 @@ def anthropic_schema_names() -> list[str]:
 
 
 def _assert_valid(vendor: str, schema_name: str, instance: object) -> None:
-    errors = list(_validator(vendor, schema_name).iter_errors(instance))
+    assert_valid_with(_validator(vendor, schema_name), f"{vendor} {schema_name}", instance)
+
+
+def assert_valid_with(validator: Draft202012Validator, label: str, instance: object) -> None:
+    """Fail unless `validator` accepts `instance`, naming the most relevant errors; `label`
+    says what the instance should have been (e.g. "openai Response")."""
+    errors = list(validator.iter_errors(instance))
     if not errors:
         return
-    lines = [f"not a valid {vendor} {schema_name} ({len(errors)} error(s)); best matches:"]
+    lines = [f"not a valid {label} ({len(errors)} error(s)); best matches:"]
     lines += [f"  {_describe(error)}" for error in _best_errors(errors)]
     lines.append(f"instance: {_shorten(instance, 2000)}")
     raise AssertionError("\n".join(lines))
