@@ -35,6 +35,7 @@ from moonflower.generation import (
     OutputEvent,
     ReasoningDelta,
     Receipted,
+    SamplingParams,
     Started,
     TextDelta,
     ToolCall,
@@ -134,7 +135,9 @@ def body_of(dialect: Dialect, events: Sequence[OutputEvent]) -> Any:
     if dialect == "openai-completions":
         return completion_renderer().completion(done)
     if dialect == "openai-responses":
-        return ResponsesRenderer(model="m", max_output_tokens=None, echo={}).response(done)
+        return ResponsesRenderer(
+            model="m", max_output_tokens=None, echo={}, sampling=SamplingParams()
+        ).response(done)
     return MessageRenderer(model="m", prompt_tokens=5, is_thinking=True).message(done)
 
 
@@ -146,7 +149,9 @@ async def stream_of(dialect: Dialect, events: Sequence[OutputEvent]) -> bytes:
     if dialect == "openai-completions":
         return await collect(completion_renderer().stream(source, include_usage=True))
     if dialect == "openai-responses":
-        responses = ResponsesRenderer(model="m", max_output_tokens=None, echo={})
+        responses = ResponsesRenderer(
+            model="m", max_output_tokens=None, echo={}, sampling=SamplingParams()
+        )
         return await collect(responses.stream(source))
     messages = MessageRenderer(model="m", prompt_tokens=5, is_thinking=True)
     return await collect(messages.stream(source))

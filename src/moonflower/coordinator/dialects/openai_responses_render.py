@@ -242,7 +242,7 @@ class ResponsesRenderer:
         model: str,
         max_output_tokens: int | None,
         echo: dict[str, Any],
-        sampling: SamplingParams = SamplingParams(),  # noqa: B008 - frozen, never mutated
+        sampling: SamplingParams,
     ) -> None:
         """`echo` holds the request-only settings the parser gathered (`ResponsesCall.echo`);
         `sampling` is what the job runs with (unset knobs: the engine's defaults)."""
