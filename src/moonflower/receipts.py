@@ -55,12 +55,15 @@ class OutputTally:
         """The completion tokens the deltas added so far say they carry."""
 
     def add(self, event: GenerationEvent) -> None:
-        if isinstance(event, Started):
+        if isinstance(event, TextDelta):  # nearly every event: checked first
+            self.delta_tokens += event.tokens
+            if self._splitter.passes_through(event.text):
+                self._text.append(event.text)
+            else:
+                self._keep(self._splitter.push(event.text))
+        elif isinstance(event, Started):
             self._splitter = ThinkSplitter(starts_in_reasoning=event.starts_in_reasoning)
             self.usage = Usage(event.prompt_tokens, 0)
-        elif isinstance(event, TextDelta):
-            self.delta_tokens += event.tokens
-            self._keep(self._splitter.push(event.text))
         elif isinstance(event, ReasoningDelta):
             self._reasoning.append(event.text)
         elif isinstance(event, ToolCallDelta):

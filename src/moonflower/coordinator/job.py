@@ -55,8 +55,10 @@ from moonflower.settings import CoordinatorSettings
 
 Settle = Callable[["Job", Decision], Awaitable[Settlement | None]]
 
-CREDIT_BATCH_EVENTS = 16
-"""Events the consumer reads between two grants of credit to the provider."""
+CREDIT_BATCH_EVENTS = wire.FLOW_WINDOW_EVENTS // 2
+"""Events the consumer reads between two grants of credit to the provider: half the window,
+so the provider still has half a window to send while a grant is on its way, at one credit
+frame per half window."""
 
 BYTES_PER_TOKEN = 4
 """Bytes of output counted as one token when the coordinator measures a provider's speed

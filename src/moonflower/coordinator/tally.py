@@ -24,7 +24,6 @@ from moonflower.generation import (
     Finished,
     GenerationEvent,
     ReasoningDelta,
-    Started,
     TextDelta,
     ToolCallDelta,
 )
@@ -43,22 +42,27 @@ EVENTS_PER_TOKEN = 4
 EVENT_ALLOWANCE = 16
 
 
+def text_bytes(text: str) -> int:
+    """The UTF-8 length of `text` (without encoding it when it is ASCII, as most is)."""
+    return len(text) if text.isascii() else len(text.encode())
+
+
 def delta_bytes(event: TextDelta | ReasoningDelta | ToolCallDelta) -> int:
     """The bytes of output an event carries, as the consumer will receive them."""
     if isinstance(event, ToolCallDelta):
         return (
-            len(event.arguments.encode())
-            + len((event.name or "").encode())
-            + len((event.id or "").encode())
+            text_bytes(event.arguments) + text_bytes(event.name or "") + text_bytes(event.id or "")
         )
-    return len(event.text.encode())
+    return text_bytes(event.text)
 
 
 def billable_tokens(event: GenerationEvent) -> int:
     """The tokens of `event` the coordinator can vouch for: the claim, bounded by what the
     event's bytes can hold."""
     if isinstance(event, TextDelta):
-        return min(event.tokens, len(event.text.encode()))
+        # No character is shorter than a byte: a claim within the text's length stands.
+        text = event.text
+        return event.tokens if event.tokens <= len(text) else min(event.tokens, text_bytes(text))
     if isinstance(event, ToolCallDelta):
         scaffold = TOOL_CALL_SCAFFOLD_TOKENS if event.name is not None else 0
         return min(event.tokens, delta_bytes(event) + scaffold)
@@ -87,29 +91,38 @@ class JobTally:
         """Count `event`; the reason it breaks the protocol, or None."""
         if self.terminal is not None:
             return "an event after the job's terminal event"
+        if isinstance(event, TextDelta):  # nearly every event: checked first
+            return self._count_output(event.tokens, text_bytes(event.text), event.kind)
+        if isinstance(event, ToolCallDelta):
+            return self._count_output(event.tokens, delta_bytes(event), event.kind)
+        if isinstance(event, ReasoningDelta):
+            return self._count_output(0, text_bytes(event.text), event.kind)
         if isinstance(event, Finished | Failed):
             self.terminal = event
             return self._check_end(event) if isinstance(event, Finished) else None
         self.events += 1
         if self.events > self.granted_events:
             return "more events than the flow-control window allows"
-        if isinstance(event, Started):
-            if self.claimed_prompt_tokens is not None:
-                return "started twice"
-            if event.prompt_tokens > self.context_length:
-                return "a prompt longer than the model's context"
-            self.claimed_prompt_tokens = event.prompt_tokens
-            return None
+        if self.claimed_prompt_tokens is not None:
+            return "started twice"
+        if event.prompt_tokens > self.context_length:
+            return "a prompt longer than the model's context"
+        self.claimed_prompt_tokens = event.prompt_tokens
+        return None
+
+    def _count_output(self, tokens: int, size: int, kind: str) -> str | None:
+        events = self.events = self.events + 1
+        if events > self.granted_events:
+            return "more events than the flow-control window allows"
         if self.claimed_prompt_tokens is None:
-            return f"{event.kind} before started"
-        if isinstance(event, TextDelta | ToolCallDelta):
-            self.claimed_tokens += event.tokens
-            if self.claimed_tokens > self.max_tokens:
-                return "more completion tokens than max_tokens"
-        self.output_bytes += delta_bytes(event)
-        if self.output_bytes > MAX_BYTES_PER_TOKEN * self.claimed_tokens + BYTE_ALLOWANCE:
+            return f"{kind} before started"
+        claimed = self.claimed_tokens = self.claimed_tokens + tokens
+        if claimed > self.max_tokens:
+            return "more completion tokens than max_tokens"
+        self.output_bytes += size
+        if self.output_bytes > MAX_BYTES_PER_TOKEN * claimed + BYTE_ALLOWANCE:
             return "more output bytes than its tokens can carry"
-        if self.events > EVENTS_PER_TOKEN * self.claimed_tokens + EVENT_ALLOWANCE:
+        if events > EVENTS_PER_TOKEN * claimed + EVENT_ALLOWANCE:
             return "more events than its tokens can produce"
         return None
 

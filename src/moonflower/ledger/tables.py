@@ -214,7 +214,6 @@ class Hold(Base):
     __table_args__ = (
         CheckConstraint("status IN ('held', 'settled', 'released')", name="status"),
         CheckConstraint("amount_micro_usd >= 0", name="non_negative"),
-        Index("ix_holds_status_created_at", "status", "created_at"),
         Index("ix_holds_status_lease", "status", "lease_expires_at"),
     )
 
