@@ -20,15 +20,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from moonflower.errors import InsufficientFunds
 from moonflower.ledger.accounts import PLATFORM_ACCOUNT_ID
-from moonflower.ledger.book import Entry, apply_changes, post
+from moonflower.ledger.book import UNTRACKED, Entry, apply_changes, post
 from moonflower.ledger.database import Database
-from moonflower.ledger.jobs import JobRecord, job_row
-from moonflower.ledger.receipts import ReceiptRecord, receipt_row
+from moonflower.ledger.jobs import JobRecord, insert_job
+from moonflower.ledger.receipts import ReceiptRecord, insert_receipt
 from moonflower.ledger.tables import Account, Hold, Job, LedgerEntry, LedgerTransaction
 
 BASIS_POINTS = 10_000
@@ -68,7 +68,8 @@ async def reserve(
                     Account.balance_micro_usd - Account.held_micro_usd >= amount_micro_usd,
                 )
                 .values(held_micro_usd=Account.held_micro_usd + amount_micro_usd)
-                .returning(Account.balance_micro_usd - Account.held_micro_usd)
+                .returning(Account.balance_micro_usd - Account.held_micro_usd),
+                execution_options=UNTRACKED,
             )
         ).scalar_one_or_none()
         if left is None:
@@ -81,8 +82,8 @@ async def reserve(
                 needed_micro_usd=amount_micro_usd, available_micro_usd=max(available or 0, 0)
             )
         now = datetime.now(UTC)
-        session.add(
-            Hold(
+        await session.execute(
+            insert(Hold).values(
                 job_id=job_id,
                 account_id=account_id,
                 amount_micro_usd=amount_micro_usd,
@@ -134,7 +135,8 @@ async def settle(
                 update(Hold)
                 .where(Hold.job_id == job.id, Hold.status == "held")
                 .values(status="settled", closed_at=now)
-                .returning(Hold.account_id, Hold.amount_micro_usd)
+                .returning(Hold.account_id, Hold.amount_micro_usd),
+                execution_options=UNTRACKED,
             )
         ).one_or_none()
         if closed is None:
@@ -161,9 +163,9 @@ async def settle(
             await post(session, "settlement", entries, job_id=job.id, held_changes=held_changes)
         else:
             await apply_changes(session, {}, held_changes)
-        session.add(job_row(replace(job, charged_micro_usd=charged)))
+        await session.execute(insert_job(replace(job, charged_micro_usd=charged)))
         if receipt is not None:
-            session.add(receipt_row(receipt))
+            await session.execute(insert_receipt(receipt))
     return Settlement(job.id, reserved, charged, share, fee)
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from moonflower.errors import InvalidRequest
@@ -28,6 +28,10 @@ EntryKind = Literal[
 ]
 MAX_DEPOSIT_MICRO_USD = 10**15
 """A billion dollars: anything larger is a typo, not a deposit."""
+
+UNTRACKED = {"synchronize_session": False}
+"""Execution options of the ledger's UPDATEs: they run in short transactions that load no
+ORM objects, so there is nothing in the session for SQLAlchemy to bring up to date."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,24 +67,28 @@ async def post(
     if sum(e.amount_micro_usd for e in entries) != 0:
         raise UnbalancedTransaction(f"{kind} entries sum to a non-zero amount")
     transaction_id = uuid.uuid4().hex
-    session.add(
-        LedgerTransaction(
+    # The transaction row first: the entries point at it.
+    await session.execute(
+        insert(LedgerTransaction).values(
             id=transaction_id, kind=kind, job_id=job_id, memo=memo, created_at=datetime.now(UTC)
         )
     )
-    await session.flush()  # the transaction row must exist before entries point at it
-    balance_changes: dict[str, int] = {}
-    for entry in entries:
-        if entry.amount_micro_usd == 0:
-            continue
-        session.add(
-            LedgerEntry(
-                transaction_id=transaction_id,
-                account_id=entry.account_id,
-                kind=entry.kind,
-                amount_micro_usd=entry.amount_micro_usd,
-            )
+    moving = [entry for entry in entries if entry.amount_micro_usd != 0]
+    if moving:
+        await session.execute(
+            insert(LedgerEntry),
+            [
+                {
+                    "transaction_id": transaction_id,
+                    "account_id": entry.account_id,
+                    "kind": entry.kind,
+                    "amount_micro_usd": entry.amount_micro_usd,
+                }
+                for entry in moving
+            ],
         )
+    balance_changes: dict[str, int] = {}
+    for entry in moving:
         balance_changes[entry.account_id] = (
             balance_changes.get(entry.account_id, 0) + entry.amount_micro_usd
         )
@@ -102,7 +110,8 @@ async def apply_changes(
             .values(
                 balance_micro_usd=Account.balance_micro_usd + balance,
                 held_micro_usd=Account.held_micro_usd + held,
-            )
+            ),
+            execution_options=UNTRACKED,
         )
         if result.rowcount != 1:  # type: ignore[attr-defined]
             raise LookupError(f"no account {account_id}")

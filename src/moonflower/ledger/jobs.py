@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import Insert, insert, select
 
 from moonflower.ledger.database import Database
 from moonflower.ledger.tables import Job, ServedModel
@@ -46,11 +46,12 @@ class JobRecord:
 async def record_job(db: Database, record: JobRecord) -> None:
     """Store one finished job; `created_at` must be timezone-aware."""
     async with db.sessions.begin() as session:
-        session.add(job_row(record))
+        await session.execute(insert_job(record))
 
 
-def job_row(record: JobRecord) -> Job:
-    return Job(**dataclasses.asdict(record))
+def insert_job(record: JobRecord) -> Insert:
+    """The statement that stores `record` (a plain INSERT: no ORM object to track)."""
+    return insert(Job).values(**dataclasses.asdict(record))
 
 
 def _record(job: Job) -> JobRecord:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import Insert, insert, select
 
 from moonflower.ledger.database import Database
 from moonflower.ledger.tables import StoredReceipt
@@ -25,11 +25,12 @@ class ReceiptRecord:
 
 async def store_receipt(db: Database, record: ReceiptRecord) -> None:
     async with db.sessions() as session, session.begin():
-        session.add(receipt_row(record))
+        await session.execute(insert_receipt(record))
 
 
-def receipt_row(record: ReceiptRecord) -> StoredReceipt:
-    return StoredReceipt(
+def insert_receipt(record: ReceiptRecord) -> Insert:
+    """The statement that stores `record` (a plain INSERT: no ORM object to track)."""
+    return insert(StoredReceipt).values(
         job_id=record.job_id,
         account_id=record.account_id,
         provider_id=record.provider_id,
