@@ -364,10 +364,16 @@ def test_usage_and_text_match_llama_cpp_python(
         repeat_penalty=1.0,
     )
     end = ending(events)
-    assert end.usage.completion_tokens == expected["usage"]["completion_tokens"]
     assert end.usage.prompt_tokens == expected["usage"]["prompt_tokens"]
     assert end.reason == expected["choices"][0]["finish_reason"]
-    assert text_of(events) == expected["choices"][0]["text"]
+    if expected["usage"]["completion_tokens"] > max_tokens:
+        # llama-cpp-python reads past max_tokens to complete a character split across
+        # tokens; the engine stops at max_tokens and drops the unfinished character.
+        assert end.usage.completion_tokens == max_tokens
+        assert expected["choices"][0]["text"].startswith(text_of(events))
+    else:
+        assert end.usage.completion_tokens == expected["usage"]["completion_tokens"]
+        assert text_of(events) == expected["choices"][0]["text"]
     assert "\ufffd" not in text_of(events)
 
 
