@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,9 +21,8 @@ from starlette.responses import Response
 from moonflower import __version__, errors
 from moonflower.coordinator.auth import CallerCache, authenticate
 from moonflower.coordinator.cors import Cors
-from moonflower.coordinator.dialects import anthropic_errors, openai_errors
-from moonflower.coordinator.dialects.caller_dialect import speaks_anthropic
 from moonflower.coordinator.dispatch import Dispatcher
+from moonflower.coordinator.error_response import render_error
 from moonflower.coordinator.prompt_count import PromptCounter
 from moonflower.coordinator.registry import Registry
 from moonflower.coordinator.reputation import Reputation
@@ -41,7 +39,7 @@ from moonflower.coordinator.routes import (
     responses,
 )
 from moonflower.coordinator.sealed_transport import SealedTransport
-from moonflower.coordinator.services import Services, json_response
+from moonflower.coordinator.services import Services
 from moonflower.coordinator.trust import TrustLevel
 from moonflower.crypto.envelope import EncryptionKeyPair
 from moonflower.ledger.database import Database, default_database_url
@@ -115,9 +113,7 @@ def create_app(
         admits=lambda request: authenticate(request, Services.of(request).callers),
     )
     # Added last, so outermost: browsers' pre-flights are answered before anything else runs.
-    app.add_middleware(
-        Cors, allowed_origins=settings.cors_allowed_origins, render_error=render_error
-    )
+    app.add_middleware(Cors, allowed_origins=settings.cors_allowed_origins)
 
     @app.api_route(
         "/v1/{path:path}",
@@ -154,18 +150,3 @@ def install_error_handlers(app: FastAPI) -> None:
     async def unexpected_error(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return render_error(request, errors.MoonflowerError("Internal server error."))
-
-
-def render_error(request: Request, exc: errors.MoonflowerError) -> Response:
-    """Render `exc` in the dialect the request speaks (`caller_dialect`); an error that says when to
-    try again (`retry_after_s`) also says it in a `Retry-After` header, which SDKs honour."""
-    if speaks_anthropic(request):
-        status, body = anthropic_errors.status_and_body(exc)
-        body["request_id"] = "req_" + secrets.token_hex(12)
-    else:
-        status, body = openai_errors.status_and_body(exc)
-    response = json_response(body, status_code=status)
-    retry_after_s = getattr(exc, "retry_after_s", None)
-    if isinstance(retry_after_s, int):
-        response.headers["Retry-After"] = str(max(1, retry_after_s))
-    return response

@@ -31,7 +31,7 @@ middleware and carries no CORS headers.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.requests import Request
@@ -40,6 +40,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from moonflower import errors
 from moonflower.client.sealed import ERROR_HEADER, KEY_PATH, KID_HEADER
+from moonflower.coordinator.error_response import render_error
 from moonflower.coordinator.exchange import MIN_TRUST_HEADER
 
 PUBLIC_PATHS = frozenset(
@@ -92,8 +93,6 @@ EXPOSED_RESPONSE_HEADERS = (
 MAX_AGE_S = 600
 """How long a browser may reuse a pre-flight's answer (Chrome caps it at two hours)."""
 
-RenderError = Callable[[Request, errors.MoonflowerError], Response]
-
 
 def is_public(path: str, method: str) -> bool:
     """Whether `method path` is a public read-only route, which any origin may call."""
@@ -107,15 +106,11 @@ def is_allowed_request_header(name: str) -> bool:
 
 
 class Cors:
-    """ASGI middleware: `app.add_middleware(Cors, allowed_origins=[...], render_error=...)`;
-    `render_error` renders a refused pre-flight's error in the route's dialect."""
+    """ASGI middleware: `app.add_middleware(Cors, allowed_origins=[...])`."""
 
-    def __init__(
-        self, app: ASGIApp, allowed_origins: Iterable[str], render_error: RenderError
-    ) -> None:
+    def __init__(self, app: ASGIApp, allowed_origins: Iterable[str]) -> None:
         self.app = app
         self._allowed = frozenset(allowed_origins)
-        self._render_error = render_error
         self._exposed = ", ".join(EXPOSED_RESPONSE_HEADERS)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -162,7 +157,7 @@ class Cors:
         public = is_public(scope["path"], method)
         problem = _refusal(origin, method, requested, is_listed=is_listed, is_public=public)
         if problem is not None:
-            response = self._render_error(Request(scope), errors.PermissionDenied(problem))
+            response = render_error(Request(scope), errors.PermissionDenied(problem))
             await response(scope, receive, send)
             return
         allowed_headers = sorted({*ALLOWED_REQUEST_HEADERS, *requested})

@@ -50,6 +50,7 @@ from moonflower.client.sealed import (
     open_with_nonce,
     seal_piece,
 )
+from moonflower.coordinator.error_response import render_error
 from moonflower.coordinator.exchange import MAX_BODY_BYTES
 from moonflower.crypto.envelope import KEY_BYTES, EncryptionKeyPair
 from moonflower.crypto.signing import b64d
@@ -220,9 +221,6 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 async def _send_error(
     scope: Scope, receive: Receive, send: Send, exc: errors.MoonflowerError
 ) -> None:
-    # Imported here: the app module imports this one to install it.
-    from moonflower.coordinator.app import render_error
-
     response = render_error(Request(scope), exc)
     response.headers[ERROR_HEADER] = exc.code  # the same for every dialect, for clients
     await response(scope, receive, send)
