@@ -22,11 +22,11 @@ from moonflower.client.recorded import (
 )
 from moonflower.client.recorded_stream import from_stream, sse_events
 from moonflower.client.verify import Received
+from moonflower.coordinator.completion import CompletionBuilder
 from moonflower.coordinator.dialects.anthropic_render import MessageRenderer
 from moonflower.coordinator.dialects.openai_chat_render import ChatRenderer
 from moonflower.coordinator.dialects.openai_completions import CompletionCall, CompletionRenderer
 from moonflower.coordinator.dialects.openai_responses_render import ResponsesRenderer
-from moonflower.coordinator.exchange import CompletionBuilder
 from moonflower.crypto.receipt import output_digest
 from moonflower.generation import (
     Failed,

@@ -12,8 +12,8 @@ import httpx
 import orjson
 import pytest
 
+from moonflower.coordinator.completion import Completion
 from moonflower.coordinator.dialects import openai_completions
-from moonflower.coordinator.exchange import Completion
 from moonflower.generation import (
     Failed,
     Finished,

@@ -13,12 +13,12 @@ import orjson
 import pytest
 
 from moonflower import errors
+from moonflower.coordinator.completion import CompletionBuilder
 from moonflower.coordinator.dialects import openai_responses
 from moonflower.coordinator.dialects.openai_responses_render import (
     ResponsesRenderer,
     stream_error_frames,
 )
-from moonflower.coordinator.exchange import CompletionBuilder
 from moonflower.generation import (
     Failed,
     Finished,

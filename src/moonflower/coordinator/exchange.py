@@ -1,5 +1,6 @@
 """What every inference route shares: reading the JSON body, the job's response headers,
-and gathering a job's events into one `Completion` for non-streaming answers.
+and gathering a job's events into one `Completion` (see `completion`) for non-streaming
+answers.
 
 Dialect-neutral: nothing here knows a wire shape. Errors are raised as domain errors for
 the app's one exception handler to render in the caller's dialect.
@@ -12,7 +13,7 @@ import contextlib
 import functools
 from asyncio import FIRST_COMPLETED
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -21,22 +22,14 @@ from starlette.responses import Response
 
 from moonflower import errors
 from moonflower.coordinator import sse
+from moonflower.coordinator.completion import Completion, CompletionBuilder
 from moonflower.coordinator.dispatch import Admission
 from moonflower.coordinator.job import Job
 from moonflower.coordinator.provider_headers import job_headers
 from moonflower.coordinator.services import Services, json_response
 from moonflower.coordinator.trust import TrustLevel
 from moonflower.crypto.receipt import receipt_hash
-from moonflower.generation import (
-    Failed,
-    Finished,
-    ReasoningDelta,
-    Receipted,
-    TextDelta,
-    TokenLogprob,
-    ToolCall,
-    ToolCallDelta,
-)
+from moonflower.generation import Failed, Finished, Receipted
 from moonflower.ledger.book import format_usd
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -99,61 +92,6 @@ def trust_floor(request: Request) -> TrustLevel | None:
             f"The {MIN_TRUST_HEADER} header must be none, self_signed or hardware.",
             param=MIN_TRUST_HEADER,
         ) from None
-
-
-@dataclass
-class _CallParts:
-    id: str = ""
-    name: str = ""
-    arguments: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Completion:
-    """Everything one job produced, gathered for a non-streaming answer."""
-
-    text: str
-    reasoning: str
-    tool_calls: list[ToolCall]
-    logprobs: list[TokenLogprob]
-    finished: Finished
-
-
-class CompletionBuilder:
-    """Accumulates output events; dialects that stream also use it to know the totals."""
-
-    def __init__(self) -> None:
-        self.text: list[str] = []
-        self.reasoning: list[str] = []
-        self.logprobs: list[TokenLogprob] = []
-        self.calls: dict[int, _CallParts] = {}
-
-    def add(self, event: TextDelta | ReasoningDelta | ToolCallDelta) -> None:
-        if isinstance(event, TextDelta):
-            self.text.append(event.text)
-            self.logprobs.extend(event.logprobs)
-        elif isinstance(event, ReasoningDelta):
-            self.reasoning.append(event.text)
-        else:
-            parts = self.calls.setdefault(event.index, _CallParts())
-            parts.id = event.id or parts.id
-            parts.name = event.name or parts.name
-            parts.arguments.append(event.arguments)
-
-    def tool_calls(self) -> list[ToolCall]:
-        return [
-            ToolCall(id=p.id, name=p.name, arguments="".join(p.arguments))
-            for _index, p in sorted(self.calls.items())
-        ]
-
-    def build(self, finished: Finished) -> Completion:
-        return Completion(
-            text="".join(self.text),
-            reasoning="".join(self.reasoning),
-            tool_calls=self.tool_calls(),
-            logprobs=self.logprobs,
-            finished=finished,
-        )
 
 
 @dataclass

@@ -19,8 +19,8 @@ from typing import Any, Literal
 import orjson
 
 from moonflower.coordinator import sse
+from moonflower.coordinator.completion import Completion
 from moonflower.coordinator.dialects import anthropic_errors
-from moonflower.coordinator.exchange import Completion
 from moonflower.generation import (
     Failed,
     Finished,

@@ -17,8 +17,8 @@ from typing import Any
 import orjson
 
 from moonflower.coordinator import sse
+from moonflower.coordinator.completion import Completion
 from moonflower.coordinator.dialects import openai_errors
-from moonflower.coordinator.exchange import Completion
 from moonflower.generation import (
     Finished,
     OutputEvent,

@@ -26,10 +26,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from moonflower import errors
 from moonflower.coordinator import sse
+from moonflower.coordinator.completion import Completion
 from moonflower.coordinator.dialects import openai_errors
 from moonflower.coordinator.dialects.openai_chat import openai_stops
 from moonflower.coordinator.dialects.request_body import validate_body
-from moonflower.coordinator.exchange import Completion
 from moonflower.generation import (
     Finished,
     GenerationRequest,

@@ -27,9 +27,9 @@ from typing import Any, Literal
 
 from moonflower import errors
 from moonflower.coordinator import sse
+from moonflower.coordinator.completion import Completion
 from moonflower.coordinator.dialects import openai_errors
 from moonflower.coordinator.dialects.openai_chat_render import token_logprob
-from moonflower.coordinator.exchange import Completion
 from moonflower.generation import (
     Failed,
     Finished,
