@@ -19,7 +19,7 @@ import httpx
 import openai
 import pytest
 
-from moonflower.coordinator.exchange import MIN_TRUST_HEADER
+from moonflower.coordinator.request_reading import MIN_TRUST_HEADER
 from tests.support.conformance import (
     HUGE,
     MODEL,

@@ -41,7 +41,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from moonflower import errors
 from moonflower.client.sealed import ERROR_HEADER, KEY_PATH, KID_HEADER
 from moonflower.coordinator.error_response import render_error
-from moonflower.coordinator.exchange import MIN_TRUST_HEADER
+from moonflower.coordinator.request_reading import MIN_TRUST_HEADER
 
 PUBLIC_PATHS = frozenset(
     {"/health", "/openapi.json", "/v1/models", "/v1/pricing", "/v1/providers/attestation", KEY_PATH}

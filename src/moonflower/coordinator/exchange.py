@@ -1,6 +1,7 @@
-"""What every inference route shares: reading the JSON body, the job's response headers,
-and gathering a job's events into one `Completion` (see `completion`) for non-streaming
-answers.
+"""What every inference route shares once its dialect has parsed the request: running the
+admitted job, the job's response headers, and gathering its events into one `Completion`
+(see `completion`) for non-streaming answers. Reading the body and the caller's trust floor
+come before, in `request_reading`.
 
 Dialect-neutral: nothing here knows a wire shape. Errors are raised as domain errors for
 the app's one exception handler to render in the caller's dialect.
@@ -16,7 +17,6 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -27,41 +27,9 @@ from moonflower.coordinator.dispatch import Admission
 from moonflower.coordinator.job import Job
 from moonflower.coordinator.provider_headers import job_headers
 from moonflower.coordinator.services import Services, json_response
-from moonflower.coordinator.trust import TrustLevel
 from moonflower.crypto.receipt import receipt_hash
 from moonflower.generation import Failed, Finished, Receipted
 from moonflower.ledger.book import format_usd
-
-MAX_BODY_BYTES = 8 * 1024 * 1024
-"""Larger bodies are refused before parsing; a job must also fit one wire frame."""
-
-
-async def read_json(request: Request) -> Any:
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise _too_large()
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise _too_large()
-        chunks.append(chunk)
-    try:
-        return orjson.loads(b"".join(chunks))
-    except orjson.JSONDecodeError:
-        raise errors.InvalidRequest(
-            "We could not parse the JSON body of your request: it must be a valid JSON object.",
-            param=None,
-            code="invalid_json",
-        ) from None
-
-
-def _too_large() -> errors.BodyTooLarge:
-    return errors.BodyTooLarge(
-        f"The request body is larger than the {MAX_BODY_BYTES // (1024 * 1024)} MiB limit.",
-        param=None,
-    )
 
 
 def settled_headers(job: Job) -> dict[str, str]:
@@ -75,23 +43,6 @@ def settled_headers(job: Job) -> dict[str, str]:
         headers["x-response-hash"] = receipt_hash(job.receipt.json_text)
         headers["x-se-signature"] = job.receipt.signature
     return headers
-
-
-MIN_TRUST_HEADER = "x-moonflower-min-trust"
-
-
-def trust_floor(request: Request) -> TrustLevel | None:
-    """The trust level the caller asks for; it can only raise the coordinator's floor."""
-    asked = request.headers.get(MIN_TRUST_HEADER)
-    if asked is None:
-        return None
-    try:
-        return TrustLevel.parse(asked)
-    except ValueError:
-        raise errors.InvalidRequest(
-            f"The {MIN_TRUST_HEADER} header must be none, self_signed or hardware.",
-            param=MIN_TRUST_HEADER,
-        ) from None
 
 
 @dataclass

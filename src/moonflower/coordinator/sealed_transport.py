@@ -51,7 +51,7 @@ from moonflower.client.sealed import (
     seal_piece,
 )
 from moonflower.coordinator.error_response import render_error
-from moonflower.coordinator.exchange import MAX_BODY_BYTES
+from moonflower.coordinator.request_reading import MAX_BODY_BYTES
 from moonflower.crypto.envelope import KEY_BYTES, EncryptionKeyPair
 from moonflower.crypto.signing import b64d
 

@@ -14,8 +14,9 @@ from starlette.responses import Response
 
 from moonflower.coordinator.auth import authenticate
 from moonflower.coordinator.dialects import openai_completions, openai_errors
-from moonflower.coordinator.exchange import Rendering, read_json, serve, trust_floor
+from moonflower.coordinator.exchange import Rendering, serve
 from moonflower.coordinator.job import Job
+from moonflower.coordinator.request_reading import read_json, trust_floor
 from moonflower.coordinator.services import Services
 
 router = APIRouter()

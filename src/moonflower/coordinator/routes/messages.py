@@ -15,9 +15,10 @@ from starlette.responses import Response
 
 from moonflower.coordinator.auth import authenticate
 from moonflower.coordinator.dialects import anthropic_errors, anthropic_messages, anthropic_render
-from moonflower.coordinator.exchange import Rendering, read_json, serve, trust_floor
+from moonflower.coordinator.exchange import Rendering, serve
 from moonflower.coordinator.job import Job
 from moonflower.coordinator.provider_headers import job_headers
+from moonflower.coordinator.request_reading import read_json, trust_floor
 from moonflower.coordinator.services import Services, json_response
 
 router = APIRouter()

@@ -18,7 +18,7 @@ from starlette.responses import Response
 from moonflower import errors
 from moonflower.coordinator.auth import authenticate_admin
 from moonflower.coordinator.dialects.openai_errors import from_validation_error
-from moonflower.coordinator.exchange import read_json
+from moonflower.coordinator.request_reading import read_json
 from moonflower.coordinator.services import Services, json_response
 from moonflower.ledger.book import format_usd
 from moonflower.ledger.pricing import (
