@@ -9,16 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from moonflower.provider.posture import (
-    APPLE_SECURE_BOOT_POLICY,
-    EFI_SECURE_BOOT_VARIABLE,
+from moonflower.posture import (
     KERNEL_LOCKDOWN,
     REQUIRED_FOR_TRUST,
     SEALED_SYSTEM_VOLUME,
     SECURE_BOOT,
     SIP_ENABLED,
-    combine,
     is_negative,
+)
+from moonflower.provider.posture import (
+    APPLE_SECURE_BOOT_POLICY,
+    EFI_SECURE_BOOT_VARIABLE,
+    combine,
     parse_authenticated_root_status,
     parse_boot_policy,
     parse_csrutil_status,

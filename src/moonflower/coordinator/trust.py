@@ -30,7 +30,7 @@ from moonflower.crypto.signing import b64d
 from moonflower.crypto.statement import Statement, verify_statement
 from moonflower.crypto.status import Challenge, ChallengeStatus, verify_status
 from moonflower.errors import AttestationError, MdaError
-from moonflower.provider.posture import is_negative
+from moonflower.posture import is_negative
 from moonflower.settings import CoordinatorSettings
 
 log = logging.getLogger(__name__)

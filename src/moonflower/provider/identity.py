@@ -17,9 +17,10 @@ from moonflower.crypto.envelope import EncryptionKeyPair
 from moonflower.crypto.signing import Signer
 from moonflower.crypto.statement import AttestedHardware, build_statement, sign_statement
 from moonflower.crypto.status import Challenge, answer_challenge
+from moonflower.posture import Posture
 from moonflower.provider.code_identity import code_hash, runtime_hash
 from moonflower.provider.hardware import machine_model, os_version, serial_number
-from moonflower.provider.posture import Posture, read_posture
+from moonflower.provider.posture import read_posture
 
 
 class ProviderIdentity:

@@ -1,12 +1,13 @@
 """The security posture this machine's OS can actually report, for the attestation statement
 and every challenge answer.
 
-Owns `read_posture()` (run the probes for this OS), the pure parsers of each probe's output,
-and `is_negative()` (which reported values rule out trust). Each value is True or False only
-when the OS said so in words we recognise; anything we cannot read, a tool that is missing,
-fails, times out or answers in a language we do not parse, is None ("this OS cannot tell").
-A guessed True is never written. Probes never raise and each has a short timeout; this module
-must not need root, must not write anything and must not send anything anywhere.
+Owns `read_posture()` (run the probes for this OS) and the pure parsers of each probe's
+output; the keys, and which values rule out trust, are `moonflower.posture`'s. Each value is
+True or False only when the OS said so in words we recognise; anything we cannot read, a tool
+that is missing, fails, times out or answers in a language we do not parse, is None ("this OS
+cannot tell"). A guessed True is never written. Probes never raise and each has a short
+timeout; this module must not need root, must not write anything and must not send anything
+anywhere.
 
 macOS keys (all three are always present):
     sip_enabled            `csrutil status`, and the Boot Policy of `system_profiler
@@ -38,24 +39,19 @@ import json
 import platform
 import re
 import subprocess
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-Posture = dict[str, bool | None]
+from moonflower.posture import (
+    KERNEL_LOCKDOWN,
+    SEALED_SYSTEM_VOLUME,
+    SECURE_BOOT,
+    SIP_ENABLED,
+    Posture,
+)
+
 Runner = Callable[[Sequence[str], float], str | None]
 """Runs argv with a timeout in seconds; returns stdout when the command exited 0, else None."""
-
-SIP_ENABLED = "sip_enabled"
-SECURE_BOOT = "secure_boot"
-SEALED_SYSTEM_VOLUME = "sealed_system_volume"
-KERNEL_LOCKDOWN = "kernel_lockdown"
-
-REQUIRED_FOR_TRUST: frozenset[str] = frozenset({SIP_ENABLED, SECURE_BOOT, SEALED_SYSTEM_VOLUME})
-"""Keys whose explicit False rules out trust. These are the protections that keep a Mac's own
-administrator from patching the OS under a running provider, and each is on by default, so a
-False means someone turned it off. `secure_boot` means the same on Linux (the firmware verified
-what booted) and is required there too. `kernel_lockdown` is reported but not required: `none`
-is the mainline default, even on kernels that enforce module signatures."""
 
 EFI_SECURE_BOOT_VARIABLE = "SecureBoot-8be4df61-93ca-11d0-8a5c-08002b5c4c8c"
 APPLE_SECURE_BOOT_POLICY = "94b73556-2ba3-4f5f-aa6c-35e6a9b4c3d8:AppleSecureBootPolicy"
@@ -117,16 +113,6 @@ def read_linux_posture(sys_root: Path = Path("/sys")) -> Posture:
         SECURE_BOOT: _linux_secure_boot(sys_root / "firmware" / "efi"),
         KERNEL_LOCKDOWN: _linux_lockdown(sys_root / "kernel" / "security" / "lockdown"),
     }
-
-
-def is_negative(
-    posture: Mapping[str, bool | None], *, required: Collection[str] = REQUIRED_FOR_TRUST
-) -> list[str]:
-    """The keys of `required` that `posture` reports as explicitly False, sorted.
-
-    None (cannot tell) and absent keys are not negative; whether a missing key is acceptable
-    is the verifier's policy, not a posture fact."""
-    return sorted(key for key in required if posture.get(key) is False)
 
 
 def combine(*reports: bool | None) -> bool | None:
