@@ -30,7 +30,7 @@ from typing import Any
 import openai
 
 from benchmarks.results import Run
-from moonflower.provider.models import resolve_model
+from moonflower.model_files import resolve_model
 from tests.support.network import LocalNetwork
 
 MESSAGES: list[Any] = [

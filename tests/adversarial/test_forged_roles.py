@@ -17,9 +17,9 @@ import httpx
 import pytest
 
 from moonflower.generation import GenerationRequest, Message
+from moonflower.model_files import DEFAULT_MODEL_ID, resolve_model
 from moonflower.prompting.tokenizer import PromptTokenizer
 from moonflower.prompting.vocabulary import LlamaVocabulary
-from moonflower.provider.models import DEFAULT_MODEL_ID, resolve_model
 from tests.adversarial.conftest import (
     PRICES,
     Books,

@@ -70,8 +70,8 @@ def count_prompt_tokens() -> Iterator[CountTokens]:
     """How many tokens the llama.cpp engine feeds SmolLM2 for a request: its own chat
     template and tokenizer, loaded vocabulary-only (no weights, well under a second)."""
     llama_cpp = pytest.importorskip("llama_cpp")
+    from moonflower.model_files import resolve_model
     from moonflower.provider.engines.llama_cpp import LlamaCppEngine, _Vocabulary
-    from moonflower.provider.models import resolve_model
 
     llama = llama_cpp.Llama(str(resolve_model("default").path), vocab_only=True, verbose=False)
     card = wire.ModelCard(

@@ -29,7 +29,7 @@ from moonflower.generation import (
     ToolCall,
     ToolChoice,
 )
-from moonflower.provider.models import resolve_model
+from moonflower.model_files import resolve_model
 from moonflower.settings import CoordinatorSettings
 
 pytest.importorskip("llama_cpp")

@@ -33,7 +33,7 @@ def api_key(network: LocalNetwork) -> str:
 
 @pytest.fixture(scope="session")
 def default_model_path() -> Path:
-    from moonflower.provider.models import resolve_model
+    from moonflower.model_files import resolve_model
 
     return resolve_model("default").path
 

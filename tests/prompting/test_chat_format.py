@@ -10,6 +10,7 @@ import pytest
 
 from moonflower.errors import InvalidRequest
 from moonflower.generation import GenerationRequest, Message, Tool, ToolCall, ToolChoice
+from moonflower.model_files import resolve_model
 from moonflower.prompting.chat_format import (
     ChatTemplateMissing,
     ChatTemplateRejected,
@@ -20,7 +21,6 @@ from moonflower.prompting.chat_format import (
     opens_reasoning,
 )
 from moonflower.prompting.tool_prompt import as_plain_turns, offered_tools, tool_description
-from moonflower.provider.models import resolve_model
 
 CONVERSATIONS = [
     (Message("user", "Hello!"),),

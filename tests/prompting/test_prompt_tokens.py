@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from moonflower.generation import GenerationRequest, Message, Tool, ToolCall, ToolChoice
+from moonflower.model_files import resolve_model
 from moonflower.prompting.tokenizer import PromptTokenizer
 from moonflower.prompting.vocabulary import LlamaVocabulary
-from moonflower.provider.models import resolve_model
 
 llama_cpp = pytest.importorskip("llama_cpp")
 

@@ -25,10 +25,10 @@ from moonflower.generation import (
     Started,
     TextDelta,
 )
+from moonflower.model_files import resolve_model
 from moonflower.provider.engines import context_pool
 from moonflower.provider.engines.context_pool import ContextPool
 from moonflower.provider.engines.llama_cpp import LlamaCppEngine, threads_per_slot
-from moonflower.provider.models import resolve_model
 from moonflower.settings import ProviderSettings
 from tests.support.fake_engine import ScriptedEngine
 from tests.support.inprocess import inprocess_network

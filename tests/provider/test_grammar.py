@@ -23,6 +23,7 @@ from moonflower.generation import (
     Tool,
     ToolChoice,
 )
+from moonflower.model_files import resolve_model
 from moonflower.provider.engines.grammar import (
     JSON_OBJECT_SCHEMA,
     OutputConstraint,
@@ -32,7 +33,6 @@ from moonflower.provider.engines.grammar import (
     to_gbnf,
 )
 from moonflower.provider.engines.llama_cpp import LlamaCppEngine
-from moonflower.provider.models import resolve_model
 from tests.provider.test_numeric_ranges import gbnf_regex, llama_cpp_parses
 
 WEATHER = Tool(

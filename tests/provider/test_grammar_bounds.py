@@ -26,6 +26,7 @@ from moonflower.generation import (
     ToolChoice,
     Usage,
 )
+from moonflower.model_files import resolve_model
 from moonflower.provider.engines.grammar import (
     COMPILE_DEADLINE_S,
     CompiledGrammars,
@@ -33,7 +34,6 @@ from moonflower.provider.engines.grammar import (
     to_gbnf,
 )
 from moonflower.provider.engines.llama_cpp import LlamaCppEngine
-from moonflower.provider.models import resolve_model
 
 
 def slow_schema(objects: int = 6, optional: int = 900) -> dict[str, Any]:

@@ -32,10 +32,10 @@ from moonflower.generation import (
     ToolChoice,
     Usage,
 )
+from moonflower.model_files import resolve_model
 from moonflower.provider.engines import EngineUnavailable, load_engine
 from moonflower.provider.engines.llama_cpp import LlamaCppEngine
 from moonflower.provider.engines.sampling import sampler_settings
-from moonflower.provider.models import resolve_model
 
 GREEDY = SamplingParams(temperature=0.0)
 STORY = (Message("user", "Write a short story about a lighthouse keeper and a whale."),)

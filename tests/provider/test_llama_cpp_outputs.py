@@ -28,9 +28,9 @@ from moonflower.generation import (
     ToolCallDelta,
     ToolChoice,
 )
+from moonflower.model_files import resolve_model
 from moonflower.provider.engines import grammar
 from moonflower.provider.engines.llama_cpp import LlamaCppEngine
-from moonflower.provider.models import resolve_model
 
 pytestmark = pytest.mark.slow
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from moonflower.provider import models
-from moonflower.provider.models import (
+from moonflower import model_files
+from moonflower.errors import ModelSourceError
+from moonflower.model_files import (
     ModelSource,
-    ModelSourceError,
     quantization_from_name,
     resolve_model,
     sha256_file,
@@ -94,10 +94,10 @@ def test_weight_hash_is_computed_once_per_file_version(
 ) -> None:
     weights = tmp_path / "tiny-Q8_0.gguf"
     weights.write_bytes(b"GGUF" + bytes(range(256)) * 100)
-    source = models.resolve_model(str(weights))
+    source = model_files.resolve_model(str(weights))
     data_dir = tmp_path / "data"
 
-    first = models.with_weight_hash(source, data_dir)
+    first = model_files.with_weight_hash(source, data_dir)
     assert first.sha256 == hashlib.sha256(weights.read_bytes()).hexdigest()
     assert (data_dir / "weight-hashes.json").is_file()
 
@@ -105,10 +105,10 @@ def test_weight_hash_is_computed_once_per_file_version(
         raise AssertionError("the remembered hash should have been used")
 
     with monkeypatch.context() as patch:
-        patch.setattr(models, "sha256_file", must_not_hash)
-        assert models.with_weight_hash(source, data_dir).sha256 == first.sha256
+        patch.setattr(model_files, "sha256_file", must_not_hash)
+        assert model_files.with_weight_hash(source, data_dir).sha256 == first.sha256
 
     weights.write_bytes(b"GGUF changed")
     os.utime(weights, ns=(1, 1))
-    changed = models.with_weight_hash(source, data_dir)
+    changed = model_files.with_weight_hash(source, data_dir)
     assert changed.sha256 == hashlib.sha256(b"GGUF changed").hexdigest()

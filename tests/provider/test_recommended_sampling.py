@@ -14,9 +14,9 @@ from moonflower.generation import (
     SamplingParams,
     TextDelta,
 )
+from moonflower.model_files import resolve_model
 from moonflower.provider.engines.llama_cpp import LlamaCppEngine
 from moonflower.provider.engines.sampling import recommended_sampling
-from moonflower.provider.models import resolve_model
 from moonflower.wire import ModelCard, SamplingDefaults
 
 KNOWN = SamplingDefaults(temperature=0.2, top_p=0.9)

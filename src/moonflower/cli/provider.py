@@ -20,11 +20,11 @@ from moonflower import eventloop
 from moonflower.cli import logs
 from moonflower.cli.secret_flags import build_settings, secret_overrides
 from moonflower.crypto.signing import load_signer
+from moonflower.model_files import resolve_model, with_weight_hash
 from moonflower.provider.agent import ProviderAgent
 from moonflower.provider.engines import load_engine
 from moonflower.provider.engines.base import Engine
 from moonflower.provider.hardware import detect_hardware
-from moonflower.provider.models import resolve_model, with_weight_hash
 from moonflower.settings import ProviderSettings
 
 app = typer.Typer(help="Run a provider.", no_args_is_help=True)

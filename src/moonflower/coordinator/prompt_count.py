@@ -40,14 +40,14 @@ from pathlib import Path
 from moonflower import wire
 from moonflower.errors import ModelSourceError
 from moonflower.generation import GenerationRequest
-from moonflower.prompting.tokenizer import PromptTokenizer
-from moonflower.provider.models import (
+from moonflower.model_files import (
     DEFAULT_MODEL_ID,
     GEMMA_MODEL_ID,
     ModelSource,
     resolve_model,
     with_weight_hash,
 )
+from moonflower.prompting.tokenizer import PromptTokenizer
 from moonflower.settings import CoordinatorSettings
 
 log = logging.getLogger(__name__)

