@@ -48,6 +48,7 @@ from moonflower.model_files import (
     with_weight_hash,
 )
 from moonflower.prompting.tokenizer import PromptTokenizer
+from moonflower.prompting.vocabulary import LlamaVocabulary
 from moonflower.settings import CoordinatorSettings
 
 log = logging.getLogger(__name__)
@@ -215,8 +216,6 @@ class PromptCounter:
 def open_tokenizer(path: Path) -> PromptTokenizer:
     """The prompt tokenizer of a GGUF file, from its vocabulary and metadata alone."""
     import llama_cpp
-
-    from moonflower.prompting.vocabulary import LlamaVocabulary
 
     # The smallest context llama-cpp-python will make: only the vocabulary is used.
     llama = llama_cpp.Llama(
