@@ -24,7 +24,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from moonflower.generation import GenerationRequest, Message, Tool, ToolCall
-from moonflower.provider.engines.tool_output import CLOSE_TAG, OPEN_TAG
+
+OPEN_TAG = "<tool_call>"
+CLOSE_TAG = "</tool_call>"
+"""A call is written between these tags; the provider's `tool_output` reads calls back by them."""
 
 TOOLS_INTRODUCTION = (
     "# Tools\n\n"

@@ -27,10 +27,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from moonflower.generation import ToolCallDelta
+from moonflower.prompting.tool_prompt import CLOSE_TAG, OPEN_TAG
 from moonflower.provider.engines.stop_text import held_back_length
-
-OPEN_TAG = "<tool_call>"
-CLOSE_TAG = "</tool_call>"
 
 Shaped = str | ToolCallDelta
 """One piece of shaped output: text to send as text, or a piece of a tool call."""
