@@ -1,12 +1,13 @@
 """Where a benchmark's results go: `benchmarks/results/<name>.json`, its report wrapped with
-what produced it — the benchmark, the exact command line, when, the git commit, and the
-machine with its load at the start of the run.
+what produced it — the benchmark, the exact command line, when, the git commit, the
+machine with its load at the start of the run, and the version of every installed package.
 
 Every file has the same shape, so `benchmarks.report` can read them all:
 
     {"benchmark": "relay", "command": ".venv/bin/python -m benchmarks.relay ...",
      "started_at": "...Z", "written_at": "...Z", "git": {"commit": "...", "is_dirty": false},
-     "machine": {...}, "report": {<the benchmark's own report, keys untouched>}}
+     "machine": {...}, "dependencies": {"fastapi": "0.165.0", ...},
+     "report": {<the benchmark's own report, keys untouched>}}
 
 A benchmark calls `Run.start(name)` first thing in `main()` (so the load average is the
 machine's before the benchmark loads it) and `run.write(report)` last. This module only
@@ -15,6 +16,7 @@ records; it measures nothing and reads no results back.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import platform
@@ -90,6 +92,17 @@ def describe_machine() -> dict[str, Any]:
     }
 
 
+def installed_versions() -> dict[str, str]:
+    """Every distribution installed beside Moonflower, by name: what the numbers were
+    measured with (`constraints.txt` says what an install should hold)."""
+    versions = {
+        dist.metadata["Name"]: dist.version
+        for dist in importlib.metadata.distributions()
+        if dist.metadata["Name"]
+    }
+    return dict(sorted(versions.items(), key=lambda item: item[0].lower()))
+
+
 @dataclass(frozen=True)
 class Run:
     """One run of benchmark `name`: what is known at its start, until it writes."""
@@ -112,6 +125,7 @@ class Run:
             "written_at": utc_now(),
             "git": git_state(),
             "machine": self.machine,
+            "dependencies": installed_versions(),
             "report": report,
         }
         path = (directory or results_dir()) / f"{self.name}.json"

@@ -3,6 +3,7 @@ files reported as not run, and the commands run_all runs documented in the READM
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import re
 from pathlib import Path
@@ -146,6 +147,9 @@ def test_results_record_the_documented_command_and_wrap_the_report(tmp_path: Pat
     assert document["report"] == {"streaming": []}
     assert document["benchmark"] == "relay"
     assert set(document["git"]) == {"commit", "is_dirty"}
+    # The versions the numbers were measured with, as installed (constraints.txt pins them).
+    assert document["dependencies"]["fastapi"] == importlib.metadata.version("fastapi")
+    assert document["dependencies"]["uvicorn"] == importlib.metadata.version("uvicorn")
 
 
 def test_the_readme_lists_the_commands_run_all_runs_as_each_section_documents_them() -> None:
