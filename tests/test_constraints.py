@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import re
+import sys
 import tomllib
 from pathlib import Path
 
@@ -42,3 +43,14 @@ def test_the_environment_holds_the_pinned_versions() -> None:
         if name not in {"pip", "setuptools"} and importlib.metadata.version(name) != version
     }
     assert wrong == {}
+
+
+def test_the_compiled_fast_paths_are_installed() -> None:
+    """Each has a pure-Python fallback that works, slower: an install without them passes
+    every other test (see `benchmarks.results.COMPILED_FAST_PATHS`)."""
+    from benchmarks.results import fast_paths
+
+    expected = {name: True for name in fast_paths()}
+    if sys.platform == "win32":
+        expected["uvloop"] = False
+    assert fast_paths() == expected

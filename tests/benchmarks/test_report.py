@@ -150,6 +150,7 @@ def test_results_record_the_documented_command_and_wrap_the_report(tmp_path: Pat
     # The versions the numbers were measured with, as installed (constraints.txt pins them).
     assert document["dependencies"]["fastapi"] == importlib.metadata.version("fastapi")
     assert document["dependencies"]["uvicorn"] == importlib.metadata.version("uvicorn")
+    assert set(document["fast_paths"]) == {"uvloop", "httptools", "websockets.speedups"}
 
 
 def test_the_readme_lists_the_commands_run_all_runs_as_each_section_documents_them() -> None:
