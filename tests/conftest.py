@@ -1,4 +1,5 @@
-"""Test-wide fixtures and plugins; the real PostgreSQL server fixtures live in tests/support."""
+"""Test-wide fixtures and plugins; the real PostgreSQL and Redis server fixtures live in
+tests/support."""
 
 import os
 
@@ -8,4 +9,4 @@ import os
 # llama_cpp is imported here, and inherited by every process the tests start.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-pytest_plugins = ["tests.support.postgres"]
+pytest_plugins = ["tests.support.postgres", "tests.support.redis"]
