@@ -106,6 +106,11 @@ class CoordinatorSettings(BaseSettings):
     """The longest a request waits on the database for one thing (a pooled connection,
     SQLite's write lock, a PostgreSQL connection or statement) before it is answered 503
     (529 on /v1/messages) with Retry-After."""
+    redis_url: str | None = None
+    """A Redis server (`redis://[[user]:password@]host:port/db`, or `rediss://` for TLS) that
+    the coordinator's replicas share live state through: the per-key rate limits. None keeps
+    that state in this process's memory, for a single coordinator. It may carry a password,
+    so it is never logged; every replica must be given the same limits."""
     default_max_tokens: int = Field(default=DEFAULT_MAX_TOKENS, gt=0)
     model_aliases: dict[str, str] = Field(default_factory=dict)
     """Public model names mapped to served model ids, e.g. {"gpt-4o-mini": "smollm2-135m-instruct"}

@@ -40,6 +40,14 @@ DatabaseUrlFileOption = Annotated[
         dir_okay=False,
     ),
 ]
+RedisUrlOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Redis URL (redis://host:port/db) that replicas share rate limits through; "
+        "without it they stay in memory. Other local users can read a command line: prefer "
+        "MOONFLOWER_REDIS_URL when it carries a password.",
+    ),
+]
 
 
 def coordinator_settings(
@@ -51,6 +59,7 @@ def coordinator_settings(
     *,
     database_url_file: Path | None = None,
     cors_allowed_origins: list[str] | None = None,
+    redis_url: str | None = None,
 ) -> CoordinatorSettings:
     """Settings from the environment, with the flags given (not None) overriding them; a
     setting that does not validate ends the command (exit code 2)."""
@@ -60,6 +69,7 @@ def coordinator_settings(
         "data_dir": data_dir,
         "model_aliases": parse_aliases(aliases) if aliases else None,
         "cors_allowed_origins": cors_allowed_origins or None,
+        "redis_url": redis_url,
     }
     given = {k: v for k, v in overrides.items() if v is not None}
     given.update(secret_overrides("database_url", database_url, database_url_file))
@@ -107,6 +117,7 @@ def serve(
     data_dir: Annotated[Path | None, typer.Option(help="Where the SQLite database lives.")] = None,
     database_url: DatabaseUrlOption = None,
     database_url_file: DatabaseUrlFileOption = None,
+    redis_url: RedisUrlOption = None,
     alias: Annotated[
         list[str] | None,
         typer.Option(help="Serve MODEL under another public NAME (NAME=MODEL; repeatable)."),
@@ -129,6 +140,7 @@ def serve(
         alias,
         database_url_file=database_url_file,
         cors_allowed_origins=cors_allowed_origin,
+        redis_url=redis_url,
     )
     logs.configure(settings.log_level)
     server = uvicorn_server(settings, create_app(settings))
