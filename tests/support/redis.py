@@ -2,8 +2,8 @@
 
 Owns starting a private `redis-server` on a free loopback port (bound to 127.0.0.1 only, no
 persistence, its own temporary directory), stopping it and starting it again on the same port
-(a test can take Redis away mid-run and bring it back), and deleting its files afterwards.
-Never touches a server it did not start.
+or freezing it (a test can take Redis away mid-run and bring it back), and deleting its files
+afterwards. Never touches a server it did not start.
 
 As a pytest plugin (`pytest_plugins = ["tests.support.redis"]`) it provides:
 
@@ -18,6 +18,7 @@ Tests that use `redis_server` are marked `redis`. Benchmarks and scripts use
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -107,6 +108,19 @@ class RedisServer:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=_STOP_WITHIN_S)
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Freeze the server (SIGSTOP) for the `with` block: it still accepts connections
+        but answers nothing, as a server that hangs does."""
+        process = self._process
+        if process is None:
+            raise RuntimeError("the Redis server is not running")
+        process.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            process.send_signal(signal.SIGCONT)
 
     def _launch(self, port: int) -> None:
         log = self._root / "server.log"
