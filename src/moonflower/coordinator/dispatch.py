@@ -34,8 +34,10 @@ from moonflower.coordinator.billing import (
 )
 from moonflower.coordinator.job import Job, PromptCount
 from moonflower.coordinator.leases import HoldLeases
-from moonflower.coordinator.limits import RateLimits
+from moonflower.coordinator.limits import RateLimiter, RateLimits
 from moonflower.coordinator.queueing import ModelQueues
+from moonflower.coordinator.redis_limits import RedisRateLimits
+from moonflower.coordinator.redis_store import RedisStore
 from moonflower.coordinator.registry import Registry
 from moonflower.coordinator.session import ProviderSession
 from moonflower.coordinator.settlement import Decision, Verdict
@@ -115,9 +117,16 @@ class Dispatcher:
         """The holds of the requests and jobs this coordinator runs, kept leased."""
         self.queues = ModelQueues(settings.queue_max_waiting, settings.queue_max_wait_s)
         """Requests waiting, per model, for a provider with a free slot."""
-        self.limits = RateLimits(
-            settings.rate_limit_requests_per_minute, settings.rate_limit_tokens_per_minute
+        per_minute = (
+            settings.rate_limit_requests_per_minute,
+            settings.rate_limit_tokens_per_minute,
         )
+        self.limits: RateLimiter = (
+            RateLimits(*per_minute)
+            if settings.redis_url is None
+            else RedisRateLimits(RedisStore.connect(settings.redis_url), *per_minute)
+        )
+        """Shared with the other replicas through Redis when there is one, else in memory."""
         self.known_credit = KnownCredit()
         self.settler = Settler(db, self.pricing, self.leases, self.limits)
         self.live_jobs: set[Job] = set()
@@ -174,7 +183,7 @@ class Dispatcher:
         dialects keep answering with the name the caller used."""
         if self.is_draining:
             raise errors.ShuttingDown("The coordinator is restarting; retry in a moment.")
-        self.limits.admit(caller.key_id)
+        await self.limits.admit(caller.key_id)
         served = self.settings.model_aliases.get(request.model, request.model)
         if served != request.model:
             request = dataclasses.replace(request, model=served)

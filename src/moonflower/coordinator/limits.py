@@ -1,4 +1,4 @@
-"""Per-API-key rate limits: requests per minute and tokens per minute, in memory.
+"""Per-API-key rate limits: requests per minute and tokens per minute.
 
 Each limit is a token bucket, as Anthropic describes its own: a key may use its whole
 per-minute allowance at once, and the allowance refills continuously at that rate. A bucket is
@@ -6,6 +6,10 @@ stored as how far it is drained (`level`) and when that was measured, so checkin
 are O(1); a key whose buckets have refilled completely is indistinguishable from a new key and
 is forgotten, so memory is bounded by the keys still draining — those seen within the last
 minute, or longer after a job far over the tokens per minute — with a hard cap as a backstop.
+
+`RateLimiter` is what the dispatcher and the settler use. `RateLimits` here keeps the buckets
+in this process's memory, for a single coordinator; `redis_limits.RedisRateLimits` keeps them
+in Redis, shared by replicas, by the same rule (one contract test suite holds both to it).
 
 It owns only the counting. It does not estimate a request's tokens in advance: tokens are
 counted when a job settles (`record_tokens`), and a key is refused new requests while it is
@@ -19,15 +23,37 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from moonflower import errors
 
 WINDOW_S = 60.0
-_SLACK = 1e-6
+SLACK = 1e-6
 """Float error forgiven in a bucket's level, so that waiting exactly the retry-after a refusal
 named is always enough (and the retry-after is not a second longer for a rounding error)."""
 MAX_KEYS = 100_000
 """Keys tracked at most; beyond this the least recently seen is forgotten (its limits reset)."""
+
+
+class RateLimiter(Protocol):
+    """Counts requests and tokens per API key against the per-minute limits."""
+
+    @property
+    def is_unlimited(self) -> bool:
+        """No limit is set: `admit` never refuses and nothing is counted."""
+        ...
+
+    async def admit(self, key_id: str) -> None:
+        """Count one request for `key_id`, or raise `errors.RateLimited` (counting nothing)
+        if it would go over its requests per minute, or its tokens already exceed its tokens
+        per minute; when both are over, the longer wait is named. Raises
+        `errors.StoreUnavailable` if the counts cannot be reached in time."""
+        ...
+
+    async def record_tokens(self, key_id: str, tokens: int) -> None:
+        """Count the prompt and completion tokens of a settled job against `key_id`. Raises
+        `errors.StoreUnavailable` if the counts cannot be reached in time."""
+        ...
 
 
 @dataclass(slots=True)
@@ -41,6 +67,8 @@ class _Usage:
 
 
 class RateLimits:
+    """The buckets in this process's memory (one coordinator); never unavailable."""
+
     def __init__(
         self,
         requests_per_minute: int | None,
@@ -60,10 +88,8 @@ class RateLimits:
     def is_unlimited(self) -> bool:
         return self._rpm is None and self._tpm is None
 
-    def admit(self, key_id: str) -> None:
-        """Count one request for `key_id`, or raise `errors.RateLimited` (counting nothing)
-        if it would go over its requests per minute, or its tokens in the last minute
-        already exceed its tokens per minute. When both are over, the longer wait is named."""
+    async def admit(self, key_id: str) -> None:
+        """See `RateLimiter.admit`; memory answers at once, without yielding."""
         if self.is_unlimited:
             return
         now = self._clock()
@@ -71,23 +97,21 @@ class RateLimits:
         refusals: list[tuple[float, errors.RateLimit, int]] = []
         if self._rpm is not None:
             over = usage.requests + 1 - self._rpm
-            if over > _SLACK:
-                refusals.append((_wait_s(over - _SLACK, self._rpm), "requests", self._rpm))
+            if over > SLACK:
+                refusals.append((_wait_s(over - SLACK, self._rpm), "requests", self._rpm))
         if self._tpm is not None:
             over = usage.tokens - self._tpm
-            if over > _SLACK:
-                refusals.append((_wait_s(over - _SLACK, self._tpm), "tokens", self._tpm))
+            if over > SLACK:
+                refusals.append((_wait_s(over - SLACK, self._tpm), "tokens", self._tpm))
         if refusals:
             wait_s, limit, per_minute = max(refusals)
-            raise errors.RateLimited(
-                retry_after_s=max(1, math.ceil(wait_s)), limit=limit, per_minute=per_minute
-            )
+            raise refusal(wait_s, limit, per_minute)
         if self._rpm is not None:
             usage.requests += 1
         self._store(key_id, usage, now)
 
-    def record_tokens(self, key_id: str, tokens: int) -> None:
-        """Count the prompt and completion tokens of a settled job against `key_id`."""
+    async def record_tokens(self, key_id: str, tokens: int) -> None:
+        """See `RateLimiter.record_tokens`."""
         if self._tpm is None or tokens <= 0:
             return
         now = self._clock()
@@ -145,3 +169,11 @@ class RateLimits:
 def _wait_s(amount: float, per_minute: int) -> float:
     """Seconds for a bucket refilling at `per_minute` to regain `amount`."""
     return max(0.0, amount) * WINDOW_S / per_minute
+
+
+def refusal(wait_s: float, limit: errors.RateLimit, per_minute: int) -> errors.RateLimited:
+    """The error for a request refused by `limit` until `wait_s` from now: whole seconds,
+    at least one, rounded up so that waiting that long is always enough."""
+    return errors.RateLimited(
+        retry_after_s=max(1, math.ceil(wait_s)), limit=limit, per_minute=per_minute
+    )

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from moonflower import errors
 from moonflower.coordinator.billing import Pricing
 from moonflower.coordinator.leases import HoldLeases
-from moonflower.coordinator.limits import RateLimits
+from moonflower.coordinator.limits import RateLimiter
 from moonflower.coordinator.settlement import Decision
 from moonflower.ledger import billing
 from moonflower.ledger.database import Database
@@ -48,7 +48,7 @@ class Settler:
         db: Database,
         pricing: Pricing,
         leases: HoldLeases,
-        limits: RateLimits,
+        limits: RateLimiter,
         *,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
@@ -77,8 +77,7 @@ class Settler:
             task = asyncio.create_task(self._write_until_landed(order, tried))
             self._writing[job_id] = task
             task.add_done_callback(lambda _t: self._forget(job_id))
-            tokens = order.record.prompt_tokens + order.record.completion_tokens
-            self._limits.record_tokens(order.record.key_id, tokens)
+            await self._record_tokens(order)
         else:
             tried = self._tried[job_id]
         await asyncio.shield(tried.wait())
@@ -86,6 +85,17 @@ class Settler:
             return task.result()
         log.warning("settlement of job %s is waiting for the database; it goes on", job_id)
         return None
+
+    async def _record_tokens(self, order: SettlementOrder) -> None:
+        """Count the job's tokens against its key's limit; a limit store that does not
+        answer costs the count, never the settlement."""
+        tokens = order.record.prompt_tokens + order.record.completion_tokens
+        try:
+            await self._limits.record_tokens(order.record.key_id, tokens)
+        except errors.StoreUnavailable:
+            log.warning(
+                "job %s: its tokens were not counted against its rate limit", order.record.id
+            )
 
     def _forget(self, job_id: str) -> None:
         self._writing.pop(job_id, None)
