@@ -172,15 +172,16 @@ class RateLimited(MoonflowerError):
 
 
 class StoreUnavailable(MoonflowerError):
-    """The ledger's database did not answer within its time bound: locked by another
-    process, down, out of connections, or a statement ran too long. `retry_after_s` (whole
-    seconds, at least 1) says when to try again."""
+    """A store the coordinator needs did not answer within its time bound: the ledger's
+    database (locked by another process, down, out of connections, a statement ran too long)
+    or the Redis server replicas share live state through. `retry_after_s` (whole seconds,
+    at least 1) says when to try again."""
 
     code = "store_unavailable"
 
     def __init__(self, *, retry_after_s: int) -> None:
         super().__init__(
-            "The coordinator's database is busy or unreachable right now; "
+            "The coordinator's storage is busy or unreachable right now; "
             f"try again in {retry_after_s} s."
         )
         self.retry_after_s = retry_after_s
