@@ -1,7 +1,9 @@
 """Who is calling: API keys from `Authorization: Bearer …` or `x-api-key: …`.
 
-Owns reading the credential headers and asking the ledger who the key belongs to; it never
-logs a key and knows nothing of dialect error shapes (it raises `AuthenticationFailed`).
+Owns the rule for which header's key counts (`presented_key`), asking the ledger who a key
+belongs to, and the refusals; it never logs a key and knows nothing of dialect error shapes
+(it raises `AuthenticationFailed` / `PermissionDenied`). Routes reach it through the
+dependencies in `deps`; the sealed transport and the provider socket call it directly.
 Callers of API keys are remembered for a few seconds (`CallerCache`), so most requests
 authenticate without a database transaction; the ones that do only read. Marking a key used
 (once a minute at most) is written in the background, so a locked or slow store never holds
@@ -29,13 +31,23 @@ log = logging.getLogger(__name__)
 
 
 def credential(request: HTTPConnection) -> str | None:
+    """The key a request presents (`presented_key` of its two headers)."""
     header = request.headers.get("authorization")
+    bearer = None
     if header:
         scheme, _, token = header.partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            return token.strip()
-    api_key = request.headers.get("x-api-key")
-    return api_key.strip() if api_key and api_key.strip() else None
+        if scheme.lower() == "bearer":
+            bearer = token
+    return presented_key(bearer, request.headers.get("x-api-key"))
+
+
+def presented_key(bearer_token: str | None, x_api_key: str | None) -> str | None:
+    """A non-blank `Authorization: Bearer` token wins; `x-api-key` counts only without one.
+    Surrounding spaces are not part of a key; a blank one is no key."""
+    for value in (bearer_token, x_api_key):
+        if value and value.strip():
+            return value.strip()
+    return None
 
 
 class CallerCache:
@@ -99,7 +111,11 @@ class CallerCache:
 
 
 async def authenticate(request: Request, callers: CallerCache) -> keys.Caller:
-    raw = credential(request)
+    """The API key's caller (the sealed transport's check, before it opens a body)."""
+    return await api_key_caller(credential(request), callers)
+
+
+async def api_key_caller(raw: str | None, callers: CallerCache) -> keys.Caller:
     if raw is None:
         raise errors.AuthenticationFailed(
             "Missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'."
@@ -110,23 +126,21 @@ async def authenticate(request: Request, callers: CallerCache) -> keys.Caller:
     return caller
 
 
-async def authenticate_account(request: Request, callers: CallerCache) -> keys.Caller:
+async def account_key_caller(raw: str | None, callers: CallerCache) -> keys.Caller:
     """An API key, or a provider token (which may read its own account, never call models)."""
-    raw = credential(request)
     caller = None if raw is None else await callers.caller(raw)
     if caller is None and raw is not None:
         caller = await keys.find_caller(callers.db, raw, "provider")
         if caller is not None:
             callers.note_use(caller)
     if caller is None:
-        return await authenticate(request, callers)  # raises the right error
+        return await api_key_caller(raw, callers)  # raises the right error
     return caller
 
 
-def authenticate_admin(request: Request, admin_key: SecretStr | None) -> None:
+def check_admin_key(raw: str | None, admin_key: SecretStr | None) -> None:
     if admin_key is None:
         raise errors.PermissionDenied("The admin API is disabled: no admin key is configured.")
-    raw = credential(request)
     expected = admin_key.get_secret_value().encode()
     if raw is None or not hmac.compare_digest(raw.encode(), expected):
         raise errors.AuthenticationFailed("This operation needs the admin key.")

@@ -7,18 +7,17 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from starlette.requests import Request
 from starlette.responses import Response
 
-from moonflower.coordinator.services import Services, json_response
+from moonflower.coordinator.deps import ServicesDep
+from moonflower.coordinator.services import json_response
 from moonflower.coordinator.session import ProviderSession
 
 router = APIRouter()
 
 
 @router.get("/v1/providers/attestation")
-async def attestation_feed(request: Request) -> Response:
-    services = Services.of(request)
+async def attestation_feed(services: ServicesDep) -> Response:
     registry = services.registry
     providers = [feed_entry(session, registry.freshness_s) for session in registry]
     return json_response({"object": "list", "data": providers})

@@ -12,20 +12,17 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from moonflower.coordinator.auth import authenticate
+from moonflower.coordinator.deps import ApiCaller, ServicesDep
 from moonflower.coordinator.dialects import openai_completions, openai_errors
 from moonflower.coordinator.exchange import Rendering, serve
 from moonflower.coordinator.job import Job
 from moonflower.coordinator.request_reading import read_json, trust_floor
-from moonflower.coordinator.services import Services
 
 router = APIRouter()
 
 
 @router.post("/v1/completions")
-async def completions(request: Request) -> Response:
-    services = Services.of(request)
-    caller = await authenticate(request, services.callers)
+async def completions(request: Request, services: ServicesDep, caller: ApiCaller) -> Response:
     call = openai_completions.parse(await read_json(request))
     admission = await services.dispatcher.admit(call.request, caller, trust_floor(request))
 

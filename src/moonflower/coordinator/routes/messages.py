@@ -13,21 +13,19 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from moonflower.coordinator.auth import authenticate
+from moonflower.coordinator.deps import ApiCaller, ServicesDep
 from moonflower.coordinator.dialects import anthropic_errors, anthropic_messages, anthropic_render
 from moonflower.coordinator.exchange import Rendering, serve
 from moonflower.coordinator.job import Job
 from moonflower.coordinator.provider_headers import job_headers
 from moonflower.coordinator.request_reading import read_json, trust_floor
-from moonflower.coordinator.services import Services, json_response
+from moonflower.coordinator.services import json_response
 
 router = APIRouter()
 
 
 @router.post("/v1/messages")
-async def create_message(request: Request) -> Response:
-    services = Services.of(request)
-    caller = await authenticate(request, services.callers)
+async def create_message(request: Request, services: ServicesDep, caller: ApiCaller) -> Response:
     call = anthropic_messages.parse(
         await read_json(request), max_messages=services.settings.max_messages
     )
@@ -54,11 +52,9 @@ async def create_message(request: Request) -> Response:
 
 
 @router.post("/v1/messages/count_tokens")
-async def count_tokens(request: Request) -> Response:
+async def count_tokens(request: Request, services: ServicesDep, caller: ApiCaller) -> Response:
     """The prompt's size as the serving model tokenizes it: a job that generates nothing
     (`max_tokens=0`), so the count includes the chat template, system prompt and tools."""
-    services = Services.of(request)
-    caller = await authenticate(request, services.callers)
     conversation = anthropic_messages.parse_count(
         await read_json(request), max_messages=services.settings.max_messages
     )

@@ -15,8 +15,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from moonflower import errors
-from moonflower.coordinator.auth import authenticate_account
-from moonflower.coordinator.services import Services, json_response
+from moonflower.coordinator.deps import AccountCaller, ServicesDep
+from moonflower.coordinator.services import json_response
 from moonflower.ledger import statements
 from moonflower.ledger.accounts import AccountInfo, get_account
 from moonflower.ledger.book import format_usd
@@ -45,16 +45,12 @@ def balance_body(account: AccountInfo) -> dict[str, Any]:
 
 
 @router.get("/v1/payments/balance")
-async def balance(request: Request) -> Response:
-    services = Services.of(request)
-    caller = await authenticate_account(request, services.callers)
+async def balance(services: ServicesDep, caller: AccountCaller) -> Response:
     return json_response(balance_body(await get_account(services.db, caller.account_id)))
 
 
 @router.get("/v1/payments/usage")
-async def usage(request: Request) -> Response:
-    services = Services.of(request)
-    caller = await authenticate_account(request, services.callers)
+async def usage(request: Request, services: ServicesDep, caller: AccountCaller) -> Response:
     page = await statements.usage(
         services.db,
         caller.account_id,
@@ -84,9 +80,7 @@ async def usage(request: Request) -> Response:
 
 
 @router.get("/v1/provider/earnings")
-async def earnings(request: Request) -> Response:
-    services = Services.of(request)
-    caller = await authenticate_account(request, services.callers)
+async def earnings(request: Request, services: ServicesDep, caller: AccountCaller) -> Response:
     account = await get_account(services.db, caller.account_id)
     if account.kind != "provider":
         raise errors.PermissionDenied("Earnings belong to provider accounts; this is not one.")

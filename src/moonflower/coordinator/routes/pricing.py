@@ -16,10 +16,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from moonflower import errors
-from moonflower.coordinator.auth import authenticate_admin
+from moonflower.coordinator.deps import AdminKey, ServicesDep
 from moonflower.coordinator.dialects.openai_errors import from_validation_error
 from moonflower.coordinator.request_reading import read_json
-from moonflower.coordinator.services import Services, json_response
+from moonflower.coordinator.services import json_response
 from moonflower.ledger.book import format_usd
 from moonflower.ledger.pricing import (
     DEFAULT_MODEL,
@@ -47,17 +47,14 @@ class PricingUpdate(BaseModel):
 
 
 @router.get("/v1/pricing")
-async def get_pricing(request: Request) -> Response:
-    services = Services.of(request)
+async def get_pricing(services: ServicesDep) -> Response:
     prices = await services.dispatcher.pricing.current()
     served = set(services.registry.models())
     return json_response(pricing_body(prices, served))
 
 
 @router.put("/v1/admin/pricing")
-async def put_pricing(request: Request) -> Response:
-    services = Services.of(request)
-    authenticate_admin(request, services.settings.admin_key)
+async def put_pricing(request: Request, services: ServicesDep, admin: AdminKey) -> Response:
     try:
         update = PricingUpdate.model_validate(await read_json(request))
     except ValidationError as exc:

@@ -11,7 +11,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from moonflower.coordinator.auth import authenticate
+from moonflower.coordinator.deps import ApiCaller, ServicesDep
 from moonflower.coordinator.dialects import anthropic_models, openai_models
 from moonflower.coordinator.dialects.caller_dialect import speaks_anthropic
 from moonflower.coordinator.model_catalog import ListedModel, listed_models
@@ -21,9 +21,7 @@ router = APIRouter()
 
 
 @router.get("/v1/models")
-async def list_models(request: Request) -> Response:
-    services = Services.of(request)
-    await authenticate(request, services.callers)
+async def list_models(request: Request, services: ServicesDep, caller: ApiCaller) -> Response:
     entries, query = catalog(services), request.query_params
     if speaks_anthropic(request):
         return json_response(anthropic_models.list_body(entries, query, services.started_at))
@@ -31,9 +29,9 @@ async def list_models(request: Request) -> Response:
 
 
 @router.get("/v1/models/{model_id:path}")
-async def retrieve_model(model_id: str, request: Request) -> Response:
-    services = Services.of(request)
-    await authenticate(request, services.callers)
+async def retrieve_model(
+    model_id: str, request: Request, services: ServicesDep, caller: ApiCaller
+) -> Response:
     entries = catalog(services)
     if speaks_anthropic(request):
         return json_response(anthropic_models.model_body(entries, model_id, services.started_at))
@@ -45,8 +43,7 @@ def catalog(services: Services) -> list[ListedModel]:
 
 
 @router.get("/health")
-async def health(request: Request) -> Response:
-    services = Services.of(request)
+async def health(services: ServicesDep) -> Response:
     return json_response(
         {
             "status": "ok",

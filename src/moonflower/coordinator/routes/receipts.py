@@ -6,12 +6,11 @@ kept by the consumer), anyone can check it offline: `moonflower verify`."""
 from __future__ import annotations
 
 from fastapi import APIRouter
-from starlette.requests import Request
 from starlette.responses import Response
 
 from moonflower import errors
-from moonflower.coordinator.auth import authenticate
-from moonflower.coordinator.services import Services, json_response
+from moonflower.coordinator.deps import ApiCaller, ServicesDep
+from moonflower.coordinator.services import json_response
 from moonflower.crypto.receipt import receipt_hash
 from moonflower.ledger.receipts import find_receipt
 
@@ -19,9 +18,7 @@ router = APIRouter()
 
 
 @router.get("/v1/receipts/{job_id}")
-async def get_receipt(job_id: str, request: Request) -> Response:
-    services = Services.of(request)
-    caller = await authenticate(request, services.callers)
+async def get_receipt(job_id: str, services: ServicesDep, caller: ApiCaller) -> Response:
     found = await find_receipt(services.db, job_id, account_id=caller.account_id)
     if found is None:
         raise errors.RouteNotFound(f"No receipt for job '{job_id}' belongs to this account.")

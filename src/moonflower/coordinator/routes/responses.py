@@ -11,20 +11,17 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from moonflower.coordinator.auth import authenticate
+from moonflower.coordinator.deps import ApiCaller, ServicesDep
 from moonflower.coordinator.dialects import openai_responses, openai_responses_render
 from moonflower.coordinator.exchange import Rendering, serve
 from moonflower.coordinator.job import Job
 from moonflower.coordinator.request_reading import read_json, trust_floor
-from moonflower.coordinator.services import Services
 
 router = APIRouter()
 
 
 @router.post("/v1/responses")
-async def responses(request: Request) -> Response:
-    services = Services.of(request)
-    caller = await authenticate(request, services.callers)
+async def responses(request: Request, services: ServicesDep, caller: ApiCaller) -> Response:
     call = openai_responses.parse(
         await read_json(request), max_messages=services.settings.max_messages
     )
