@@ -111,6 +111,13 @@ class CoordinatorSettings(BaseSettings):
     the coordinator's replicas share live state through: the per-key rate limits. None keeps
     that state in this process's memory, for a single coordinator. It may carry a password,
     so it is never logged; every replica must be given the same limits."""
+    transport_key_file: Path | None = None
+    """The file holding the X25519 private key consumers seal requests to (`GET
+    /v1/encryption-key`), as base64 on one line, mode 0600; created with a fresh key when
+    missing. Every replica behind one load balancer must use the same file, so any of them
+    opens a request sealed to the key another published, and the key outlives restarts.
+    `moonflower coordinator serve` and `moonflower up` default to `<data_dir>/transport-key`;
+    None elsewhere means a fresh key for each process."""
     default_max_tokens: int = Field(default=DEFAULT_MAX_TOKENS, gt=0)
     model_aliases: dict[str, str] = Field(default_factory=dict)
     """Public model names mapped to served model ids, e.g. {"gpt-4o-mini": "smollm2-135m-instruct"}

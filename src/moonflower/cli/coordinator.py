@@ -3,7 +3,9 @@
 Also home of `coordinator_settings`, which every command that opens the coordinator's
 store shares: the database URL may carry a password, so besides `--database-url` it comes
 from `MOONFLOWER_DATABASE_URL`, or from a file (`--database-url-file`,
-`MOONFLOWER_DATABASE_URL_FILE`) that no other local user can read.
+`MOONFLOWER_DATABASE_URL_FILE`) that no other local user can read. The sealed-transport key
+file defaults to `<data_dir>/transport-key`, so coordinators sharing a data directory
+publish one key.
 """
 
 from __future__ import annotations
@@ -21,6 +23,12 @@ from moonflower.cli.secret_flags import build_settings, secret_overrides
 from moonflower.coordinator.app import create_app
 from moonflower.coordinator.services import Services
 from moonflower.coordinator.shutdown import DrainingServer
+from moonflower.coordinator.transport_key import (
+    TransportKeyError,
+    default_key_file,
+    transport_keys,
+)
+from moonflower.crypto.envelope import EncryptionKeyPair
 from moonflower.settings import CoordinatorSettings
 
 app = typer.Typer(help="Run the coordinator.", no_args_is_help=True)
@@ -73,7 +81,21 @@ def coordinator_settings(
     }
     given = {k: v for k, v in overrides.items() if v is not None}
     given.update(secret_overrides("database_url", database_url, database_url_file))
-    return build_settings(CoordinatorSettings, given)
+    settings = build_settings(CoordinatorSettings, given)
+    if settings.transport_key_file is None:  # so replicas sharing a data dir share the key
+        key_file = default_key_file(settings.data_dir)
+        settings = settings.model_copy(update={"transport_key_file": key_file})
+    return settings
+
+
+def serving_transport_keys(settings: CoordinatorSettings) -> EncryptionKeyPair:
+    """The sealed-transport key in `settings.transport_key_file` (created when missing); a
+    file that cannot be used ends the command (exit code 2) saying why."""
+    try:
+        return transport_keys(settings.transport_key_file)
+    except TransportKeyError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 def parse_aliases(pairs: list[str]) -> dict[str, str]:
@@ -143,5 +165,6 @@ def serve(
         redis_url=redis_url,
     )
     logs.configure(settings.log_level)
-    server = uvicorn_server(settings, create_app(settings))
+    app = create_app(settings, transport_keys=serving_transport_keys(settings))
+    server = uvicorn_server(settings, app)
     eventloop.run(server.serve())

@@ -17,9 +17,14 @@ from pydantic import SecretStr
 
 from moonflower import errors, eventloop
 from moonflower.cli import logs
-from moonflower.cli.coordinator import coordinator_settings, uvicorn_server
+from moonflower.cli.coordinator import (
+    coordinator_settings,
+    serving_transport_keys,
+    uvicorn_server,
+)
 from moonflower.cli.provider import load
 from moonflower.coordinator.app import build_services, create_app
+from moonflower.crypto.envelope import EncryptionKeyPair
 from moonflower.crypto.signing import load_signer
 from moonflower.ledger import keys
 from moonflower.ledger.accounts import get_account
@@ -57,11 +62,12 @@ def up(
     """Run coordinator + provider + default model, and print a ready API key."""
     settings = coordinator_settings("127.0.0.1", port, data_dir, None)
     logs.configure("warning")
+    transport_keys = serving_transport_keys(settings)
     base = f"http://127.0.0.1:{settings.port}"
     provider_settings = ProviderSettings(coordinator=base, model=model, data_dir=settings.data_dir)
     engine = load(provider_settings)
     try:
-        eventloop.run(run_network(settings, provider_settings, engine))
+        eventloop.run(run_network(settings, provider_settings, engine, transport_keys))
     except KeyboardInterrupt:
         pass
     finally:
@@ -70,10 +76,14 @@ def up(
 
 
 async def run_network(
-    settings: CoordinatorSettings, provider_settings: ProviderSettings, engine: Engine
+    settings: CoordinatorSettings,
+    provider_settings: ProviderSettings,
+    engine: Engine,
+    transport_keys: EncryptionKeyPair | None = None,
 ) -> None:
     services = await build_services(settings)
-    server = uvicorn_server(settings, create_app(settings, services))
+    app = create_app(settings, services, transport_keys=transport_keys)
+    server = uvicorn_server(settings, app)
     signer = load_signer(provider_settings.data_dir / "provider")
     earning = await keys.create_key(
         services.db, account_name=PROVIDER_ACCOUNT, name="moonflower up", purpose="provider"

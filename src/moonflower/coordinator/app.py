@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from moonflower import __version__, errors
+from moonflower.coordinator import transport_key
 from moonflower.coordinator.auth import CallerCache, authenticate
 from moonflower.coordinator.cors import Cors
 from moonflower.coordinator.dispatch import Dispatcher
@@ -77,6 +78,10 @@ def create_app(
     *,
     transport_keys: EncryptionKeyPair | None = None,
 ) -> FastAPI:
+    """The coordinator's app. Its sealed-transport key is `transport_keys` if given, else the
+    one in `settings.transport_key_file` (`TransportKeyError` if that file is unusable),
+    else a fresh one for this process."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         built = services or await build_services(settings)
@@ -106,10 +111,11 @@ def create_app(
     app.include_router(payments.router)
     app.include_router(pricing.router)
     install_error_handlers(app)
-    # Consumers may seal requests to this key (per process; `GET /v1/encryption-key`).
+    # Consumers may seal requests to this key (`GET /v1/encryption-key`): the one in
+    # `transport_key_file`, shared by every replica given that file, else one per process.
     app.add_middleware(
         SealedTransport,
-        keys=transport_keys or EncryptionKeyPair.generate(),
+        keys=transport_keys or transport_key.transport_keys(settings.transport_key_file),
         admits=lambda request: authenticate(request, Services.of(request).callers),
     )
     # Added last, so outermost: browsers' pre-flights are answered before anything else runs.

@@ -14,16 +14,18 @@ decoded and decrypted), so nobody gets it for free: the API key in the request's
 headers is checked first, through the app's `CallerCache`, and a missing or wrong key is
 answered 401 before a byte of the body is read; a declared length over the limit is 413
 before reading too, and reading stops at the limit. Those refusals, and an envelope that
-cannot be opened — not JSON, a missing field, a kid that is not this process's key
-(`kid_mismatch`: the key changes when the coordinator restarts), a bad ephemeral key, a box
-that does not open (`decryption_failed`) — are answered in plain JSON in the called route's
-dialect, their code also in the header `x-moonflower-sealed-error` (Anthropic's shape has no
-code field), and the app never runs. Everything the app answers, errors included, is
-sealed. A sealed body is for the API-key routes (the inference endpoints); a route that
-takes another credential takes plain bodies. Plain requests pass through after one look at
-their Content-Type. It must not log or keep plaintext, and is not
-Starlette's `BaseHTTPMiddleware`, which would break streaming and disconnect detection: the
-app's later `receive` calls reach the server's, so a client hanging up still cancels its job.
+cannot be opened — not JSON, a missing field, a kid that is not this coordinator's key
+(`kid_mismatch`: the key is the one in the coordinator's key file, shared by its replicas
+and kept across restarts, so it changes only when that file does, or, with no file, at
+every start), a bad ephemeral key, a box that does not open (`decryption_failed`) — are
+answered in plain JSON in the called route's dialect, their code also in the header
+`x-moonflower-sealed-error` (Anthropic's shape has no code field), and the app never runs.
+Everything the app answers, errors included, is sealed. A sealed body is for the API-key
+routes (the inference endpoints); a route that takes another credential takes plain bodies.
+Plain requests pass through after one look at their Content-Type. It must not log or keep
+plaintext, and is not Starlette's `BaseHTTPMiddleware`, which would break streaming and
+disconnect detection: the app's later `receive` calls reach the server's, so a client
+hanging up still cancels its job.
 """
 
 from __future__ import annotations
@@ -92,7 +94,9 @@ class SealedTransport:
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(self._key_document)).encode()),
-            # The key lives as long as the process: make caches ask again.
+            # The key lives as long as its file (or process), which an operator may replace:
+            # caches ask again each time, as a stale key costs a refused request and a
+            # fresh one costs this tiny answer. Clients keep the key in memory anyway.
             (b"cache-control", b"no-cache"),
         ]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -129,7 +133,7 @@ class SealedTransport:
         if kid != self.key.kid:
             raise errors.InvalidRequest(
                 f"The request is sealed to key '{kid[:32]}', but the coordinator's key is "
-                f"'{self.key.kid}' (it changes when the coordinator restarts); fetch "
+                f"'{self.key.kid}' (it changes when the coordinator's key is replaced); fetch "
                 f"GET {KEY_PATH} again and seal the request to that key.",
                 param="kid",
                 code="kid_mismatch",
