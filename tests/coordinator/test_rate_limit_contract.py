@@ -221,20 +221,16 @@ async def test_a_coordinator_given_redis_limits_through_it_and_answers_503_witho
         ) as net,
         httpx.AsyncClient(base_url=net.base_url, headers=net.headers, timeout=60) as client,
     ):
-        limits = net.services.dispatcher.limits
-        assert isinstance(limits, RedisRateLimits)
+        assert isinstance(net.services.dispatcher.limits, RedisRateLimits)
+        statuses = [(await client.post("/v1/chat/completions", json=chat)).status_code]
+        redis_server.stop()
         try:
-            statuses = [(await client.post("/v1/chat/completions", json=chat)).status_code]
-            redis_server.stop()
-            try:
-                unavailable = await client.post("/v1/chat/completions", json=chat)
-            finally:
-                redis_server.start()  # empty again: the key's budget starts afresh
-            for _ in range(3):
-                response = await client.post("/v1/chat/completions", json=chat)
-                statuses.append(response.status_code)
+            unavailable = await client.post("/v1/chat/completions", json=chat)
         finally:
-            await limits.store.aclose()
+            redis_server.start()  # empty again: the key's budget starts afresh
+        for _ in range(3):
+            response = await client.post("/v1/chat/completions", json=chat)
+            statuses.append(response.status_code)
     assert statuses == [200, 200, 200, 429]
     assert unavailable.status_code == 503
     assert int(unavailable.headers["retry-after"]) >= 1

@@ -113,4 +113,4 @@ async def inprocess_network(
         await asyncio.gather(*network.agent_tasks, return_exceptions=True)
         server.should_exit = True
         await asyncio.gather(serving, return_exceptions=True)
-        await services.db.close()
+        await services.close()

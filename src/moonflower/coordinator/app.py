@@ -25,6 +25,8 @@ from moonflower.coordinator.cors import Cors
 from moonflower.coordinator.dispatch import Dispatcher
 from moonflower.coordinator.error_response import render_error
 from moonflower.coordinator.prompt_count import PromptCounter
+from moonflower.coordinator.redis_limits import RedisRateLimits
+from moonflower.coordinator.redis_store import RedisStore
 from moonflower.coordinator.registry import Registry
 from moonflower.coordinator.reputation import Reputation
 from moonflower.coordinator.routes import (
@@ -60,15 +62,27 @@ async def build_services(settings: CoordinatorSettings) -> Services:
         freshness_s=settings.challenge_interval_s + settings.challenge_slack_s,
     )
     prompts = PromptCounter.from_settings(settings)
+    # Live state the replicas share goes through one Redis client, when there is a Redis.
+    redis = RedisStore.connect(settings.redis_url) if settings.redis_url else None
+    limits = (
+        RedisRateLimits(
+            redis,
+            settings.rate_limit_requests_per_minute,
+            settings.rate_limit_tokens_per_minute,
+        )
+        if redis is not None
+        else None
+    )
     return Services(
         settings=settings,
         db=db,
         registry=registry,
-        dispatcher=Dispatcher(registry, db, settings, prompt_counter=prompts),
+        dispatcher=Dispatcher(registry, db, settings, prompt_counter=prompts, limits=limits),
         callers=CallerCache(db, settings.api_key_cache_s),
         reputation=Reputation(db, registry, allow_anonymous=settings.allow_anonymous_providers),
         started_at=int(time.time()),
         prompts=prompts,
+        redis=redis,
     )
 
 
@@ -97,7 +111,7 @@ def create_app(
             renewing.cancel()
             await asyncio.gather(renewing, return_exceptions=True)
             if services is None:
-                await built.db.close()
+                await built.close()
 
     app = FastAPI(title="Moonflower coordinator", version=__version__, lifespan=lifespan)
     app.include_router(chat.router)

@@ -36,8 +36,6 @@ from moonflower.coordinator.job import Job, PromptCount
 from moonflower.coordinator.leases import HoldLeases
 from moonflower.coordinator.limits import RateLimiter, RateLimits
 from moonflower.coordinator.queueing import ModelQueues
-from moonflower.coordinator.redis_limits import RedisRateLimits
-from moonflower.coordinator.redis_store import RedisStore
 from moonflower.coordinator.registry import Registry
 from moonflower.coordinator.session import ProviderSession
 from moonflower.coordinator.settlement import Decision, Verdict
@@ -107,6 +105,7 @@ class Dispatcher:
         settings: CoordinatorSettings,
         *,
         prompt_counter: PromptCounter | None = None,
+        limits: RateLimiter | None = None,
     ) -> None:
         self.registry = registry
         self.db = db
@@ -117,16 +116,11 @@ class Dispatcher:
         """The holds of the requests and jobs this coordinator runs, kept leased."""
         self.queues = ModelQueues(settings.queue_max_waiting, settings.queue_max_wait_s)
         """Requests waiting, per model, for a provider with a free slot."""
-        per_minute = (
-            settings.rate_limit_requests_per_minute,
-            settings.rate_limit_tokens_per_minute,
+        self.limits: RateLimiter = limits or RateLimits(
+            settings.rate_limit_requests_per_minute, settings.rate_limit_tokens_per_minute
         )
-        self.limits: RateLimiter = (
-            RateLimits(*per_minute)
-            if settings.redis_url is None
-            else RedisRateLimits(RedisStore.connect(settings.redis_url), *per_minute)
-        )
-        """Shared with the other replicas through Redis when there is one, else in memory."""
+        """Per-key request and token limits: in memory unless the caller shares them (through
+        Redis, between replicas: `services.build_services`)."""
         self.known_credit = KnownCredit()
         self.settler = Settler(db, self.pricing, self.leases, self.limits)
         self.live_jobs: set[Job] = set()

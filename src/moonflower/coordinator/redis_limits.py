@@ -77,7 +77,7 @@ class RedisRateLimits:
         requests_per_minute: int | None,
         tokens_per_minute: int | None,
     ) -> None:
-        self.store = store
+        self._store = store
         """Where the buckets are; whoever built the store closes it."""
         self._rpm = requests_per_minute
         self._tpm = tokens_per_minute
@@ -108,5 +108,5 @@ class RedisRateLimits:
 
     async def _run(self, operation: str, key_id: str, tokens: int) -> object:
         arguments = (operation, self._rpm or 0, self._tpm or 0, tokens, WINDOW_S, SLACK)
-        key = self.store.key("ratelimit", key_id)
-        return await self.store.run(self._script, [key], arguments)
+        key = self._store.key("ratelimit", key_id)
+        return await self._store.run(self._script, [key], arguments)

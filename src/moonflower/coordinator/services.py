@@ -15,6 +15,7 @@ from starlette.responses import Response
 from moonflower.coordinator.auth import CallerCache
 from moonflower.coordinator.dispatch import Dispatcher
 from moonflower.coordinator.prompt_count import PromptCounter
+from moonflower.coordinator.redis_store import RedisStore
 from moonflower.coordinator.registry import Registry
 from moonflower.coordinator.reputation import Reputation
 from moonflower.ledger.database import Database
@@ -34,6 +35,14 @@ class Services:
     """Unix time the coordinator started (the `created` of the models it lists)."""
     prompts: PromptCounter
     """Counts prompt tokens with the model's own tokenizer, where it knows the weights."""
+    redis: RedisStore | None = None
+    """The Redis client the replicas share live state through; None keeps it all in memory."""
+
+    async def close(self) -> None:
+        """Close the connections these services opened (at shutdown, after settling)."""
+        if self.redis is not None:
+            await self.redis.aclose()
+        await self.db.close()
 
     @staticmethod
     def of(connection: HTTPConnection) -> Services:
