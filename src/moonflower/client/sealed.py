@@ -303,8 +303,8 @@ def _plain_headers(headers: httpx.Headers, content_type: str | None) -> httpx.He
 
 
 def _is_kid_mismatch(response: httpx.Response) -> bool:
-    """Whether the coordinator says the request was sealed to a key it no longer has (it
-    makes a new one when it restarts)."""
+    """Whether the coordinator says the request was sealed to a key it no longer has (its
+    operator replaced the key, or the coordinator keeps none on disk and restarted)."""
     return bool(response.headers.get(ERROR_HEADER) == "kid_mismatch")
 
 
@@ -334,7 +334,7 @@ class AsyncSealingTransport(httpx.AsyncBaseTransport):
     `openai.AsyncOpenAI(http_client=httpx.AsyncClient(transport=AsyncSealingTransport()))`.
 
     With no `key`, it fetches the coordinator's key on first use and again when the
-    coordinator says the key changed (it does on restart). That protects against passive
+    coordinator says the key changed (its operator replaced it). That protects against passive
     readers only: a proxy able to rewrite traffic could hand out its own key. Pass a `key`
     obtained over a path you trust to pin it; a pinned key is never replaced. It is an httpx
     transport: SDKs built on httpx2 (the anthropic SDK 2.x) refuse it; use `SealedRequest`.
