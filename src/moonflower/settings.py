@@ -108,9 +108,15 @@ class CoordinatorSettings(BaseSettings):
     (529 on /v1/messages) with Retry-After."""
     redis_url: str | None = None
     """A Redis server (`redis://[[user]:password@]host:port/db`, or `rediss://` for TLS) that
-    the coordinator's replicas share live state through: the per-key rate limits. None keeps
-    that state in this process's memory, for a single coordinator. It may carry a password,
+    the coordinator's replicas share live state through: the per-key rate limits and where
+    each model has free slots. None keeps that state in this process's memory, for a single
+    coordinator. It may carry a password,
     so it is never logged; every replica must be given the same limits."""
+    replica_url: str | None = None
+    """Where the other replicas reach this one (`http://10.0.0.5:8000`), to hand it requests
+    its providers can serve (`coordinator/forwarding.py`); only read with `redis_url`. None
+    means `http://<host>:<port>`, with a wildcard host read as 127.0.0.1: right for replicas
+    on one machine only."""
     transport_key_file: Path | None = None
     """The file holding the X25519 private key consumers seal requests to (`GET
     /v1/encryption-key`), as base64 on one line, mode 0600; created with a fresh key when
@@ -209,6 +215,14 @@ class CoordinatorSettings(BaseSettings):
     def _check_origins(cls, origins: list[str]) -> list[str]:
         checked = [web_origin(origin, n) for n, origin in enumerate(origins, 1)]
         return list(dict.fromkeys(checked))
+
+    @property
+    def reachable_url(self) -> str:
+        """Where the other replicas reach this one: `replica_url`, else host and port."""
+        if self.replica_url:
+            return self.replica_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("", "0.0.0.0", "::") else self.host
+        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
 
     @model_validator(mode="after")
     def _database_url_from_file(self) -> Self:

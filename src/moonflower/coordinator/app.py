@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -24,6 +25,8 @@ from moonflower.coordinator.auth import CallerCache, authenticate
 from moonflower.coordinator.cors import Cors
 from moonflower.coordinator.dispatch import Dispatcher
 from moonflower.coordinator.error_response import render_error
+from moonflower.coordinator.forwarding import Forwarder
+from moonflower.coordinator.presence import LocalPresence, Presence, RedisPresence
 from moonflower.coordinator.prompt_count import PromptCounter
 from moonflower.coordinator.redis_limits import RedisRateLimits
 from moonflower.coordinator.redis_store import RedisStore
@@ -73,6 +76,14 @@ async def build_services(settings: CoordinatorSettings) -> Services:
         if redis is not None
         else None
     )
+    presence: Presence = LocalPresence()
+    forwarder = None
+    if redis is not None:
+        replica_id = uuid.uuid4().hex[:12]
+        presence = RedisPresence(redis, registry, replica_id=replica_id, url=settings.reachable_url)
+        forwarder = Forwarder(
+            presence, registry, replica_id=replica_id, aliases=settings.model_aliases
+        )
     return Services(
         settings=settings,
         db=db,
@@ -83,6 +94,8 @@ async def build_services(settings: CoordinatorSettings) -> Services:
         started_at=int(time.time()),
         prompts=prompts,
         redis=redis,
+        presence=presence,
+        forwarder=forwarder,
     )
 
 
@@ -103,9 +116,13 @@ def create_app(
         leases = built.dispatcher.leases
         await leases.release_expired()  # before serving anyone
         renewing = asyncio.create_task(leases.run())
+        publishing = asyncio.create_task(built.presence.run())
         try:
             yield
         finally:
+            publishing.cancel()
+            await asyncio.gather(publishing, return_exceptions=True)
+            await built.presence.withdraw()
             await built.dispatcher.finish_settlements(settings.shutdown_grace_s)
             await built.reputation.drain(REPUTATION_DRAIN_S)  # verdicts land before close
             renewing.cancel()

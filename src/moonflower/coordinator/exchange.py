@@ -26,6 +26,7 @@ from moonflower.coordinator.completion import Completion, CompletionBuilder
 from moonflower.coordinator.dispatch import Admission
 from moonflower.coordinator.job import Job
 from moonflower.coordinator.provider_headers import job_headers
+from moonflower.coordinator.request_reading import trust_floor
 from moonflower.coordinator.services import Services, json_response
 from moonflower.crypto.receipt import receipt_hash
 from moonflower.generation import Failed, Finished, Receipted
@@ -43,6 +44,14 @@ def settled_headers(job: Job) -> dict[str, str]:
         headers["x-response-hash"] = receipt_hash(job.receipt.json_text)
         headers["x-se-signature"] = job.receipt.signature
     return headers
+
+
+async def served_elsewhere(request: Request, services: Services, model: str) -> Response | None:
+    """The answer of another replica, when that one can serve `model` and this one cannot
+    now (`forwarding`); None to serve the request here."""
+    if services.forwarder is None:
+        return None
+    return await services.forwarder.elsewhere(request, model, trust_floor(request))
 
 
 @dataclass

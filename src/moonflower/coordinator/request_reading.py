@@ -32,8 +32,9 @@ async def read_json(request: Request) -> Any:
         if size > MAX_BODY_BYTES:
             raise _too_large()
         chunks.append(chunk)
+    body = request.state.body = b"".join(chunks)  # as read, should it be forwarded
     try:
-        return orjson.loads(b"".join(chunks))
+        return orjson.loads(body)
     except orjson.JSONDecodeError:
         raise errors.InvalidRequest(
             "We could not parse the JSON body of your request: it must be a valid JSON object.",

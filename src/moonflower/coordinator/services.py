@@ -5,7 +5,7 @@ Holds references only; it owns no behaviour beyond building JSON responses with 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -14,6 +14,8 @@ from starlette.responses import Response
 
 from moonflower.coordinator.auth import CallerCache
 from moonflower.coordinator.dispatch import Dispatcher
+from moonflower.coordinator.forwarding import Forwarder
+from moonflower.coordinator.presence import LocalPresence, Presence
 from moonflower.coordinator.prompt_count import PromptCounter
 from moonflower.coordinator.redis_store import RedisStore
 from moonflower.coordinator.registry import Registry
@@ -37,9 +39,15 @@ class Services:
     """Counts prompt tokens with the model's own tokenizer, where it knows the weights."""
     redis: RedisStore | None = None
     """The Redis client the replicas share live state through; None keeps it all in memory."""
+    presence: Presence = field(default_factory=LocalPresence)
+    """Where the other replicas have free slots for each model (and where this one has)."""
+    forwarder: Forwarder | None = None
+    """Hands requests to the replica that can serve them; None for a single coordinator."""
 
     async def close(self) -> None:
         """Close the connections these services opened (at shutdown, after settling)."""
+        if self.forwarder is not None:
+            await self.forwarder.aclose()
         if self.redis is not None:
             await self.redis.aclose()
         await self.db.close()

@@ -14,7 +14,7 @@ from starlette.responses import Response
 
 from moonflower.coordinator.deps import ApiCaller, ServicesDep
 from moonflower.coordinator.dialects import openai_completions, openai_errors
-from moonflower.coordinator.exchange import Rendering, serve
+from moonflower.coordinator.exchange import Rendering, serve, served_elsewhere
 from moonflower.coordinator.job import Job
 from moonflower.coordinator.request_reading import read_json, trust_floor
 
@@ -24,6 +24,8 @@ router = APIRouter()
 @router.post("/v1/completions")
 async def completions(request: Request, services: ServicesDep, caller: ApiCaller) -> Response:
     call = openai_completions.parse(await read_json(request))
+    if (answer := await served_elsewhere(request, services, call.request.model)) is not None:
+        return answer
     admission = await services.dispatcher.admit(call.request, caller, trust_floor(request))
 
     def render(job: Job) -> Rendering:

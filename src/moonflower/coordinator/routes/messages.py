@@ -15,7 +15,7 @@ from starlette.responses import Response
 
 from moonflower.coordinator.deps import ApiCaller, ServicesDep
 from moonflower.coordinator.dialects import anthropic_errors, anthropic_messages, anthropic_render
-from moonflower.coordinator.exchange import Rendering, serve
+from moonflower.coordinator.exchange import Rendering, serve, served_elsewhere
 from moonflower.coordinator.job import Job
 from moonflower.coordinator.provider_headers import job_headers
 from moonflower.coordinator.request_reading import read_json, trust_floor
@@ -29,6 +29,8 @@ async def create_message(request: Request, services: ServicesDep, caller: ApiCal
     call = anthropic_messages.parse(
         await read_json(request), max_messages=services.settings.max_messages
     )
+    if (answer := await served_elsewhere(request, services, call.request.model)) is not None:
+        return answer
     admission = await services.dispatcher.admit(call.request, caller, trust_floor(request))
 
     def render(job: Job) -> Rendering:
@@ -58,6 +60,8 @@ async def count_tokens(request: Request, services: ServicesDep, caller: ApiCalle
     conversation = anthropic_messages.parse_count(
         await read_json(request), max_messages=services.settings.max_messages
     )
+    if (answer := await served_elsewhere(request, services, conversation.model)) is not None:
+        return answer
     job = await services.dispatcher.start(
         dataclasses.replace(conversation, max_tokens=0),
         caller,

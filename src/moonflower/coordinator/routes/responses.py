@@ -13,7 +13,7 @@ from starlette.responses import Response
 
 from moonflower.coordinator.deps import ApiCaller, ServicesDep
 from moonflower.coordinator.dialects import openai_responses, openai_responses_render
-from moonflower.coordinator.exchange import Rendering, serve
+from moonflower.coordinator.exchange import Rendering, serve, served_elsewhere
 from moonflower.coordinator.job import Job
 from moonflower.coordinator.request_reading import read_json, trust_floor
 
@@ -25,6 +25,8 @@ async def responses(request: Request, services: ServicesDep, caller: ApiCaller) 
     call = openai_responses.parse(
         await read_json(request), max_messages=services.settings.max_messages
     )
+    if (answer := await served_elsewhere(request, services, call.request.model)) is not None:
+        return answer
     admission = await services.dispatcher.admit(call.request, caller, trust_floor(request))
 
     def render(job: Job) -> Rendering:

@@ -1,0 +1,140 @@
+"""Handing an inference request to the replica whose provider can serve it.
+
+A consumer may reach any replica, and a provider is connected to one. When the replica a
+request reached has no free slot for its model and another one has (`presence`), the request
+goes there whole — same path, body and headers, marked as forwarded so it is never forwarded
+again — and its answer, streamed or not, comes back byte for byte. The replica that serves it
+authenticates, limits, holds, relays, settles and signs exactly as for a request of its own;
+this one only carries bytes, so nothing is counted or charged twice, and a consumer that hangs
+up here closes the forwarded request there, which cancels its job.
+
+A replica that cannot be reached is avoided for a while and the request is served here
+(queued, or refused as it would be without replicas). A sealed request reaches this replica's
+routes opened (`sealed_transport`), is forwarded open, and its answer is sealed here again on
+its way back: replicas must reach each other over a private network or `https` URLs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Mapping
+
+import httpx
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from moonflower.coordinator.presence import Offer, Presence
+from moonflower.coordinator.registry import Registry
+from moonflower.coordinator.trust import TrustLevel
+
+log = logging.getLogger(__name__)
+
+FORWARDED_HEADER = "x-moonflower-forwarded-by"
+"""Set on a forwarded request (the forwarding replica's id): it is served where it lands."""
+CONNECT_TIMEOUT_S = 2.0
+MAX_CONNECTIONS = 512
+_NOT_FORWARDED = frozenset(
+    {
+        "host",
+        "content-length",
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-connection",
+        "proxy-authorization",
+    }
+)
+"""Request headers that describe the hop, not the request."""
+_NOT_RETURNED = frozenset(
+    {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "date", "server"}
+)
+
+
+class Forwarder:
+    def __init__(
+        self,
+        presence: Presence,
+        registry: Registry,
+        *,
+        replica_id: str,
+        aliases: Mapping[str, str],
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self._presence = presence
+        self._registry = registry
+        self._replica_id = replica_id
+        self._aliases = aliases
+        self._client = client or httpx.AsyncClient(
+            timeout=httpx.Timeout(None, connect=CONNECT_TIMEOUT_S),
+            limits=httpx.Limits(
+                max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS
+            ),
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def elsewhere(
+        self, request: Request, model: str, floor: TrustLevel | None
+    ) -> Response | None:
+        """The answer of the replica that can serve `request` for `model` now, when it is
+        not this one; None when this one should serve it (a slot is free here, the request
+        was forwarded already, nobody else has a free slot while this one serves the model,
+        or the replica chosen could not be reached)."""
+        if FORWARDED_HEADER in request.headers:
+            return None
+        model = self._aliases.get(model, model)
+        if self._registry.has_free_slot_for(model, floor):
+            return None
+        level = max(floor or self._registry.default_floor, self._registry.default_floor)
+        serves_here = bool(self._registry.serving(model, floor))
+        offer = await self._presence.elsewhere(model, level, need_free=serves_here)
+        if offer is None:
+            return None
+        return await self._forward(request, offer)
+
+    async def _forward(self, request: Request, offer: Offer) -> Response | None:
+        body: bytes = getattr(request.state, "body", b"")
+        headers = [
+            (name, value)
+            for name, value in request.headers.raw
+            if name.decode("latin-1").lower() not in _NOT_FORWARDED
+        ]
+        headers.append((FORWARDED_HEADER.encode(), self._replica_id.encode()))
+        url = offer.url.rstrip("/") + request.url.path
+        if request.url.query:
+            url += "?" + request.url.query
+        outgoing = self._client.build_request(request.method, url, headers=headers, content=body)
+        try:
+            answer = await self._client.send(outgoing, stream=True)
+        except httpx.HTTPError as error:
+            log.warning(
+                "replica %s could not be reached (%s); serving here",
+                offer.replica_id,
+                type(error).__name__,
+            )
+            self._presence.avoid(offer.replica_id)
+            return None
+        returned = {
+            name: value
+            for name, value in answer.headers.multi_items()
+            if name.lower() not in _NOT_RETURNED
+        }
+        return StreamingResponse(_relay(answer), status_code=answer.status_code, headers=returned)
+
+
+async def _relay(answer: httpx.Response) -> AsyncIterator[bytes]:
+    """The forwarded answer's bytes as they come; closing it (the consumer hung up, or it
+    ended) closes the forwarded request."""
+    try:
+        async for chunk in answer.aiter_raw():
+            yield chunk
+    except httpx.HTTPError as error:
+        # The serving replica went away mid-answer: the consumer's stream ends here, as it
+        # would have if it had been connected there.
+        log.warning("a forwarded answer was cut (%s)", type(error).__name__)
+    finally:
+        await answer.aclose()
