@@ -10,6 +10,8 @@ publish one key.
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,6 +22,7 @@ from fastapi import FastAPI
 from moonflower import eventloop, wire
 from moonflower.cli import logs
 from moonflower.cli.secret_flags import build_settings, secret_overrides
+from moonflower.cli.workers import run_workers, worker_sockets
 from moonflower.coordinator.app import create_app
 from moonflower.coordinator.services import Services
 from moonflower.coordinator.shutdown import DrainingServer
@@ -29,7 +32,10 @@ from moonflower.coordinator.transport_key import (
     transport_keys,
 )
 from moonflower.crypto.envelope import EncryptionKeyPair
+from moonflower.ledger.database import Database, default_database_url
 from moonflower.settings import CoordinatorSettings
+
+log = logging.getLogger(__name__)
 
 app = typer.Typer(help="Run the coordinator.", no_args_is_help=True)
 
@@ -127,6 +133,7 @@ def uvicorn_server(settings: CoordinatorSettings, app: FastAPI) -> uvicorn.Serve
     async def drain() -> None:
         services: Services | None = getattr(app.state, "services", None)
         if services is not None:
+            await services.presence.withdraw()  # no replica sends it more requests
             await services.dispatcher.drain(settings.shutdown_grace_s)
 
     return DrainingServer(config, drain)
@@ -152,6 +159,15 @@ def serve(
             "Public read-only routes answer every origin.",
         ),
     ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Run this many replicas on this machine behind the one port, each a process "
+            "with its own event loop; needs --redis-url, which they share live state through.",
+        ),
+    ] = 1,
+    listen_fd: Annotated[int | None, typer.Option(hidden=True)] = None,
 ) -> None:
     """Serve the OpenAI- and Anthropic-compatible API and the provider WebSocket."""
     settings = coordinator_settings(
@@ -165,6 +181,24 @@ def serve(
         redis_url=redis_url,
     )
     logs.configure(settings.log_level)
-    app = create_app(settings, transport_keys=serving_transport_keys(settings))
+    keys = serving_transport_keys(settings)  # made here, before any worker may race for it
+    if workers > 1:
+        if not settings.redis_url:
+            typer.echo("error: --workers needs --redis-url (or MOONFLOWER_REDIS_URL)", err=True)
+            raise typer.Exit(2)
+        eventloop.run(migrate(settings))  # once, before the workers open the ledger
+        raise typer.Exit(run_workers(workers, settings))
+    sockets = None
+    if listen_fd is not None:
+        sockets, settings = worker_sockets(settings, listen_fd)
+        log.info("serving as replica %s (pid %d)", settings.reachable_url, os.getpid())
+    app = create_app(settings, transport_keys=keys)
     server = uvicorn_server(settings, app)
-    eventloop.run(server.serve())
+    eventloop.run(server.serve(sockets))
+
+
+async def migrate(settings: CoordinatorSettings) -> None:
+    """Bring the ledger to the newest revision."""
+    url = settings.database_url or default_database_url(settings.data_dir)
+    db = await Database.open(url, timeout_s=settings.database_timeout_s)
+    await db.close()

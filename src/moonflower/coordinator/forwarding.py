@@ -33,6 +33,9 @@ FORWARDED_HEADER = "x-moonflower-forwarded-by"
 """Set on a forwarded request (the forwarding replica's id): it is served where it lands."""
 CONNECT_TIMEOUT_S = 2.0
 MAX_CONNECTIONS = 512
+MAX_ATTEMPTS = 3
+"""Replicas tried in turn when the one offered cannot be reached (it died, say, and its
+offers have not run out yet)."""
 _NOT_FORWARDED = frozenset(
     {
         "host",
@@ -91,10 +94,14 @@ class Forwarder:
             return None
         level = max(floor or self._registry.default_floor, self._registry.default_floor)
         serves_here = bool(self._registry.serving(model, floor))
-        offer = await self._presence.elsewhere(model, level, need_free=serves_here)
-        if offer is None:
-            return None
-        return await self._forward(request, offer)
+        for _attempt in range(MAX_ATTEMPTS):
+            offer = await self._presence.elsewhere(model, level, need_free=serves_here)
+            if offer is None:
+                return None
+            answer = await self._forward(request, offer)
+            if answer is not None:
+                return answer
+        return None
 
     async def _forward(self, request: Request, offer: Offer) -> Response | None:
         body: bytes = getattr(request.state, "body", b"")

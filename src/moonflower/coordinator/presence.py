@@ -108,7 +108,7 @@ class Presence(Protocol):
         ...
 
     async def withdraw(self) -> None:
-        """Take this replica's offers back (at shutdown)."""
+        """Take this replica's offers back for good (it is draining)."""
         ...
 
 
@@ -170,13 +170,16 @@ class RedisPresence:
         """What this replica last published, per model."""
         self._refreshed = 0.0
         self._avoided: dict[str, float] = {}
+        self._is_withdrawn = False
 
     def _key(self, model: str) -> str:
         return self._store.key("presence", model)
 
     async def publish(self) -> None:
         """Publish what changed since last time, and everything once a third of the offer
-        lifetime has passed (so it stays fresh)."""
+        lifetime has passed (so it stays fresh). Nothing once withdrawn."""
+        if self._is_withdrawn:
+            return
         current = {
             model: orjson.dumps({"url": self._url, "free": free, "slots": slots})
             for model, (free, slots) in offers_of(self._registry).items()
@@ -210,6 +213,7 @@ class RedisPresence:
             await asyncio.sleep(self._every_s)
 
     async def withdraw(self) -> None:
+        self._is_withdrawn = True
         if not self._published:
             return
         models = list(self._published)
