@@ -33,6 +33,9 @@ FORWARDED_HEADER = "x-moonflower-forwarded-by"
 """Set on a forwarded request (the forwarding replica's id): it is served where it lands."""
 CONNECT_TIMEOUT_S = 2.0
 MAX_CONNECTIONS = 512
+KEEPALIVE_S = 2.0
+"""Idle connections to other replicas are dropped sooner than uvicorn closes them (5 s), so
+a request is rarely sent on a connection the other side is closing."""
 MAX_ATTEMPTS = 3
 """Replicas tried in turn when the one offered cannot be reached (it died, say, and its
 offers have not run out yet)."""
@@ -73,7 +76,9 @@ class Forwarder:
         self._client = client or httpx.AsyncClient(
             timeout=httpx.Timeout(None, connect=CONNECT_TIMEOUT_S),
             limits=httpx.Limits(
-                max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS
+                max_connections=MAX_CONNECTIONS,
+                max_keepalive_connections=MAX_CONNECTIONS,
+                keepalive_expiry=KEEPALIVE_S,
             ),
         )
 
@@ -118,12 +123,13 @@ class Forwarder:
         try:
             answer = await self._client.send(outgoing, stream=True)
         except httpx.HTTPError as error:
+            # Not connecting at all means the replica is gone: skip it for a while. Anything
+            # else (a pooled connection it closed meanwhile, say) only skips this attempt.
             log.warning(
-                "replica %s could not be reached (%s); serving here",
-                offer.replica_id,
-                type(error).__name__,
+                "replica %s could not be reached (%s)", offer.replica_id, type(error).__name__
             )
-            self._presence.avoid(offer.replica_id)
+            if isinstance(error, httpx.ConnectError | httpx.ConnectTimeout):
+                self._presence.avoid(offer.replica_id)
             return None
         returned = {
             name: value
