@@ -68,6 +68,12 @@ BENCHMARKS = (
         ("--concurrency", "4", "16", "64", "128", "--requests", "200"),
         900,
     ),
+    Benchmark(
+        "replicas",
+        "replicas and the cross-replica hop",
+        ("--concurrency", "4", "16", "--requests", "200"),
+        900,
+    ),
 )
 
 
