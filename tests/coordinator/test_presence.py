@@ -183,3 +183,23 @@ async def test_a_stopped_redis_is_store_unavailable_and_publishing_goes_on_after
         redis_server.start()
     await serving.publish()
     assert await asking.elsewhere("m", TrustLevel.NONE, need_free=True) is not None
+
+
+@pytest.mark.redis
+async def test_the_models_served_elsewhere_are_listed_with_their_supply(
+    redis_replicas: RedisReplicas,
+) -> None:
+    a = redis_replicas(registry_of(session("p1"), session("p2"), session("p3", model="n")), "a")
+    b = redis_replicas(registry_of(session("p4")), "b")
+    asking = redis_replicas(registry_of(session("p5", model="own")), "c")
+    for replica in (a, b, asking):
+        await replica.publish()
+    served = await asking.served_elsewhere()
+    assert sorted(served) == ["m", "n"]  # not its own
+    assert sorted((s.context_length, s.providers) for s in served["m"]) == [(512, 1), (512, 2)]
+    await a.withdraw()
+    assert sorted(await asking.served_elsewhere()) == ["m"]
+
+
+async def test_a_single_coordinator_serves_nothing_elsewhere() -> None:
+    assert await LocalPresence().served_elsewhere() == {}

@@ -230,3 +230,11 @@ def test_a_forwarded_request_is_charged_once_what_its_answer_says(
     assert before - balance(cluster.replica(2), api_key) == cost
     logs = [cluster.replica(i).coordinator.log() for i in range(3)]  # type: ignore[union-attr]
     assert "sent to provider" not in logs[0] + logs[2]
+
+
+def test_every_replica_lists_the_same_models(cluster: Cluster, api_key: str) -> None:
+    listed = [
+        [m.id for m in openai_client(cluster.replica(i), api_key).models.list()] for i in range(3)
+    ]
+    assert listed[0] == listed[1] == listed[2]
+    assert MODEL in listed[0]

@@ -30,20 +30,41 @@ class ListedModel:
     """For an alias, the served model it stands for."""
 
 
+@dataclass(frozen=True, slots=True)
+class ModelSupply:
+    """What one replica has for one model."""
+
+    context_length: int
+    """The longest context among its providers serving the model."""
+    providers: int
+
+
+def local_supply(served: Mapping[str, Sequence[wire.ModelCard]]) -> dict[str, list[ModelSupply]]:
+    """This replica's providers' cards as supply, one per provider."""
+    return {
+        model: [ModelSupply(card.context_length, 1) for card in cards]
+        for model, cards in served.items()
+    }
+
+
 def listed_models(
-    served: Mapping[str, Sequence[wire.ModelCard]], aliases: Mapping[str, str]
+    served: Mapping[str, Sequence[ModelSupply]], aliases: Mapping[str, str]
 ) -> list[ListedModel]:
     """Every served model and every alias of one, ordered by id."""
-    entries = [
-        ListedModel(model_id, max(c.context_length for c in cards), len(cards))
-        for model_id, cards in served.items()
-    ]
-    entries += [
-        ListedModel(
-            alias, max(c.context_length for c in served[target]), len(served[target]), target
+
+    def entry(model_id: str, supply: Sequence[ModelSupply], alias_of: str | None) -> ListedModel:
+        return ListedModel(
+            model_id,
+            max(s.context_length for s in supply),
+            sum(s.providers for s in supply),
+            alias_of,
         )
+
+    entries = [entry(model_id, supply, None) for model_id, supply in served.items() if supply]
+    entries += [
+        entry(alias, served[target], target)
         for alias, target in aliases.items()
-        if target in served and alias not in served
+        if served.get(target) and alias not in served
     ]
     return sorted(entries, key=lambda entry: entry.id)
 

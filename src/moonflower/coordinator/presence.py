@@ -24,6 +24,7 @@ from typing import Protocol
 import orjson
 
 from moonflower import errors
+from moonflower.coordinator.model_catalog import ModelSupply
 from moonflower.coordinator.redis_store import RedisStore
 from moonflower.coordinator.registry import Registry
 from moonflower.coordinator.trust import TrustLevel
@@ -42,19 +43,21 @@ AVOID_S = 5.0
 _PUBLISH = """
 local now = redis.call('TIME')
 local stamp = now[1] * 1000 + math.floor(now[2] / 1000)
-for i, key in ipairs(KEYS) do
+local models = KEYS[#KEYS]
+for i = 1, #KEYS - 1 do
     local offer = ARGV[i + 2]
     if offer == '' then
-        redis.call('HDEL', key, ARGV[1])
+        redis.call('HDEL', KEYS[i], ARGV[1])
     else
-        redis.call('HSET', key, ARGV[1], stamp .. '|' .. offer)
-        redis.call('PEXPIRE', key, ARGV[2])
+        redis.call('HSET', KEYS[i], ARGV[1], stamp .. '|' .. offer)
+        redis.call('PEXPIRE', KEYS[i], ARGV[2])
+        redis.call('SADD', models, ARGV[i + 2 + (#KEYS - 1)])
     end
 end
 return stamp
 """
-"""KEYS: one hash per model; ARGV: replica id, offer lifetime (ms), then each model's offer
-(empty: withdrawn)."""
+"""KEYS: one hash per model, then the set of models offered; ARGV: replica id, offer
+lifetime (ms), each model's offer (empty: withdrawn), then each model's id."""
 
 _READ = """
 local now = redis.call('TIME')
@@ -76,6 +79,31 @@ return fresh
 """
 """KEYS: the model's hash; ARGV: offer lifetime (ms). Returns fresh [replica, offer, ...]."""
 
+_CATALOG = """
+local now = redis.call('TIME')
+local stamp = now[1] * 1000 + math.floor(now[2] / 1000)
+local found = {}
+for _, model in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+    local fields = redis.call('HGETALL', ARGV[2] .. model)
+    if #fields == 0 then
+        redis.call('SREM', KEYS[1], model)
+    end
+    for i = 1, #fields, 2 do
+        local value = fields[i + 1]
+        local bar = string.find(value, '|', 1, true)
+        if stamp - tonumber(string.sub(value, 1, bar - 1)) <= tonumber(ARGV[1]) then
+            table.insert(found, model)
+            table.insert(found, fields[i])
+            table.insert(found, string.sub(value, bar + 1))
+        end
+    end
+end
+return found
+"""
+"""KEYS: the set of models offered; ARGV: offer lifetime (ms), the prefix of the models'
+hashes (read by name: one Redis server, not a cluster). Returns fresh [model, replica, offer,
+...]; forgets models nobody offers any more."""
+
 
 @dataclass(frozen=True, slots=True)
 class Offer:
@@ -88,6 +116,8 @@ class Offer:
     """Free slots among its providers routable at each trust level (index: the level)."""
     slots: int
     """All slots of its providers serving the model."""
+    supply: ModelSupply
+    """How long a context and how many providers it has for the model."""
 
 
 class Presence(Protocol):
@@ -101,6 +131,10 @@ class Presence(Protocol):
 
     def avoid(self, replica_id: str) -> None:
         """`replica_id` could not be reached: offer it to nobody for a while."""
+        ...
+
+    async def served_elsewhere(self) -> dict[str, list[ModelSupply]]:
+        """Every model the other replicas serve, with what each of them has for it."""
         ...
 
     async def run(self) -> None:
@@ -121,6 +155,9 @@ class LocalPresence:
     def avoid(self, replica_id: str) -> None:
         pass
 
+    async def served_elsewhere(self) -> dict[str, list[ModelSupply]]:
+        return {}
+
     async def run(self) -> None:
         await asyncio.Event().wait()
 
@@ -128,10 +165,18 @@ class LocalPresence:
         pass
 
 
-def offers_of(registry: Registry) -> dict[str, tuple[tuple[int, ...], int]]:
-    """Per model this replica serves: free slots at each trust level, and all slots."""
-    offers: dict[str, tuple[tuple[int, ...], int]] = {}
-    for model in registry.models():
+@dataclass(frozen=True, slots=True)
+class LocalOffer:
+    free: tuple[int, ...]
+    slots: int
+    supply: ModelSupply
+
+
+def offers_of(registry: Registry) -> dict[str, LocalOffer]:
+    """Per model this replica serves: free slots at each trust level, all slots, and the
+    longest context and number of its providers."""
+    offers: dict[str, LocalOffer] = {}
+    for model, cards in registry.models().items():
         free = []
         slots = 0
         for level in TrustLevel:
@@ -141,7 +186,8 @@ def offers_of(registry: Registry) -> dict[str, tuple[tuple[int, ...], int]]:
             )
             if level == TrustLevel.NONE:
                 slots = sum(s.registration.max_concurrent_jobs for s in serving)
-        offers[model] = (tuple(free), slots)
+        supply = ModelSupply(max(c.context_length for c in cards), len(cards))
+        offers[model] = LocalOffer(tuple(free), slots, supply)
     return offers
 
 
@@ -166,6 +212,7 @@ class RedisPresence:
         self._ttl_ms = int(ttl_s * 1000)
         self._publish = store.script(_PUBLISH)
         self._read = store.script(_READ)
+        self._catalog = store.script(_CATALOG)
         self._published: dict[str, bytes] = {}
         """What this replica last published, per model."""
         self._refreshed = 0.0
@@ -175,14 +222,26 @@ class RedisPresence:
     def _key(self, model: str) -> str:
         return self._store.key("presence", model)
 
+    @property
+    def _models_key(self) -> str:
+        return self._store.key("presence-models")
+
     async def publish(self) -> None:
         """Publish what changed since last time, and everything once a third of the offer
         lifetime has passed (so it stays fresh). Nothing once withdrawn."""
         if self._is_withdrawn:
             return
         current = {
-            model: orjson.dumps({"url": self._url, "free": free, "slots": slots})
-            for model, (free, slots) in offers_of(self._registry).items()
+            model: orjson.dumps(
+                {
+                    "url": self._url,
+                    "free": offer.free,
+                    "slots": offer.slots,
+                    "context": offer.supply.context_length,
+                    "providers": offer.supply.providers,
+                }
+            )
+            for model, offer in offers_of(self._registry).items()
         }
         now = time.monotonic()
         is_refresh = now - self._refreshed >= self._ttl_ms / 3000
@@ -198,8 +257,8 @@ class RedisPresence:
         values = [offer.decode() for offer in changed.values()] + [""] * len(gone)
         await self._store.run(
             self._publish,
-            [self._key(model) for model in models],
-            [self.replica_id, self._ttl_ms, *values],
+            [*(self._key(model) for model in models), self._models_key],
+            [self.replica_id, self._ttl_ms, *values, *models],
         )
         self._published = current
         if is_refresh:
@@ -220,8 +279,8 @@ class RedisPresence:
         try:
             await self._store.run(
                 self._publish,
-                [self._key(model) for model in models],
-                [self.replica_id, self._ttl_ms, *[""] * len(models)],
+                [*(self._key(model) for model in models), self._models_key],
+                [self.replica_id, self._ttl_ms, *[""] * len(models), *models],
             )
         except errors.StoreUnavailable:
             return  # the offers run out by themselves
@@ -235,8 +294,7 @@ class RedisPresence:
         for replica_id, text in zip(reply[::2], reply[1::2], strict=True):
             if replica_id == self.replica_id or self._avoided.get(replica_id, 0.0) > now:
                 continue
-            data = orjson.loads(text)
-            offer = Offer(replica_id, data["url"], tuple(data["free"]), data["slots"])
+            offer = _offer(replica_id, text)
             if best is None or _rank(offer, level) > _rank(best, level):
                 best = offer
         if best is None or (need_free and best.free[level] <= 0):
@@ -245,6 +303,23 @@ class RedisPresence:
 
     def avoid(self, replica_id: str) -> None:
         self._avoided[replica_id] = time.monotonic() + AVOID_S
+
+    async def served_elsewhere(self) -> dict[str, list[ModelSupply]]:
+        reply = await self._store.run(
+            self._catalog, [self._models_key], [self._ttl_ms, self._key("")]
+        )
+        assert isinstance(reply, list)
+        served: dict[str, list[ModelSupply]] = {}
+        for model, replica_id, text in zip(reply[::3], reply[1::3], reply[2::3], strict=True):
+            if replica_id != self.replica_id:
+                served.setdefault(model, []).append(_offer(replica_id, text).supply)
+        return served
+
+
+def _offer(replica_id: str, text: str) -> Offer:
+    data = orjson.loads(text)
+    supply = ModelSupply(data["context"], data["providers"])
+    return Offer(replica_id, data["url"], tuple(data["free"]), data["slots"], supply)
 
 
 def _rank(offer: Offer, level: TrustLevel) -> tuple[int, int]:

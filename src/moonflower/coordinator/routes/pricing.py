@@ -19,6 +19,7 @@ from moonflower import errors
 from moonflower.coordinator.deps import AdminKey, ServicesDep
 from moonflower.coordinator.dialects.openai_errors import from_validation_error
 from moonflower.coordinator.request_reading import read_json
+from moonflower.coordinator.routes.public import network_supply
 from moonflower.coordinator.services import json_response
 from moonflower.ledger.book import format_usd
 from moonflower.ledger.pricing import (
@@ -49,8 +50,7 @@ class PricingUpdate(BaseModel):
 @router.get("/v1/pricing")
 async def get_pricing(services: ServicesDep) -> Response:
     prices = await services.dispatcher.pricing.current()
-    served = set(services.registry.models())
-    return json_response(pricing_body(prices, served))
+    return json_response(pricing_body(prices, set(await network_supply(services))))
 
 
 @router.put("/v1/admin/pricing")
@@ -98,7 +98,7 @@ async def put_pricing(request: Request, services: ServicesDep, admin: AdminKey) 
     )
     services.dispatcher.pricing.forget()
     prices = await services.dispatcher.pricing.current()
-    return json_response(pricing_body(prices, set(services.registry.models())))
+    return json_response(pricing_body(prices, set(await network_supply(services))))
 
 
 def pricing_body(prices: PriceList, served: set[str]) -> dict[str, Any]:

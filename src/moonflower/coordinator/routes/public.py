@@ -14,7 +14,12 @@ from starlette.responses import Response
 from moonflower.coordinator.deps import ApiCaller, ServicesDep
 from moonflower.coordinator.dialects import anthropic_models, openai_models
 from moonflower.coordinator.dialects.caller_dialect import speaks_anthropic
-from moonflower.coordinator.model_catalog import ListedModel, listed_models
+from moonflower.coordinator.model_catalog import (
+    ListedModel,
+    ModelSupply,
+    listed_models,
+    local_supply,
+)
 from moonflower.coordinator.services import Services, json_response
 
 router = APIRouter()
@@ -22,7 +27,7 @@ router = APIRouter()
 
 @router.get("/v1/models")
 async def list_models(request: Request, services: ServicesDep, caller: ApiCaller) -> Response:
-    entries, query = catalog(services), request.query_params
+    entries, query = await catalog(services), request.query_params
     if speaks_anthropic(request):
         return json_response(anthropic_models.list_body(entries, query, services.started_at))
     return json_response(openai_models.list_body(entries, query, services.started_at))
@@ -32,14 +37,22 @@ async def list_models(request: Request, services: ServicesDep, caller: ApiCaller
 async def retrieve_model(
     model_id: str, request: Request, services: ServicesDep, caller: ApiCaller
 ) -> Response:
-    entries = catalog(services)
+    entries = await catalog(services)
     if speaks_anthropic(request):
         return json_response(anthropic_models.model_body(entries, model_id, services.started_at))
     return json_response(openai_models.model_body(entries, model_id, services.started_at))
 
 
-def catalog(services: Services) -> list[ListedModel]:
-    return listed_models(services.registry.models(), services.settings.model_aliases)
+async def network_supply(services: Services) -> dict[str, list[ModelSupply]]:
+    """Every model served now, by this replica's providers or another replica's."""
+    supply = local_supply(services.registry.models())
+    for model, elsewhere in (await services.presence.served_elsewhere()).items():
+        supply.setdefault(model, []).extend(elsewhere)
+    return supply
+
+
+async def catalog(services: Services) -> list[ListedModel]:
+    return listed_models(await network_supply(services), services.settings.model_aliases)
 
 
 @router.get("/health")
