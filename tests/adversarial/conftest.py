@@ -33,8 +33,10 @@ from moonflower.ledger import accounts, book, keys
 from moonflower.ledger.accounts import AccountInfo
 from moonflower.ledger.database import Database, default_database_url
 from moonflower.ledger.tables import Account, Hold, Job, LedgerEntry
+from tests.support.cluster import redis_url_for_cluster
 from tests.support.money import Prices
-from tests.support.network import STARTUP_TIMEOUT_S, LocalNetwork, wait_until
+from tests.support.network import STARTUP_TIMEOUT_S, LocalNetwork, free_port, wait_until
+from tests.support.redis import RedisServer
 from tests.support.scripted_provider import ScriptedProvider
 
 PRICES = Prices(input=1_000_000, output=2_000_000, minimum=0, fee_bps=1000)
@@ -66,10 +68,19 @@ class RunningCoordinator:
     network: LocalNetwork
     database_url: str
     settings: dict[str, str]
+    replica: LocalNetwork | None = None
+    """A second replica on the same database and Redis, which consumers call: their
+    requests are forwarded to `network`, where the providers connect."""
 
     @property
     def base_url(self) -> str:
+        """Where providers connect."""
         return self.network.base_url
+
+    @property
+    def consumer_url(self) -> str:
+        """Where consumers call."""
+        return (self.replica or self.network).base_url
 
     @property
     def is_postgres(self) -> bool:
@@ -77,34 +88,41 @@ class RunningCoordinator:
 
     def log(self) -> str:
         assert self.network.coordinator is not None
-        return self.network.coordinator.log()
+        logs = [self.network.coordinator.log()]
+        if self.replica is not None and self.replica.coordinator is not None:
+            logs.append(self.replica.coordinator.log())
+        return "\n".join(logs)
 
     def cli(self, *args: str) -> str:
         """`moonflower ARGS` against this coordinator's database; its standard output."""
         return self.network.cli(*args)
 
     def stop(self) -> None:
-        if self.network.coordinator is not None:
-            self.network.coordinator.stop()
+        for network in (self.replica, self.network):
+            if network is not None and network.coordinator is not None:
+                network.coordinator.stop()
 
     def restart(self, **settings: str) -> None:
-        """Stop the process and start it again on the same port and database, with
-        `settings` added to its environment."""
+        """Stop the process (and the replica) and start it again on the same port and
+        database, with `settings` added to its environment."""
         self.stop()
         self.settings.update(settings)
         self.network.settings.update(settings)
         start_process(self.network)
+        if self.replica is not None:
+            self.replica.settings.update(settings)
+            start_process(self.replica, "replica")
 
     async def health(self, timeout: float = 2.0) -> httpx.Response:
         async with httpx.AsyncClient(timeout=timeout) as client:
             return await client.get(f"{self.base_url}/health")
 
 
-def start_process(network: LocalNetwork) -> None:
+def start_process(network: LocalNetwork, name: str = "coordinator") -> None:
     """Start the network's coordinator and wait for `/health`, failing at once (with its
     log) if the process exits instead."""
     process = network.spawn(
-        "coordinator", "coordinator", "serve", "--port", str(network.port), *network.db_args()
+        name, "coordinator", "serve", "--port", str(network.port), *network.db_args()
     )
     network.coordinator = process
     wait_until(
@@ -126,18 +144,30 @@ def start_coordinator(request: pytest.FixtureRequest, tmp_path: Path) -> Iterato
     started: list[LocalNetwork] = []
 
     def start(database: str = "sqlite", **settings: str) -> RunningCoordinator:
+        """`database` "replicas": two replicas on PostgreSQL and Redis (`RunningCoordinator.
+        replica`)."""
         root = tmp_path / f"coordinator-{len(started)}"
         url: str | None = None
-        if database == "postgres":
+        if database in ("postgres", "replicas"):
             url = request.getfixturevalue("postgres_server").create_database()
         elif database != "sqlite":
-            raise ValueError(f"database is sqlite or postgres, not {database!r}")
+            raise ValueError(f"database is sqlite, postgres or replicas, not {database!r}")
         merged = {**TEST_SETTINGS, **settings}
+        if database == "replicas":
+            redis: RedisServer = request.getfixturevalue("redis_server")
+            merged["REDIS_URL"] = redis_url_for_cluster(redis)
         network = LocalNetwork(root, database_url=url, log_level="info", settings=dict(merged))
         started.append(network)
         start_process(network)
+        replica = None
+        if database == "replicas":
+            replica = LocalNetwork(
+                root, database_url=url, port=free_port(), log_level="info", settings=dict(merged)
+            )
+            started.append(replica)
+            start_process(replica, "replica")
         return RunningCoordinator(
-            network, url or default_database_url(network.data_dir), dict(merged)
+            network, url or default_database_url(network.data_dir), dict(merged), replica
         )
 
     try:
@@ -174,11 +204,18 @@ def pg_coordinator(
     return start_coordinator("postgres", **_settings_for(request))
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("replicas", marks=[pytest.mark.postgres, pytest.mark.redis]),
+    ]
+)
 def each_coordinator(
     request: pytest.FixtureRequest, start_coordinator: StartCoordinator
 ) -> RunningCoordinator:
-    """A real coordinator, once on SQLite and once on PostgreSQL."""
+    """A real coordinator, once on SQLite, once on PostgreSQL, and once as two replicas on
+    PostgreSQL and Redis with the providers on one and the consumers on the other."""
     return start_coordinator(request.param, **_settings_for(request))
 
 
@@ -348,7 +385,7 @@ class Consumers:
         key = await self.books.new_api_key(name, credit_usd)
         client = await self.stack.enter_async_context(
             httpx.AsyncClient(
-                base_url=self.running.base_url,
+                base_url=self.running.consumer_url,
                 headers={"Authorization": f"Bearer {key}"},
                 timeout=httpx.Timeout(30, connect=5),
             )

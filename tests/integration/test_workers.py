@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.support.cluster import redis_database_for_cluster
+from tests.support.cluster import redis_url_for_cluster
 from tests.support.network import STARTUP_TIMEOUT_S, LocalNetwork, Process, wait_until
 from tests.support.postgres import PostgresServer
 from tests.support.redis import RedisServer
@@ -35,7 +35,7 @@ def network(
         tmp_path_factory.mktemp("workers"),
         database_url=postgres_server.create_database(),
         log_level="info",
-        settings={"REDIS_URL": redis_server.url(redis_database_for_cluster())},
+        settings={"REDIS_URL": redis_url_for_cluster(redis_server)},
     )
     try:
         network.coordinator = network.spawn(

@@ -11,18 +11,25 @@ import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import redis as redis_client
+
 from tests.support.network import STARTUP_TIMEOUT_S, LocalNetwork, Process, free_port, wait_until
 from tests.support.redis import RedisServer
 
-_REDIS_DATABASES = itertools.count(8)
-"""Redis databases 8 to 15 go to clusters; the lower ones to tests' own keys."""
+_REDIS_DATABASES = itertools.cycle(range(8, 16))
+"""Redis databases 8 to 15 go to clusters, in turn; the lower ones to tests' own keys."""
 
 
-def redis_database_for_cluster() -> int:
+def redis_url_for_cluster(redis: RedisServer) -> str:
+    """The URL of a Redis database of the cluster's own, emptied first. Databases are taken
+    in turn, so eight clusters may be alive at once: far more than a test module keeps."""
     database = next(_REDIS_DATABASES)
-    if database > 15:
-        raise RuntimeError("more clusters in one session than Redis has databases")
-    return database
+    client = redis_client.Redis(host=redis.host, port=redis.port, db=database)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+    return redis.url(database)
 
 
 @dataclass
@@ -35,7 +42,7 @@ class Cluster:
 
     @classmethod
     def on(cls, root: Path, database_url: str, redis: RedisServer, **settings: str) -> Cluster:
-        return cls(root, database_url, redis.url(redis_database_for_cluster()), settings)
+        return cls(root, database_url, redis_url_for_cluster(redis), settings)
 
     def replica(self, index: int) -> LocalNetwork:
         return self.replicas[index]

@@ -16,6 +16,7 @@ its way back: replicas must reach each other over a private network or `https` U
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Mapping
 
@@ -23,7 +24,7 @@ import httpx
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from moonflower.coordinator.presence import Offer, Presence
+from moonflower.coordinator.presence import PUBLISH_EVERY_S, Offer, Presence
 from moonflower.coordinator.registry import Registry
 from moonflower.coordinator.trust import TrustLevel
 
@@ -38,7 +39,8 @@ KEEPALIVE_S = 2.0
 a request is rarely sent on a connection the other side is closing."""
 MAX_ATTEMPTS = 3
 """Replicas tried in turn when the one offered cannot be reached (it died, say, and its
-offers have not run out yet)."""
+offers have not run out yet); also how many times presence is read, a publication apart,
+for a model nothing serves here."""
 _NOT_FORWARDED = frozenset(
     {
         "host",
@@ -99,8 +101,13 @@ class Forwarder:
             return None
         level = max(floor or self._registry.default_floor, self._registry.default_floor)
         serves_here = bool(self._registry.serving(model, floor))
-        for _attempt in range(MAX_ATTEMPTS):
+        for attempt in range(MAX_ATTEMPTS):
             offer = await self._presence.elsewhere(model, level, need_free=serves_here)
+            if offer is None and not serves_here and attempt < MAX_ATTEMPTS - 1:
+                # Nothing serves it here or elsewhere: a provider that has just connected
+                # to another replica is offered within a publication; look once more.
+                await asyncio.sleep(PUBLISH_EVERY_S)
+                continue
             if offer is None:
                 return None
             answer = await self._forward(request, offer)
