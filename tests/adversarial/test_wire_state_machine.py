@@ -61,6 +61,7 @@ from typing import Any, Literal, TypeVar
 import httpx
 import orjson
 import pytest
+import uvicorn
 from hypothesis import HealthCheck, settings
 from hypothesis import event as note_path
 from hypothesis import strategies as st
@@ -82,6 +83,7 @@ from moonflower.ledger.pricing import PriceList
 from moonflower.ledger.tables import Hold, Job
 from moonflower.settings import CoordinatorSettings, PriceSetting
 from tests.adversarial.conftest import Books
+from tests.support.cluster import redis_url_for_cluster
 from tests.support.network import free_port
 from tests.support.postgres import PostgresServer
 from tests.support.scripted_provider import (
@@ -339,41 +341,60 @@ async def wait_for_row(books: Books, job_id: str, timeout: float = SETTLE_TIMEOU
 class WireMachine(RuleBasedStateMachine):
     """One coordinator, one funded consumer, one provider connection at a time."""
 
-    def __init__(self, data_dir: Path, database_url: str | None) -> None:
+    def __init__(
+        self, data_dir: Path, database_url: str | None, redis_url: str | None = None
+    ) -> None:
         super().__init__()
         self.loop = asyncio.new_event_loop()
         self.stack = AsyncExitStack()
         self.accounts = itertools.count(1)
         self.steps = 0
-        self.run(self.start(data_dir, database_url))
+        self.replicas: list[tuple[Services, uvicorn.Server, asyncio.Task[None]]] = []
+        self.run(self.start(data_dir, database_url, redis_url))
 
     def run(self, step: Awaitable[T]) -> T:
         return self.loop.run_until_complete(step)
 
-    async def start(self, data_dir: Path, database_url: str | None) -> None:
-        self.settings = CoordinatorSettings(
-            port=free_port(), data_dir=data_dir, database_url=database_url, **SETTINGS
-        )
-        self.services: Services = await build_services(self.settings)
-        server = uvicorn_server(self.settings, create_app(self.settings, self.services))
-        self.server = server
-        self.serving = asyncio.create_task(server.serve())
-        async with asyncio.timeout(WAIT_S):
-            while not server.started:
-                await asyncio.sleep(0.01)
+    async def start(self, data_dir: Path, database_url: str | None, redis_url: str | None) -> None:
+        """One coordinator; with `redis_url`, a second replica on the same database and Redis
+        that the consumer calls, its requests forwarded to the provider's."""
+        self.settings, self.services = await self.start_replica(data_dir, database_url, redis_url)
         self.base_url = f"http://127.0.0.1:{self.settings.port}"
+        consumer_url = self.base_url
+        if redis_url is not None:
+            front, _ = await self.start_replica(data_dir, database_url, redis_url)
+            consumer_url = f"http://127.0.0.1:{front.port}"
         self.books = Books(self.services.db)
         created = await keys.create_key(self.services.db, account_name="consumer")
         await deposit(self.services.db, created.account_id, 100_000_000)
         self.client = await self.stack.enter_async_context(
             httpx.AsyncClient(
-                base_url=self.base_url,
+                base_url=consumer_url,
                 headers={"Authorization": f"Bearer {created.key}"},
                 timeout=httpx.Timeout(STEP_TIMEOUT_S, connect=5),
             )
         )
         self.provider_stack: AsyncExitStack | None = None
         await self.connect(token=None)
+
+    async def start_replica(
+        self, data_dir: Path, database_url: str | None, redis_url: str | None
+    ) -> tuple[CoordinatorSettings, Services]:
+        settings = CoordinatorSettings(
+            port=free_port(),
+            data_dir=data_dir,
+            database_url=database_url,
+            redis_url=redis_url,
+            **SETTINGS,
+        )
+        services = await build_services(settings)
+        server = uvicorn_server(settings, create_app(settings, services))
+        serving = asyncio.create_task(server.serve())
+        self.replicas.append((services, server, serving))
+        async with asyncio.timeout(WAIT_S):
+            while not server.started:
+                await asyncio.sleep(0.01)
+        return settings, services
 
     async def connect(self, token: str | None) -> None:
         """Replace the provider connection: the same account's `token`, or (None) a new
@@ -398,9 +419,10 @@ class WireMachine(RuleBasedStateMachine):
             if self.provider_stack is not None:
                 await self.provider_stack.aclose()
             await self.stack.aclose()
-            self.server.should_exit = True
-            await asyncio.gather(self.serving, return_exceptions=True)
-            await self.services.db.close()
+            for services, server, serving in reversed(self.replicas):
+                server.should_exit = True
+                await asyncio.gather(serving, return_exceptions=True)
+                await services.close()
 
         try:
             self.run(stop())
@@ -740,7 +762,12 @@ SHRINKING_TIMEOUT = pytest.mark.timeout(1800)
 @pytest.mark.slow
 @SHRINKING_TIMEOUT
 @pytest.mark.parametrize(
-    "backing", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+    "backing",
+    [
+        "sqlite",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("replicas", marks=[pytest.mark.postgres, pytest.mark.redis]),
+    ],
 )
 def test_random_providers_and_consumers_keep_the_money_and_trust_rules(
     backing: str, request: pytest.FixtureRequest, tmp_path: Path
@@ -750,11 +777,14 @@ def test_random_providers_and_consumers_keep_the_money_and_trust_rules(
     def machine() -> WireMachine:
         data_dir = tmp_path / f"run-{next(runs)}"
         url = None
-        if backing == "postgres":
+        redis_url = None
+        if backing in ("postgres", "replicas"):
             server: PostgresServer = request.getfixturevalue("postgres_server")
             url = server.create_database()
         else:
             url = default_database_url(data_dir)
-        return WireMachine(data_dir, url)
+        if backing == "replicas":
+            redis_url = redis_url_for_cluster(request.getfixturevalue("redis_server"))
+        return WireMachine(data_dir, url, redis_url)
 
     run_state_machine_as_test(machine, settings=RUNS)  # type: ignore[arg-type]
