@@ -127,8 +127,10 @@ class Run:
     machine: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def start(cls, name: str) -> Run:
-        return cls(name, command_line(name, sys.argv), utc_now(), describe_machine())
+    def start(cls, name: str, *, module: str | None = None) -> Run:
+        """`module`: the benchmark's module when `name` (its results file) differs."""
+        command = command_line(module or name, sys.argv)
+        return cls(name, command, utc_now(), describe_machine())
 
     def write(self, report: dict[str, Any], directory: Path | None = None) -> Path:
         """Write `report` with its provenance to `<directory>/<name>.json`; return the path."""

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,10 +34,15 @@ import httpx
 import orjson
 
 from benchmarks.results import Run
-from tests.support.network import LocalNetwork
+from moonflower import wire
+from tests.support.network import STARTUP_TIMEOUT_S, LocalNetwork, free_port, wait_until
+from tests.support.postgres import running_postgres
+from tests.support.redis import running_redis
 from tests.support.simulated_providers import WORDS, FleetCounters, simulated_fleet
 
 MODEL = "simulated"
+OPEN_TO_SIMULATED = {"MIN_TRUST": "none", "ALLOW_ANONYMOUS_PROVIDERS": "true"}
+"""Coordinator settings that admit and route to providers without a token or attestation."""
 EXPECTED_TEXT = "".join(WORDS)
 REQUEST_TIMEOUT_S = 60.0
 
@@ -45,6 +52,7 @@ class ScaleResult:
     providers: int
     clients: int
     requests: int
+    replicas: int = 1
     errors: int = 0
     error_samples: list[str] = field(default_factory=list)
     connect_s: float = 0.0
@@ -67,11 +75,7 @@ def start_network(root: Path) -> LocalNetwork:
     """A coordinator that admits and routes to providers without a token or attestation
     (what simulated providers are), logging warnings only, so a thousand connections do not
     flood its log."""
-    network = LocalNetwork(
-        root,
-        log_level="warning",
-        settings={"MIN_TRUST": "none", "ALLOW_ANONYMOUS_PROVIDERS": "true"},
-    )
+    network = LocalNetwork(root, log_level="warning", settings=OPEN_TO_SIMULATED)
     network.start_coordinator()
     return network
 
@@ -128,21 +132,29 @@ async def stream_chat(client: httpx.AsyncClient, n: int) -> str | None:
 
 
 async def run_clients(
-    base_url: str, key: str, clients: int, requests: int
+    base_urls: list[str], key: str, clients: int, requests: int
 ) -> tuple[list[str], list[float], float]:
-    """`clients` consumers at once, each making `requests` streaming requests in turn: the
-    errors, each request's latency (ms) and the wall time (s)."""
+    """`clients` consumers at once, consumer c calling `base_urls[c % len(base_urls)]`,
+    each making `requests` streaming requests in turn: the errors, each request's latency
+    (ms) and the wall time (s)."""
     errors: list[str] = []
     latencies: list[float] = []
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(
-        base_url=base_url,
-        headers={"Authorization": f"Bearer {key}"},
-        limits=limits,
-        timeout=REQUEST_TIMEOUT_S,
-    ) as client:
+    async with contextlib.AsyncExitStack() as stack:
+        pool = [
+            await stack.enter_async_context(
+                httpx.AsyncClient(
+                    base_url=base_url,
+                    headers={"Authorization": f"Bearer {key}"},
+                    limits=limits,
+                    timeout=REQUEST_TIMEOUT_S,
+                )
+            )
+            for base_url in base_urls
+        ]
 
         async def consumer(c: int) -> None:
+            client = pool[c % len(pool)]
             for r in range(requests):
                 t0 = time.perf_counter()
                 try:
@@ -168,30 +180,57 @@ async def wait_for_providers(client: httpx.AsyncClient, count: int, timeout_s: f
 
 
 async def measure(
-    network: LocalNetwork, key: str, *, providers: int, clients: int, requests: int
+    networks: list[LocalNetwork],
+    key: str,
+    *,
+    providers: int,
+    clients: int,
+    requests: int,
+    heartbeat_s: float = wire.HEARTBEAT_INTERVAL_S,
 ) -> ScaleResult:
-    """Connect `providers` simulated providers to `network`'s coordinator, run the
-    consumers, and report (the providers disconnect before this returns)."""
-    assert network.coordinator is not None
-    pid = network.coordinator.popen.pid
-    result = ScaleResult(providers, clients, requests)
-    async with httpx.AsyncClient(base_url=network.base_url, timeout=30) as health:
-        result.rss_before_kib = rss_kib(pid)
-        t0 = time.perf_counter()
-        counters = FleetCounters()
-        async with simulated_fleet(network.base_url, providers, model=MODEL) as fleet:
-            counters = fleet.counters
-            await wait_for_providers(health, providers, timeout_s=60)
-            result.connect_s = time.perf_counter() - t0
-            result.rss_with_providers_kib = rss_kib(pid)
-            cpu_before = cpu_s(pid)
-            errors, latencies, result.load_s = await run_clients(
-                network.base_url, key, clients, requests
+    """Connect `providers` simulated providers, spread evenly over `networks` (replicas of
+    one coordinator, or just one), run the consumers spread the same way, and report (the
+    providers disconnect before this returns). Memory and CPU are summed over the replicas;
+    routing is each replica's own pick timings."""
+    pids = [network.coordinator.popen.pid for network in networks if network.coordinator]
+    result = ScaleResult(providers, clients, requests, replicas=len(networks))
+    result.rss_before_kib = sum(rss_kib(pid) for pid in pids)
+    t0 = time.perf_counter()
+    async with contextlib.AsyncExitStack() as stack:
+        health = [
+            await stack.enter_async_context(httpx.AsyncClient(base_url=n.base_url, timeout=30))
+            for n in networks
+        ]
+        shares = [providers // len(networks)] * len(networks)
+        shares[0] += providers - sum(shares)
+        fleets = [
+            await stack.enter_async_context(
+                simulated_fleet(
+                    network.base_url,
+                    share,
+                    model=MODEL,
+                    timeout_s=600,
+                    heartbeat_interval_s=heartbeat_s,
+                )
             )
-            cpu_used_s = cpu_s(pid) - cpu_before
-            result.routing = (await health.get("/health")).json()["routing"]
-            result.rss_after_load_kib = rss_kib(pid)
-            result.fleet = dataclasses.asdict(counters)
+            for network, share in zip(networks, shares, strict=True)
+        ]
+        for client, share in zip(health, shares, strict=True):
+            await wait_for_providers(client, share, timeout_s=120)
+        result.connect_s = time.perf_counter() - t0
+        result.rss_with_providers_kib = sum(rss_kib(pid) for pid in pids)
+        cpu_before = sum(cpu_s(pid) for pid in pids)
+        errors, latencies, result.load_s = await run_clients(
+            [n.base_url for n in networks], key, clients, requests
+        )
+        cpu_used_s = sum(cpu_s(pid) for pid in pids) - cpu_before
+        routings = [(await client.get("/health")).json()["routing"] for client in health]
+        result.routing = routings[0] if len(routings) == 1 else {"by_replica": routings}
+        result.rss_after_load_kib = sum(rss_kib(pid) for pid in pids)
+        result.fleet = {
+            name: sum(dataclasses.asdict(fleet.counters)[name] for fleet in fleets)
+            for name in dataclasses.asdict(FleetCounters())
+        }
     result.errors = len(errors)
     result.error_samples = errors[:5]
     result.requests_per_s = len(latencies) / result.load_s if result.load_s else 0.0
@@ -203,28 +242,80 @@ async def measure(
     return result
 
 
+@contextlib.contextmanager
+def replicas(root: Path, count: int) -> Iterator[list[LocalNetwork]]:
+    """`count` replicas of one coordinator on a private PostgreSQL and Redis (one plain
+    coordinator on SQLite for a count of 1), stopped on exit."""
+    if count == 1:
+        network = start_network(root)
+        try:
+            yield [network]
+        finally:
+            network.stop()
+        return
+    with running_postgres() as postgres, running_redis() as redis:
+        url = postgres.create_database()
+        LocalNetwork(root, database_url=url).create_key("migrate", credit_usd=None)
+        networks: list[LocalNetwork] = []
+        try:
+            for _ in range(count):
+                network = LocalNetwork(
+                    root,
+                    database_url=url,
+                    port=free_port(),
+                    log_level="warning",
+                    settings={**OPEN_TO_SIMULATED, "REDIS_URL": redis.url(0)},
+                )
+                networks.append(network)
+                network.coordinator = network.spawn(
+                    f"coordinator-{len(networks)}",
+                    "coordinator",
+                    "serve",
+                    "--port",
+                    str(network.port),
+                    *network.db_args(),
+                )
+            for network in networks:
+                wait_until(network.is_healthy, STARTUP_TIMEOUT_S, "a replica to answer")
+            yield networks
+        finally:
+            for network in networks:
+                network.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--providers", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--requests", type=int, default=3, help="per client, one at a time")
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="coordinator replicas on PostgreSQL and Redis, providers and clients spread "
+        "evenly over them (1: one coordinator on SQLite)",
+    )
+    parser.add_argument(
+        "--heartbeat-s",
+        type=float,
+        default=wire.HEARTBEAT_INTERVAL_S,
+        help="how often each simulated provider sends a heartbeat (the coordinator drops "
+        "one silent for `heartbeat_timeout_s`, 90 s)",
+    )
     args = parser.parse_args()
-    run = Run.start("scale")
-    with tempfile.TemporaryDirectory() as tmp:
-        network = start_network(Path(tmp))
-        try:
-            key = network.create_key("scale", credit_usd="1000")
-            result = asyncio.run(
-                measure(
-                    network,
-                    key,
-                    providers=args.providers,
-                    clients=args.clients,
-                    requests=args.requests,
-                )
+    run = Run.start("scale" if args.replicas == 1 else "scale_replicas", module="scale")
+    with tempfile.TemporaryDirectory() as tmp, replicas(Path(tmp), args.replicas) as networks:
+        key = networks[0].create_key("scale", credit_usd="1000")
+        result = asyncio.run(
+            measure(
+                networks,
+                key,
+                providers=args.providers,
+                clients=args.clients,
+                requests=args.requests,
+                heartbeat_s=args.heartbeat_s,
             )
-        finally:
-            network.stop()
+        )
     report = dataclasses.asdict(result)
     print(json.dumps(report, indent=2))
     run.write(report)

@@ -17,6 +17,7 @@ Benchmarks and scripts use `running_postgres()` directly.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -121,13 +122,16 @@ def _run_as(account: pwd.struct_passwd | None, command: list[str], cwd: Path) ->
         raise RuntimeError(f"{command[0]} failed:\n{result.stdout}\n{result.stderr}")
 
 
-def _start(bin_dir: Path, account: pwd.struct_passwd | None, root: Path) -> int:
-    """Start the server on a free port and return the port, retrying if the port was taken."""
+def _start(
+    bin_dir: Path, account: pwd.struct_passwd | None, root: Path, port: int | None = None
+) -> int:
+    """Start the server on `port` (by default a free one, retrying if it was taken) and
+    return the port."""
     sockets, log = root / "sockets", root / "server.log"
     pg_ctl = [str(bin_dir / "pg_ctl"), "-D", str(root / "data"), "-l", str(log)]
     failure = RuntimeError("pg_ctl start was never attempted")
-    for _ in range(_START_ATTEMPTS):
-        port = _free_port()
+    for _ in range(_START_ATTEMPTS if port is None else 1):
+        port = port or _free_port()
         options = (
             f"-c listen_addresses=127.0.0.1 -p {port} -k {sockets} "
             "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
@@ -142,9 +146,33 @@ def _start(bin_dir: Path, account: pwd.struct_passwd | None, root: Path) -> int:
     raise RuntimeError(f"{failure}\nserver log:\n{server_log}")
 
 
+@dataclass
+class PostgresControl:
+    """Stops and starts again (on its port) a server `restartable_postgres` runs."""
+
+    server: PostgresServer
+    account: pwd.struct_passwd | None
+    root: Path
+
+    def stop(self) -> None:
+        """Stop the server now (fast shutdown: open connections are cut)."""
+        stop = [str(self.server.bin_dir / "pg_ctl"), "-D", str(self.root / "data")]
+        _run_as(self.account, [*stop, "-m", "fast", "-w", "stop"], cwd=self.root)
+
+    def start(self) -> None:
+        _start(self.server.bin_dir, self.account, self.root, self.server.port)
+
+
 @contextmanager
 def running_postgres() -> Iterator[PostgresServer]:
     """Run a private PostgreSQL server for the duration of the `with` block."""
+    with restartable_postgres() as control:
+        yield control.server
+
+
+@contextmanager
+def restartable_postgres() -> Iterator[PostgresControl]:
+    """Run a private PostgreSQL server for the `with` block, which may stop and start it."""
     bin_dir = find_postgres_bin_dir()
     account = _server_account()
     with tempfile.TemporaryDirectory(prefix="moonflower-pg-", dir=_scratch_parent()) as temp:
@@ -156,11 +184,12 @@ def running_postgres() -> Iterator[PostgresServer]:
         initdb = [str(bin_dir / "initdb"), "-D", str(root / "data"), "-U", SUPERUSER]
         _run_as(account, [*initdb, "--auth=trust", "-E", "UTF8", "--no-locale", "-N"], cwd=root)
         port = _start(bin_dir, account, root)
+        control = PostgresControl(PostgresServer(bin_dir=bin_dir, port=port), account, root)
         try:
-            yield PostgresServer(bin_dir=bin_dir, port=port)
+            yield control
         finally:
-            stop = [str(bin_dir / "pg_ctl"), "-D", str(root / "data"), "-m", "fast", "-w"]
-            _run_as(account, [*stop, "stop"], cwd=root)
+            with contextlib.suppress(RuntimeError):  # stopped already
+                control.stop()
 
 
 @pytest.fixture(scope="session")
