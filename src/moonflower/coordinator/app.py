@@ -7,6 +7,7 @@ request, unless the caller hands in services it built itself.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import uuid
@@ -20,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from moonflower import __version__, errors
-from moonflower.coordinator import transport_key
+from moonflower.coordinator import lost_jobs, transport_key
 from moonflower.coordinator.auth import CallerCache, authenticate
 from moonflower.coordinator.cors import Cors
 from moonflower.coordinator.dispatch import Dispatcher
@@ -114,8 +115,9 @@ def create_app(
         built = services or await build_services(settings)
         app.state.services = built
         leases = built.dispatcher.leases
-        await leases.release_expired()  # before serving anyone
-        renewing = asyncio.create_task(leases.run())
+        settle_lost = functools.partial(lost_jobs.settle_lost, built.dispatcher.settler)
+        await leases.release_expired(settle_lost)  # before serving anyone
+        renewing = asyncio.create_task(leases.run(settle_lost))
         publishing = asyncio.create_task(built.presence.run())
         try:
             yield

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from moonflower import errors, wire
+from moonflower.coordinator import lost_jobs
 from moonflower.coordinator.billing import (
     KnownCredit,
     Pricing,
@@ -376,6 +377,7 @@ class Dispatcher:
             if await job.wait_ready():
                 await self._confirm_hold(admission, job)
                 log.info("job %s answering from provider %s", job_id, provider.id)
+                self.leases.follow(job_id, functools.partial(lost_jobs.tally_of, job))
                 self.live_jobs.add(job)
                 self._idle.clear()
                 return job, None

@@ -12,13 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
-from moonflower.ledger import billing
+from moonflower.ledger import billing, lost_jobs
 from moonflower.ledger.database import Database
 
 log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL_S = 60.0
+
+
+Tally = Callable[[], str | None]
+"""A running job's lease tally as text (`lost_jobs.LeaseTally`), or None while it has none."""
+SettleLost = Callable[[str], Awaitable[object]]
+"""Settles a job whose replica died, from its last tally's text."""
 
 
 class HoldLeases:
@@ -28,6 +35,7 @@ class HoldLeases:
         self._db = db
         self.lease_s = lease_s
         self._live: set[str] = set()
+        self._tallies: dict[str, Tally] = {}
 
     def __contains__(self, job_id: str) -> bool:
         return job_id in self._live
@@ -39,17 +47,37 @@ class HoldLeases:
         """Vouch for `job_id`'s hold until `drop`."""
         self._live.add(job_id)
 
+    def follow(self, job_id: str, tally: Tally) -> None:
+        """Write `tally` beside `job_id`'s lease at each renewal, for a survivor to settle
+        the job from should this coordinator die (until `drop`)."""
+        self._tallies[job_id] = tally
+
     def drop(self, job_id: str) -> None:
         """The hold is closed (settled or released): stop renewing it."""
         self._live.discard(job_id)
+        self._tallies.pop(job_id, None)
 
     async def renew(self) -> int:
         if not self._live:
             return 0
-        return await billing.renew_leases(self._db, sorted(self._live), lease_s=self.lease_s)
+        renewed = await billing.renew_leases(self._db, sorted(self._live), lease_s=self.lease_s)
+        tallies = {job_id: tally() for job_id, tally in self._tallies.items()}
+        await lost_jobs.write_tallies(
+            self._db, {job_id: text for job_id, text in tallies.items() if text is not None}
+        )
+        return renewed
 
-    async def release_expired(self) -> int:
-        """Give back the holds nobody vouches for any more."""
+    async def release_expired(self, settle_lost: SettleLost | None = None) -> int:
+        """Settle, with `settle_lost`, the jobs whose lease ran out with a tally (their
+        coordinator died mid-job), then give back the holds nobody vouches for any more."""
+        if settle_lost is not None:
+            lost = await lost_jobs.expired_tallies(self._db)
+            for job_id, text in lost.items():
+                log.warning("settling job %s, whose coordinator stopped, from its tally", job_id)
+                try:
+                    await settle_lost(text)
+                except Exception:
+                    log.exception("could not settle job %s from its tally", job_id)
         released = await billing.release_expired(self._db)
         if released:
             log.warning(
@@ -57,9 +85,10 @@ class HoldLeases:
             )
         return released
 
-    async def run(self) -> None:
-        """Renew every third of the lease and sweep expired holds every minute, until
-        cancelled. A failed round is logged and tried again next time."""
+    async def run(self, settle_lost: SettleLost | None = None) -> None:
+        """Renew every third of the lease and sweep expired holds every minute (every lease,
+        if that is shorter), until cancelled. A failed round is logged and tried again next
+        time."""
         interval_s = self.lease_s / 3
         loop = asyncio.get_running_loop()
         next_sweep = loop.time()
@@ -67,8 +96,8 @@ class HoldLeases:
             try:
                 await self.renew()
                 if loop.time() >= next_sweep:
-                    next_sweep = loop.time() + SWEEP_INTERVAL_S
-                    await self.release_expired()
+                    next_sweep = loop.time() + min(SWEEP_INTERVAL_S, self.lease_s)
+                    await self.release_expired(settle_lost)
             except Exception:
                 log.exception("could not renew or sweep hold leases")
             await asyncio.sleep(interval_s)

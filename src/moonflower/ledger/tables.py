@@ -226,6 +226,9 @@ class Hold(Base):
     lease_expires_at: Mapped[datetime | None]
     """Until when the coordinator running the job vouches for it; it renews the lease while
     the job lives, and only a hold whose lease has run out may be released."""
+    tally: Mapped[str | None] = mapped_column(Text, default=None)
+    """What the running job would cost if it ended now (JSON, no content), written with each
+    renewal: a survivor settles from it when the lease runs out (`ledger/lost_jobs.py`)."""
 
 
 class ModelPrice(Base):
