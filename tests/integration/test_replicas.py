@@ -28,6 +28,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 MODEL = "smollm2-135m-instruct"
 PROMPT = "Say hello."
 CONSUMER_REPLICAS = [0, 2]
+ORIGIN = "https://app.example"
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,10 @@ def cluster(
     redis_server: RedisServer,
 ) -> Iterator[Cluster]:
     cluster = Cluster.on(
-        tmp_path_factory.mktemp("replicas"), postgres_server.create_database(), redis_server
+        tmp_path_factory.mktemp("replicas"),
+        postgres_server.create_database(),
+        redis_server,
+        CORS_ALLOWED_ORIGINS=ORIGIN,
     )
     try:
         cluster.create_key("warm-up")  # migrates the ledger before any replica starts
@@ -238,3 +242,17 @@ def test_every_replica_lists_the_same_models(cluster: Cluster, api_key: str) -> 
     ]
     assert listed[0] == listed[1] == listed[2]
     assert MODEL in listed[0]
+
+
+def test_a_browsers_forwarded_request_gets_one_set_of_cors_headers(
+    cluster: Cluster, api_key: str
+) -> None:
+    response = httpx.post(
+        f"{cluster.replica(0).base_url}/v1/chat/completions",
+        json={"model": MODEL, "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 4},
+        headers={"Authorization": f"Bearer {api_key}", "Origin": ORIGIN},
+        timeout=120,
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers.get_list("access-control-allow-origin") == [ORIGIN]
+    assert response.headers["x-provider-id"]  # answered by replica 1's provider

@@ -53,9 +53,11 @@ _NOT_FORWARDED = frozenset(
         "upgrade",
         "proxy-connection",
         "proxy-authorization",
+        "origin",
     }
 )
-"""Request headers that describe the hop, not the request."""
+"""Request headers that describe the hop, not the request; and `origin`: the browser talks
+to this replica, whose CORS middleware answers it."""
 _NOT_RETURNED = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "date", "server"}
 )
