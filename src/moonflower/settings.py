@@ -238,7 +238,12 @@ class ProviderSettings(BaseSettings):
         env_prefix="MOONFLOWER_PROVIDER_", extra="ignore", hide_input_in_errors=True
     )
 
-    coordinator: str = "http://127.0.0.1:8000"
+    coordinator: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["http://127.0.0.1:8000"]
+    )
+    """The coordinator's base URL, or several, comma-separated (replicas of one network, or
+    one load balancer in front of them): the provider serves through one at a time and,
+    when it loses that one, moves on to the next."""
     model: str = "default"
     engine: str = "llama_cpp"
     token: SecretStr | None = None
@@ -261,6 +266,24 @@ class ProviderSettings(BaseSettings):
     backoff_initial_s: float = Field(default=0.5, gt=0)
     backoff_max_s: float = Field(default=5.0, gt=0)
     log_level: str = "info"
+
+    @field_validator("coordinator", mode="before")
+    @classmethod
+    def _split_coordinators(cls, value: object) -> object:
+        """`a,b` from the environment, or `[a, "b,c"]` from repeated flags, as `[a, b, c]`."""
+        given = [value] if isinstance(value, str) else value
+        if not isinstance(given, list | tuple):
+            return value
+        if not all(isinstance(item, str) for item in given):
+            return given
+        return [part.strip() for item in given for part in item.split(",") if part.strip()]
+
+    @field_validator("coordinator")
+    @classmethod
+    def _check_coordinators(cls, urls: list[str]) -> list[str]:
+        if not urls:
+            raise ValueError("give at least one coordinator URL")
+        return list(dict.fromkeys(urls))
 
     @model_validator(mode="after")
     def _token_from_file(self) -> Self:

@@ -54,7 +54,13 @@ def load(settings: ProviderSettings) -> Engine:
 @app.command("serve")
 def serve(
     coordinator: Annotated[
-        str | None, typer.Option(help="The coordinator's base URL, e.g. http://127.0.0.1:8000.")
+        list[str] | None,
+        typer.Option(
+            metavar="URL",
+            help="The coordinator's base URL, e.g. http://127.0.0.1:8000. Repeat it (or give "
+            "MOONFLOWER_PROVIDER_COORDINATOR comma-separated) for replicas of one network: "
+            "the provider serves through one and moves on to the next when it is lost.",
+        ),
     ] = None,
     model: Annotated[
         str | None, typer.Option(help="'default', 'gemma3-270m' or a path to a .gguf file.")
@@ -87,7 +93,7 @@ def serve(
 ) -> None:
     """Connect out to a coordinator and run the jobs it sends."""
     overrides: dict[str, Any] = {
-        "coordinator": coordinator,
+        "coordinator": coordinator or None,
         "model": model,
         "engine": engine,
         "data_dir": data_dir,

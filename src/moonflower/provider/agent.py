@@ -2,8 +2,12 @@
 the process runs.
 
 It registers (protocol version, hardware, models, capacity), sends heartbeats, hands job
-requests to the `JobRunner` and cancels them on request, and reconnects with capped
-exponential backoff whenever the coordinator goes away. No inbound port is ever opened.
+requests to the `JobRunner` and cancels them on request, and reconnects whenever the
+coordinator goes away. Given several coordinator URLs (replicas of one network), it serves
+through one at a time and, when that one drops or refuses to connect, goes straight on to
+the next, so losing a replica costs a reconnect rather than the provider; once every URL has
+been tried in turn it waits a capped exponential backoff before the next round. No inbound
+port is ever opened.
 """
 
 from __future__ import annotations
@@ -55,7 +59,8 @@ class ProviderAgent:
         self, settings: ProviderSettings, engine: Engine, hardware: wire.Hardware, signer: Signer
     ) -> None:
         self.settings = settings
-        self.url = websocket_url(settings.coordinator)
+        self.urls = tuple(websocket_url(coordinator) for coordinator in settings.coordinator)
+        self._next_url = 0
         self.engine = engine
         self.hardware = hardware
         self.runner = JobRunner(engine, signer, batch_interval_s=settings.stream_batch_interval_s)
@@ -85,35 +90,15 @@ class ProviderAgent:
         return {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
 
     async def run(self) -> None:
-        """Stay connected until cancelled; raises only if the coordinator rejects us."""
+        """Stay connected until cancelled; raises only if a coordinator rejects us."""
         backoff = self.settings.backoff_initial_s
         try:
             while True:
-                try:
-                    async with connect(
-                        self.url,
-                        additional_headers=self._headers(),
-                        max_size=wire.MAX_FRAME_BYTES,
-                        ping_interval=10,
-                        ping_timeout=30,
-                        open_timeout=10,
-                    ) as socket:
-                        await self._session(socket)
+                for _ in self.urls:
+                    if await self._connect_once(self._take_url()):
                         backoff = self.settings.backoff_initial_s
                     if self.is_draining:
                         return
-                except errors.RegistrationRejected:
-                    raise
-                except (OSError, TimeoutError, WebSocketException, errors.ProtocolError) as exc:
-                    if isinstance(exc, InvalidURI | InvalidHandshake):
-                        log.warning("cannot connect to %s: %s", self.url, exc)
-                    else:
-                        log.info("coordinator unreachable (%s)", type(exc).__name__)
-                finally:
-                    self.is_connected.clear()
-                    self.runner.cancel_all()
-                if self.is_draining:
-                    return
                 delay = backoff * random.uniform(0.8, 1.2)
                 log.info("reconnecting in %.1fs", delay)
                 await asyncio.sleep(delay)
@@ -121,7 +106,39 @@ class ProviderAgent:
         finally:
             await self.runner.drain()
 
-    async def _session(self, socket: ClientConnection) -> None:
+    def _take_url(self) -> str:
+        """The URL to try next; they are taken in turn, so a provider whose coordinator
+        went away tries the others before coming back to it."""
+        url = self.urls[self._next_url]
+        self._next_url = (self._next_url + 1) % len(self.urls)
+        return url
+
+    async def _connect_once(self, url: str) -> bool:
+        """Serve one session through `url` until it ends; whether it registered."""
+        try:
+            async with connect(
+                url,
+                additional_headers=self._headers(),
+                max_size=wire.MAX_FRAME_BYTES,
+                ping_interval=10,
+                ping_timeout=30,
+                open_timeout=10,
+            ) as socket:
+                await self._session(socket, url)
+        except errors.RegistrationRejected:
+            raise
+        except (OSError, TimeoutError, WebSocketException, errors.ProtocolError) as exc:
+            if isinstance(exc, InvalidURI | InvalidHandshake):
+                log.warning("cannot connect to %s: %s", url, exc)
+            else:
+                log.info("lost or could not reach %s (%s)", url, type(exc).__name__)
+        finally:
+            registered = self.is_connected.is_set()
+            self.is_connected.clear()
+            self.runner.cancel_all()
+        return registered
+
+    async def _session(self, socket: ClientConnection, url: str) -> None:
         send_lock = asyncio.Lock()
 
         async def send(frame: str) -> None:
@@ -141,7 +158,7 @@ class ProviderAgent:
         self.provider_id = reply.provider_id
         self._socket, self._send = socket, send
         self.is_connected.set()
-        log.info("registered with %s as %s", self.url, reply.provider_id)
+        log.info("registered with %s as %s", url, reply.provider_id)
         heartbeats = asyncio.create_task(self._heartbeats(send, reply.heartbeat_interval_s))
         try:
             async for frame in socket:

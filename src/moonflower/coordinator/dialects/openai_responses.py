@@ -8,7 +8,8 @@ as chat completions takes them), `max_output_tokens`, function `tools`, `tool_ch
 `text.format`, and the logprobs of the output text (`include` with
 `message.output_text.logprobs`, `top_logprobs`). Errors name the field (`input[2].type`);
 unknown fields are ignored (their names, never their values, are logged at debug level).
-Nothing is stored, so fields that refer to stored state are refused.
+Nothing is stored, so fields that refer to stored state are refused. The body's shape, as
+pydantic validates it, is `openai_responses_body`.
 
 It also returns the request-only settings in the shape a `response` object repeats them
 (`ResponsesCall.echo`): `instructions`, `tools`, `safety_identifier`, `prompt_cache_key`, ….
@@ -20,18 +21,29 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Tag, ValidationError
+from pydantic import ValidationError
 
 from moonflower import errors
 from moonflower.coordinator.dialects import openai_chat, openai_errors
-from moonflower.coordinator.dialects.openai_chat import Penalty
+from moonflower.coordinator.dialects.openai_responses_body import (
+    ResponsesBody,
+    _FunctionCallItem,
+    _FunctionCallOutputItem,
+    _FunctionTool,
+    _MessageItem,
+    _Reasoning,
+    _Text,
+    _TextFormat,
+    _TextPart,
+    _ToolChoiceFunction,
+    _UnreadablePart,
+)
 from moonflower.coordinator.dialects.request_body import (
     MAX_MESSAGES,
     ToolMode,
     resolve_tool_choice,
-    type_tag,
     unreadable_content,
     validate_body,
 )
@@ -55,51 +67,6 @@ _ROLES: dict[str, Role] = {
     "user": "user",
     "assistant": "assistant",
 }
-_NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(strict=True, extra="allow", frozen=True)
-
-
-class _TextPart(_Strict):
-    type: Literal["input_text", "output_text"]
-    text: str
-
-
-class _UnreadablePart(_Strict):
-    """A part the models here cannot read (an image, a file, audio…): refused by name."""
-
-    type: str = Field(max_length=64)
-
-
-_ContentPart = Annotated[
-    Annotated[_TextPart, Tag("_input_text")]
-    | Annotated[_TextPart, Tag("_output_text")]
-    | Annotated[_UnreadablePart, Tag("_other")],
-    type_tag({"input_text", "output_text"}, "_other"),
-]
-
-
-class _MessageItem(_Strict):
-    type: Literal["message"] = "message"
-    role: Literal["user", "assistant", "system", "developer"]
-    content: str | list[_ContentPart]
-
-
-class _FunctionCallItem(_Strict):
-    type: Literal["function_call"]
-    call_id: str = Field(min_length=1)
-    name: str = Field(min_length=1)
-    arguments: str
-
-
-class _FunctionCallOutputItem(_Strict):
-    type: Literal["function_call_output"]
-    call_id: str = Field(min_length=1)
-    output: str | list[_ContentPart]
-
-
 _Item = _MessageItem | _FunctionCallItem | _FunctionCallOutputItem
 _ITEM_MODELS: dict[str, type[_Item]] = {
     "message": _MessageItem,
@@ -109,68 +76,6 @@ _ITEM_MODELS: dict[str, type[_Item]] = {
 _SKIPPED_ITEMS = {"reasoning"}
 OUTPUT_LOGPROBS = "message.output_text.logprobs"
 """The `include` value asking for the log-probabilities of the output text."""
-_IDENTIFIER_CHARS = 64
-"""OpenAI's limit for `safety_identifier` and `prompt_cache_key`."""
-
-
-class _FunctionTool(_Strict):
-    type: Literal["function"]
-    name: str = Field(pattern=_NAME_PATTERN)
-    description: str | None = None
-    parameters: dict[str, Any] | None = None
-    strict: bool | None = None
-
-
-class _ToolChoiceFunction(_Strict):
-    type: Literal["function"]
-    name: str
-
-
-class _TextFormat(_Strict):
-    type: Literal["text", "json_object", "json_schema"]
-    name: str | None = Field(default=None, pattern=_NAME_PATTERN)
-    description: str | None = None
-    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
-    strict: bool | None = None
-
-
-class _Text(_Strict):
-    format: _TextFormat | None = None
-    verbosity: Literal["low", "medium", "high"] | None = None
-
-
-class _Reasoning(_Strict):
-    effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
-    summary: Literal["auto", "concise", "detailed"] | None = None
-
-
-class ResponsesBody(_Strict):
-    model: str = Field(min_length=1)
-    input: str | list[Any] | None = None
-    messages: list[Any] | None = None
-    instructions: str | None = None
-    max_output_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, ge=0.0, le=1.0)
-    presence_penalty: Penalty | None = None
-    frequency_penalty: Penalty | None = None
-    top_logprobs: int | None = Field(default=None, ge=0, le=20)
-    include: list[str] | None = None
-    tools: list[Any] | None = None
-    tool_choice: Literal["none", "auto", "required"] | _ToolChoiceFunction | None = None
-    text: _Text | None = None
-    stream: bool | None = None
-    store: bool | None = None
-    metadata: dict[str, str] | None = None
-    user: str | None = None
-    safety_identifier: str | None = Field(default=None, max_length=_IDENTIFIER_CHARS)
-    prompt_cache_key: str | None = Field(default=None, max_length=_IDENTIFIER_CHARS)
-    max_tool_calls: int | None = Field(default=None, ge=0)
-    parallel_tool_calls: bool | None = None
-    reasoning: _Reasoning | None = None
-    previous_response_id: str | None = None
-    conversation: Any = None
-    background: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)

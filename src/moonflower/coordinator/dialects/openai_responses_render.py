@@ -3,10 +3,9 @@ object, or the typed event stream (`event: <type>` frames, each carrying `sequen
 emitted as the events arrive, closed by a `data: [DONE]` line after the terminal event as
 the Open Responses specification requires (OpenAI's SDKs stop reading at it).
 
-Output items follow the order the model produced them: a `reasoning` item for `<think>`
-text, a `message` item for visible text, one `function_call` item per tool call. The
-whole object is built by replaying the gathered completion through the same state machine
-the stream uses, so both forms always agree.
+Output items follow the order the model produced them (`openai_responses_items` builds
+them). The whole object is built by replaying the gathered completion through the same
+state machine the stream uses, so both forms always agree.
 
 Every `response` object, whole or inside an event, carries every field OpenAI's API and the
 Open Responses specification send, unset ones included (as null, or the value that applied):
@@ -19,17 +18,15 @@ HTTP status codes; failures are described by `openai_errors`.
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from moonflower import errors
 from moonflower.coordinator import sse
 from moonflower.coordinator.completion import Completion
 from moonflower.coordinator.dialects import openai_errors
-from moonflower.coordinator.dialects.openai_chat_render import token_logprob
+from moonflower.coordinator.dialects.openai_responses_items import OutputItems, new_id
 from moonflower.generation import (
     Failed,
     Finished,
@@ -38,199 +35,9 @@ from moonflower.generation import (
     Receipted,
     SamplingParams,
     TextDelta,
-    TokenLogprob,
     ToolCallDelta,
     Usage,
 )
-
-ItemType = Literal["message", "reasoning", "function_call"]
-Status = Literal["in_progress", "completed", "incomplete"]
-_ID_PREFIX: dict[ItemType, str] = {"message": "msg_", "reasoning": "rs_", "function_call": "fc_"}
-
-
-def _new_id(prefix: str) -> str:
-    return prefix + secrets.token_hex(24)
-
-
-@dataclass
-class _Item:
-    """One output item as it is being generated."""
-
-    type: ItemType
-    output_index: int
-    id: str = ""
-    status: Status = "in_progress"
-    parts: list[str] = field(default_factory=list)
-    logprobs: list[dict[str, Any]] = field(default_factory=list)
-    call_id: str = ""
-    name: str = ""
-    tool_index: int | None = None
-
-    def __post_init__(self) -> None:
-        self.id = self.id or _new_id(_ID_PREFIX[self.type])
-
-    @property
-    def text(self) -> str:
-        return "".join(self.parts)
-
-    def wire(self) -> dict[str, Any]:
-        if self.type == "function_call":
-            return {
-                "type": "function_call",
-                "id": self.id,
-                "call_id": self.call_id,
-                "name": self.name,
-                "arguments": self.text,
-                "status": self.status,
-            }
-        content = [] if self.status == "in_progress" else [self.part()]
-        if self.type == "message":
-            return {
-                "type": "message",
-                "id": self.id,
-                "status": self.status,
-                "role": "assistant",
-                "content": content,
-            }
-        return {
-            "type": "reasoning",
-            "id": self.id,
-            "summary": [],
-            "content": content,
-            "status": self.status,
-        }
-
-    def part(self) -> dict[str, Any]:
-        if self.type == "reasoning":
-            return {"type": "reasoning_text", "text": self.text}
-        return {
-            "type": "output_text",
-            "text": self.text,
-            "annotations": [],
-            "logprobs": list(self.logprobs),
-        }
-
-    def where(self) -> dict[str, Any]:
-        return {"item_id": self.id, "output_index": self.output_index, "content_index": 0}
-
-
-class _OutputItems:
-    """The state machine from output events to items and their stream event payloads."""
-
-    def __init__(self) -> None:
-        self.items: list[_Item] = []
-        self.open: _Item | None = None
-
-    def text(self, delta: TextDelta) -> list[dict[str, Any]]:
-        if not delta.text:
-            return []
-        events = self._switch_to("message")
-        logprobs = _logprobs(delta.logprobs)
-        assert self.open is not None
-        self.open.logprobs += logprobs
-        return [*events, self._append(delta.text, "response.output_text.delta", logprobs=logprobs)]
-
-    def reasoning(self, delta: ReasoningDelta) -> list[dict[str, Any]]:
-        if not delta.text:
-            return []
-        events = self._switch_to("reasoning")
-        return [*events, self._append(delta.text, "response.reasoning_text.delta")]
-
-    def tool_call(self, delta: ToolCallDelta) -> list[dict[str, Any]]:
-        events: list[dict[str, Any]] = []
-        item = self.open
-        if item is None or item.type != "function_call" or item.tool_index != delta.index:
-            events = self._close("completed")
-            item = _Item(
-                "function_call",
-                len(self.items),
-                call_id=delta.id or _new_id("call_"),
-                name=delta.name or "",
-                tool_index=delta.index,
-            )
-            events += self._opened(item)
-        if delta.name and not item.name:
-            item.name = delta.name
-        if delta.arguments:
-            item.parts.append(delta.arguments)
-            events.append(
-                {
-                    "type": "response.function_call_arguments.delta",
-                    "item_id": item.id,
-                    "output_index": item.output_index,
-                    "delta": delta.arguments,
-                }
-            )
-        return events
-
-    def finish(self, *, is_cut_short: bool) -> list[dict[str, Any]]:
-        """Close the last item; an answer always has a message or a function call."""
-        events: list[dict[str, Any]] = []
-        if not any(item.type != "reasoning" for item in self.items):
-            events += self._switch_to("message")
-        return events + self._close("incomplete" if is_cut_short else "completed")
-
-    def abandon(self) -> None:
-        """The generation failed: the open item stays as far as it got, without done events."""
-        if self.open is not None:
-            self.open.status = "incomplete"
-            self.open = None
-
-    def wire(self) -> list[dict[str, Any]]:
-        return [item.wire() for item in self.items]
-
-    def _switch_to(self, kind: ItemType) -> list[dict[str, Any]]:
-        if self.open is not None and self.open.type == kind:
-            return []
-        return self._close("completed") + self._opened(_Item(kind, len(self.items)))
-
-    def _opened(self, item: _Item) -> list[dict[str, Any]]:
-        self.items.append(item)
-        self.open = item
-        events = [
-            {
-                "type": "response.output_item.added",
-                "output_index": item.output_index,
-                "item": item.wire(),
-            }
-        ]
-        if item.type != "function_call":
-            part = {**item.part(), "text": ""}
-            events.append({"type": "response.content_part.added", **item.where(), "part": part})
-        return events
-
-    def _append(self, text: str, kind: str, **extra: Any) -> dict[str, Any]:
-        assert self.open is not None
-        self.open.parts.append(text)
-        return {"type": kind, **self.open.where(), "delta": text, **extra}
-
-    def _close(self, status: Status) -> list[dict[str, Any]]:
-        item, self.open = self.open, None
-        if item is None:
-            return []
-        item.status = status
-        events: list[dict[str, Any]]
-        if item.type == "function_call":
-            events = [
-                {
-                    "type": "response.function_call_arguments.done",
-                    "item_id": item.id,
-                    "output_index": item.output_index,
-                    "name": item.name,
-                    "arguments": item.text,
-                }
-            ]
-        else:
-            text_done: dict[str, Any] = {"text": item.text}
-            if item.type == "message":
-                text_done["logprobs"] = list(item.logprobs)
-            kind = "output_text" if item.type == "message" else "reasoning_text"
-            events = [
-                {"type": f"response.{kind}.done", **item.where(), **text_done},
-                {"type": "response.content_part.done", **item.where(), "part": item.part()},
-            ]
-        done = {"type": "response.output_item.done", "output_index": item.output_index}
-        return [*events, {**done, "item": item.wire()}]
 
 
 class ResponsesRenderer:
@@ -246,13 +53,13 @@ class ResponsesRenderer:
     ) -> None:
         """`echo` holds the request-only settings the parser gathered (`ResponsesCall.echo`);
         `sampling` is what the job runs with (unset knobs: the engine's defaults)."""
-        self.id = _new_id("resp_")
+        self.id = new_id("resp_")
         self.created_at = int(time.time())
         self.model = model
         self.max_output_tokens = max_output_tokens
         self.sampling = _sampling(sampling)
         self.echo = echo
-        self._items = _OutputItems()
+        self._items = OutputItems()
         self._sequence = 0
         self._final: dict[str, Any] | None = None
         self._receipt: Receipted | None = None
@@ -392,10 +199,6 @@ def _sampling(sampling: SamplingParams) -> dict[str, float]:
         "presence_penalty": sampling.presence_penalty or 0.0,
         "frequency_penalty": sampling.frequency_penalty or 0.0,
     }
-
-
-def _logprobs(logprobs: tuple[TokenLogprob, ...]) -> list[dict[str, Any]]:
-    return [token_logprob(lp) for lp in logprobs]
 
 
 def _usage(usage: Usage) -> dict[str, Any]:
