@@ -24,7 +24,8 @@ from moonflower.settings import CoordinatorSettings
 log = logging.getLogger(__name__)
 
 PRICE_LIST_TTL_S = 2.0
-"""How long a read price list is reused: an admin's change reaches every replica within it."""
+"""How long a read price list is reused. An admin's change is broadcast to every replica
+(`broadcast`), which reads the prices again at once; this bounds it when a message is lost."""
 
 
 def base_price_list(settings: CoordinatorSettings) -> PriceList:
@@ -48,16 +49,23 @@ class Pricing:
         self._current: PriceList | None = None
         self._read_at = 0.0
         self._lock = asyncio.Lock()
+        self._forgettings = 0
 
     async def current(self) -> PriceList:
         async with self._lock:
             if self._current is None or time.monotonic() - self._read_at > PRICE_LIST_TTL_S:
-                self._current = await load_price_list(self._db, self.base)
+                forgettings = self._forgettings
+                prices = await load_price_list(self._db, self.base)
+                # A change announced while reading may be missing from what was read: use
+                # it this once, read again next time.
+                self._current = prices if forgettings == self._forgettings else None
                 self._read_at = time.monotonic()
+                return prices
             return self._current
 
     def forget(self) -> None:
         """Read the stored prices again on next use (after an admin changed them)."""
+        self._forgettings += 1
         self._current = None
 
 

@@ -13,6 +13,7 @@ from starlette.requests import HTTPConnection
 from starlette.responses import Response
 
 from moonflower.coordinator.auth import CallerCache
+from moonflower.coordinator.broadcast import Broadcast
 from moonflower.coordinator.dispatch import Dispatcher
 from moonflower.coordinator.prompt_count import PromptCounter
 from moonflower.coordinator.redis_store import RedisStore
@@ -35,11 +36,14 @@ class Services:
     """Unix time the coordinator started (the `created` of the models it lists)."""
     prompts: PromptCounter
     """Counts prompt tokens with the model's own tokenizer, where it knows the weights."""
+    broadcast: Broadcast
+    """Tells every replica's caches that a key was revoked or the prices changed."""
     redis: RedisStore | None = None
     """The Redis client the replicas share live state through; None keeps it all in memory."""
 
     async def close(self) -> None:
         """Close the connections these services opened (at shutdown, after settling)."""
+        await self.broadcast.aclose()
         if self.redis is not None:
             await self.redis.aclose()
         await self.db.close()
