@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import uuid
 from typing import Protocol
 
 import orjson
@@ -142,6 +143,8 @@ class RedisBroadcast:
         self._listeners: list[Listener] = []
         self._listening: asyncio.Task[None] | None = None
         self._is_subscribed = False
+        self._origin = uuid.uuid4().hex
+        """Names this replica's messages, which its listeners heard before sending them."""
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -169,7 +172,7 @@ class RedisBroadcast:
     async def _announce(self, event: Event) -> None:
         tell(self._listeners, event)
         try:
-            await publish(self._store, event)
+            await publish(self._store, event, origin=self._origin)
         except errors.StoreUnavailable:
             log.warning(
                 "could not broadcast %s; other replicas' caches expire by themselves", event[0]
@@ -183,6 +186,9 @@ class RedisBroadcast:
             except (RedisError, OSError, TimeoutError) as error:
                 if self._is_subscribed:
                     log.warning("lost the broadcast subscription (%s)", type(error).__name__)
+            except Exception:  # a background task: nobody else would see it (bytes that
+                # are not UTF-8 fail decoding, say); subscribing again starts afresh
+                log.exception("the broadcast subscription failed; subscribing again")
             # Soon after a subscription that worked; less and less often while Redis is away.
             wait_s = RECONNECT_FIRST_S if self._is_subscribed else min(2 * wait_s, RECONNECT_MAX_S)
             self._is_subscribed = False
@@ -211,28 +217,36 @@ class RedisBroadcast:
             for listener in self._listeners:
                 listener.may_have_missed()
         elif message.get("type") == "message":
-            event = _event(message.get("data"))
+            body = _body(message.get("data"))
+            event = _event(body)
             if event is None:
                 log.warning("ignored a broadcast message this coordinator does not know")
-            else:
+            elif body.get("origin") != self._origin:
                 tell(self._listeners, event)
 
 
-async def publish(store: RedisStore, event: Event) -> None:
+async def publish(store: RedisStore, event: Event, *, origin: str = "") -> None:
     """Send `event` to every replica subscribed through `store`'s Redis (also from outside a
     coordinator, as `moonflower keys revoke` does); `errors.StoreUnavailable` if Redis does
     not take it."""
     name, key_hash = event
-    body = {"event": name} if key_hash is None else {"event": name, "key_hash": key_hash}
+    body = {"event": name, "origin": origin}
+    if key_hash is not None:
+        body["key_hash"] = key_hash
     await store.publish(store.key(CHANNEL), orjson.dumps(body).decode())
 
 
-def _event(data: object) -> Event | None:
-    """The event a message's data announces, if it is well formed."""
+def _body(data: object) -> dict[str, object]:
+    """A message's data as JSON, or {} if it is not a JSON object."""
     try:
         body = orjson.loads(data) if isinstance(data, str | bytes) else None
     except orjson.JSONDecodeError:
-        return None
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _event(body: dict[str, object]) -> Event | None:
+    """The event a message's body announces, if it is well formed."""
     match body:
         case {"event": "key_revoked", "key_hash": str(key_hash)} if _KEY_HASH.fullmatch(key_hash):
             return ("key_revoked", key_hash)
