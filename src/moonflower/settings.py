@@ -183,7 +183,12 @@ class CoordinatorSettings(BaseSettings):
     """How long a request may wait in its model's queue before it is refused as overloaded."""
     api_key_cache_s: float = Field(default=5.0, ge=0)
     """How long the coordinator remembers whose an API key is, so most requests authenticate
-    without a database transaction; a revoked key stops working within this time. 0: never."""
+    without a database transaction. A revocation is broadcast to every replica, which forget
+    the key at once; this bounds it when that message is lost. 0: never remember."""
+    price_list_cache_s: float = Field(default=2.0, ge=0)
+    """How long the coordinator reuses the price list it read. An admin's change is broadcast
+    to every replica, which read the prices again at once; this bounds it when that message
+    is lost. 0: read them for every use."""
     rate_limit_requests_per_minute: int | None = Field(default=None, gt=0)
     """Requests each API key may make per minute (a token bucket); none means unlimited."""
     rate_limit_tokens_per_minute: int | None = Field(default=None, gt=0)

@@ -4,9 +4,9 @@ listener, the announcer's own included, and real caches forget the key or the pr
 however long they would otherwise remember them.
 
 For Redis alone: a message carries the key's hash, never the key; a malformed message is
-ignored (one that is not text makes the subscriber start afresh); a Redis that is gone fails no announcement, and the subscriber comes back by itself
-once Redis does, forgetting everything cached (it may have missed something) and hearing
-later revocations again."""
+ignored (one that is not text makes the subscriber start afresh); a Redis that is gone fails
+no announcement, and the subscriber comes back by itself once Redis does, forgetting
+everything cached (it may have missed something) and hearing later revocations again."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import pytest
 from redis.asyncio import Redis
 
 from moonflower.coordinator.auth import CallerCache
-from moonflower.coordinator.billing import PRICE_LIST_TTL_S, Pricing
+from moonflower.coordinator.billing import Pricing
 from moonflower.coordinator.broadcast import (
     CHANNEL,
     Broadcast,
@@ -162,19 +162,17 @@ async def test_a_revoked_key_is_forgotten_by_a_cache_that_would_remember_it_an_h
 async def test_a_price_change_is_read_at_once_by_a_cache_that_has_the_old_prices(
     replicas: Replicas, db: Database
 ) -> None:
-    settings = CoordinatorSettings()
+    settings = CoordinatorSettings(price_list_cache_s=3600)
     pricing = Pricing(db, settings)
     heard = Heard()
     announcer = await replicas.subscribed(Heard())
     await replicas.subscribed(ReplicaCaches(CallerCache(db, 3600), pricing), heard)
-    read_at = time.monotonic()
     before = (await pricing.current()).price_of("some-model")
     await store_pricing(db, model_price=("some-model", Price(123, 456)))
     assert (await pricing.current()).price_of("some-model") == before  # still cached
     await announcer.prices_changed()
     await eventually(lambda: ("prices_changed", None) in heard.events, "the price change")
     assert (await pricing.current()).price_of("some-model") == Price(123, 456)
-    assert time.monotonic() - read_at < PRICE_LIST_TTL_S  # the cache had not expired
 
 
 @pytest.mark.redis

@@ -23,10 +23,6 @@ from moonflower.settings import CoordinatorSettings
 
 log = logging.getLogger(__name__)
 
-PRICE_LIST_TTL_S = 2.0
-"""How long a read price list is reused. An admin's change is broadcast to every replica
-(`broadcast`), which reads the prices again at once; this bounds it when a message is lost."""
-
 
 def base_price_list(settings: CoordinatorSettings) -> PriceList:
     return PriceList(
@@ -41,11 +37,14 @@ def base_price_list(settings: CoordinatorSettings) -> PriceList:
 
 
 class Pricing:
-    """The price list in force: settings overlaid by the admin's stored prices."""
+    """The price list in force: settings overlaid by the admin's stored prices, read again
+    once `settings.price_list_cache_s` has passed or when told the prices changed (`forget`,
+    see `broadcast`)."""
 
     def __init__(self, db: Database, settings: CoordinatorSettings) -> None:
         self._db = db
         self.base = base_price_list(settings)
+        self._ttl_s = settings.price_list_cache_s
         self._current: PriceList | None = None
         self._read_at = 0.0
         self._lock = asyncio.Lock()
@@ -53,7 +52,7 @@ class Pricing:
 
     async def current(self) -> PriceList:
         async with self._lock:
-            if self._current is None or time.monotonic() - self._read_at > PRICE_LIST_TTL_S:
+            if self._current is None or time.monotonic() - self._read_at >= self._ttl_s:
                 forgettings = self._forgettings
                 prices = await load_price_list(self._db, self.base)
                 # A change announced while reading may be missing from what was read: use

@@ -8,7 +8,7 @@ prefix (`RedisBroadcast`), each replica subscribed from start-up.
 
 Pub/sub delivers only to whoever is subscribed when a message is sent, so a message can be
 lost (Redis down, a subscriber reconnecting). The caches' expiry (`api_key_cache_s`,
-`PRICE_LIST_TTL_S`) stays the bound then, and a subscriber that (re)subscribes forgets
+`price_list_cache_s`) stays the bound then, and a subscriber that (re)subscribes forgets
 everything its caches hold, since it may have missed something. Broadcasting never fails
 what announced it: the change is already in the database, so a Redis that does not answer is
 logged and left to the expiry. Knows nothing of HTTP or of how keys and prices are stored.

@@ -2,7 +2,7 @@
 
 Prices are micro-USD per million tokens. An admin's change is stored in the ledger and
 takes effect on this coordinator at once, and on every replica as soon as the broadcast
-reaches it (`broadcast`); within `PRICE_LIST_TTL_S` if that message is lost. Requests
+reaches it (`broadcast`); within `price_list_cache_s` if that message is lost. Requests
 already holding credit keep their hold; their charge uses the prices in force when they
 settle, never more than they hold.
 """
