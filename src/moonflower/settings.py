@@ -108,9 +108,10 @@ class CoordinatorSettings(BaseSettings):
     (529 on /v1/messages) with Retry-After."""
     redis_url: str | None = None
     """A Redis server (`redis://[[user]:password@]host:port/db`, or `rediss://` for TLS) that
-    the coordinator's replicas share live state through: the per-key rate limits. None keeps
-    that state in this process's memory, for a single coordinator. It may carry a password,
-    so it is never logged; every replica must be given the same limits."""
+    the coordinator's replicas share live state through: the per-key rate limits, and the
+    broadcast of key revocations and price changes. None keeps that state in this process's
+    memory, for a single coordinator. It may carry a password, so it is never logged; every
+    replica must be given the same limits."""
     transport_key_file: Path | None = None
     """The file holding the X25519 private key consumers seal requests to (`GET
     /v1/encryption-key`), as base64 on one line, mode 0600; created with a fresh key when
