@@ -108,9 +108,9 @@ class CoordinatorSettings(BaseSettings):
     (529 on /v1/messages) with Retry-After."""
     redis_url: str | None = None
     """A Redis server (`redis://[[user]:password@]host:port/db`, or `rediss://` for TLS) that
-    the coordinator's replicas share live state through: the per-key rate limits and where
-    each model has free slots. None keeps that state in this process's memory, for a single
-    coordinator. It may carry a password,
+    the coordinator's replicas share live state through: the per-key rate limits, where each
+    model has free slots, and the broadcast of key revocations and price changes. None keeps
+    that state in this process's memory, for a single coordinator. It may carry a password,
     so it is never logged; every replica must be given the same limits."""
     replica_url: str | None = None
     """Where the other replicas reach this one (`http://10.0.0.5:8000`), to hand it requests
@@ -189,7 +189,12 @@ class CoordinatorSettings(BaseSettings):
     """How long a request may wait in its model's queue before it is refused as overloaded."""
     api_key_cache_s: float = Field(default=5.0, ge=0)
     """How long the coordinator remembers whose an API key is, so most requests authenticate
-    without a database transaction; a revoked key stops working within this time. 0: never."""
+    without a database transaction. A revocation is broadcast to every replica, which forget
+    the key at once; this bounds it when that message is lost. 0: never remember."""
+    price_list_cache_s: float = Field(default=2.0, ge=0)
+    """How long the coordinator reuses the price list it read. An admin's change is broadcast
+    to every replica, which read the prices again at once; this bounds it when that message
+    is lost. 0: read them for every use."""
     rate_limit_requests_per_minute: int | None = Field(default=None, gt=0)
     """Requests each API key may make per minute (a token bucket); none means unlimited."""
     rate_limit_tokens_per_minute: int | None = Field(default=None, gt=0)

@@ -95,3 +95,52 @@ async def test_a_key_is_marked_used_once_after_it_authenticates(tmp_path: Path) 
         await callers.marks_written()
         [still] = await list_keys(db)
         assert still.last_used_at == info.last_used_at  # fresh: not written again
+
+
+class ForgettingDatabase(CountingDatabase):
+    """Counts reads, and makes the cache forget (as a broadcast revocation would) while a
+    read is under way."""
+
+    callers: CallerCache
+
+    @property
+    def reads(self) -> object:
+        self.callers.forget_all()
+        return super().reads
+
+
+async def test_a_forgotten_key_is_forgotten_at_once_however_long_it_would_be_remembered(
+    tmp_path: Path,
+) -> None:
+    async with await Database.open(default_database_url(tmp_path)) as db:
+        created = await create_key(db)
+        kept = await create_key(db)
+        callers = CallerCache(db, ttl_s=3600, clock=Clock())
+        assert await callers.caller(created.key) is not None
+        assert await callers.caller(kept.key) is not None
+        key_hash = await revoke_key(db, created.key_id)
+        assert key_hash is not None
+        assert await callers.caller(created.key) is not None  # remembered
+        callers.forget(key_hash)
+        callers.forget("not a hash")  # ignored
+        assert await callers.caller(created.key) is None
+        assert await revoke_key(db, kept.key_id)
+        assert await callers.caller(kept.key) is not None  # still remembered
+        callers.forget_all()
+        assert await callers.caller(kept.key) is None
+        await callers.marks_written()
+
+
+async def test_a_read_under_way_when_keys_are_forgotten_is_used_once_not_remembered(
+    tmp_path: Path,
+) -> None:
+    async with await Database.open(default_database_url(tmp_path)) as db:
+        created = await create_key(db)
+        forgetting = ForgettingDatabase(db)
+        callers = CallerCache(forgetting, ttl_s=3600, clock=Clock())  # type: ignore[arg-type]
+        forgetting.callers = callers
+        assert await callers.caller(created.key) is not None
+        opened = forgetting.opened
+        assert await callers.caller(created.key) is not None
+        assert forgetting.opened == opened + 1  # the first answer was not remembered
+        await callers.marks_written()

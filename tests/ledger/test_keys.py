@@ -3,6 +3,7 @@ its own purpose, listed and revoked."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 from datetime import UTC, datetime, timedelta
@@ -183,7 +184,7 @@ async def test_unknown_and_revoked_provider_tokens_are_refused(ledger_db: Databa
     token = await create_key(ledger_db, account_name="rig", purpose="provider")
     assert await authenticate_provider(ledger_db, "mfp-" + secrets.token_urlsafe(32)) is None
 
-    assert await revoke_key(ledger_db, token.display_prefix) is True
+    assert await revoke_key(ledger_db, token.display_prefix) is not None
     assert await authenticate_provider(ledger_db, token.key) is None
 
 
@@ -193,7 +194,7 @@ async def test_revoking_by_the_api_prefix_does_not_match_provider_tokens(
     token = await create_key(ledger_db, account_name="rig", purpose="provider")
     api_key = await create_key(ledger_db, account_name="alice")
 
-    assert await revoke_key(ledger_db, "mf-") is True  # the one API key, not the token
+    assert await revoke_key(ledger_db, "mf-") is not None  # the one API key, not the token
     assert await authenticate(ledger_db, api_key.key) is None
     assert await authenticate_provider(ledger_db, token.key) is not None
 
@@ -223,10 +224,10 @@ async def test_revoked_key_is_refused_and_listed_as_revoked(ledger_db: Database)
     kept = await create_key(ledger_db, name="kept")
     gone = await create_key(ledger_db, name="gone")
 
-    assert await revoke_key(ledger_db, gone.key_id) is True
+    assert await revoke_key(ledger_db, gone.key_id) is not None
     assert await authenticate(ledger_db, gone.key) is None
     assert await authenticate(ledger_db, kept.key) is not None
-    assert await revoke_key(ledger_db, gone.key_id) is False
+    assert await revoke_key(ledger_db, gone.key_id) is None
     by_id = {info.key_id: info for info in await list_keys(ledger_db)}
     assert by_id[gone.key_id].revoked_at is not None
     assert by_id[kept.key_id].revoked_at is None
@@ -236,20 +237,21 @@ async def test_revoke_by_display_prefix_needs_exactly_one_match(ledger_db: Datab
     first = await create_key(ledger_db)
     second = await create_key(ledger_db)
 
-    assert await revoke_key(ledger_db, "mf-") is False  # matches both
-    assert await revoke_key(ledger_db, "nothing-like-it") is False
-    assert await revoke_key(ledger_db, first.display_prefix) is True
+    assert await revoke_key(ledger_db, "mf-") is None  # matches both
+    assert await revoke_key(ledger_db, "nothing-like-it") is None
+    assert await revoke_key(ledger_db, first.display_prefix) is not None
     other_case = "mf-" + second.display_prefix[3:].swapcase()
     if other_case != second.display_prefix:  # keys are case-sensitive, even on SQLite
-        assert await revoke_key(ledger_db, other_case) is False
-    assert await revoke_key(ledger_db, second.display_prefix[:9]) is True
+        assert await revoke_key(ledger_db, other_case) is None
+    assert await revoke_key(ledger_db, second.display_prefix[:9]) is not None
     assert await authenticate(ledger_db, first.key) is None
     assert await authenticate(ledger_db, second.key) is None
 
 
 async def test_revoke_by_the_raw_key_itself(ledger_db: Database) -> None:
     created = await create_key(ledger_db)
-    assert await revoke_key(ledger_db, created.key) is True
+    revoked_hash = await revoke_key(ledger_db, created.key)
+    assert revoked_hash == hashlib.sha256(created.key.encode()).hexdigest()
     assert await authenticate(ledger_db, created.key) is None
 
 

@@ -57,9 +57,10 @@ DatabaseUrlFileOption = Annotated[
 RedisUrlOption = Annotated[
     str | None,
     typer.Option(
-        help="Redis URL (redis://host:port/db) that replicas share rate limits through; "
-        "without it they stay in memory. Other local users can read a command line: prefer "
-        "MOONFLOWER_REDIS_URL when it carries a password.",
+        help="Redis URL (redis://host:port/db) that replicas share rate limits and news of "
+        "revoked keys and changed prices through; without it they stay in memory. Other "
+        "local users can read a command line: prefer MOONFLOWER_REDIS_URL when it carries a "
+        "password.",
     ),
 ]
 

@@ -1,5 +1,8 @@
 """`moonflower keys create|list|revoke`: manage API keys and provider tokens directly in the
-coordinator's store. Also home of `with_database`, which the other store commands share."""
+coordinator's store. Also home of `with_database`, which the other store commands share.
+
+A revocation written here is also announced over Redis when one is configured, so running
+coordinator replicas forget the key at once rather than when their key cache expires."""
 
 from __future__ import annotations
 
@@ -13,9 +16,12 @@ import typer
 from moonflower.cli.coordinator import (
     DatabaseUrlFileOption,
     DatabaseUrlOption,
+    RedisUrlOption,
     coordinator_settings,
 )
-from moonflower.errors import InvalidRequest
+from moonflower.coordinator import broadcast
+from moonflower.coordinator.redis_store import RedisStore
+from moonflower.errors import InvalidRequest, StoreUnavailable
 from moonflower.ledger import keys
 from moonflower.ledger.database import Database, default_database_url
 
@@ -120,15 +126,36 @@ def revoke(
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
     database_url_file: DatabaseUrlFile = None,
+    redis_url: RedisUrlOption = None,
 ) -> None:
-    """Revoke a key or provider token so it can no longer be used."""
-    is_revoked = with_database(
+    """Revoke a key or provider token so it can no longer be used; with a Redis URL (or
+    MOONFLOWER_REDIS_URL), running coordinators are told at once."""
+    announce_to = coordinator_settings(None, None, None, None, redis_url=redis_url).redis_url
+    key_hash = with_database(
         data_dir,
         database_url,
         lambda db: keys.revoke_key(db, key),
         database_url_file=database_url_file,
     )
-    if not is_revoked:
+    if key_hash is None:
         typer.echo(f"no single key matches {key!r}", err=True)
         raise typer.Exit(1)
     typer.echo(f"revoked {key}")
+    if announce_to is not None and not asyncio.run(announce_revoked(announce_to, key_hash)):
+        typer.echo(
+            "Redis did not answer: running coordinators stop accepting the key when their "
+            "key cache expires",
+            err=True,
+        )
+
+
+async def announce_revoked(redis_url: str, key_hash: str) -> bool:
+    """Tell the coordinators subscribed through `redis_url`; whether Redis took it."""
+    store = RedisStore.connect(redis_url)
+    try:
+        await broadcast.publish(store, ("key_revoked", key_hash))
+    except StoreUnavailable:
+        return False
+    finally:
+        await store.aclose()
+    return True

@@ -23,6 +23,12 @@ from starlette.responses import Response
 from moonflower import __version__, errors
 from moonflower.coordinator import lost_jobs, transport_key
 from moonflower.coordinator.auth import CallerCache, authenticate
+from moonflower.coordinator.broadcast import (
+    Broadcast,
+    MemoryBroadcast,
+    RedisBroadcast,
+    ReplicaCaches,
+)
 from moonflower.coordinator.cors import Cors
 from moonflower.coordinator.dispatch import Dispatcher
 from moonflower.coordinator.error_response import render_error
@@ -77,6 +83,10 @@ async def build_services(settings: CoordinatorSettings) -> Services:
         if redis is not None
         else None
     )
+    dispatcher = Dispatcher(registry, db, settings, prompt_counter=prompts, limits=limits)
+    callers = CallerCache(db, settings.api_key_cache_s)
+    broadcast: Broadcast = RedisBroadcast(redis) if redis is not None else MemoryBroadcast()
+    broadcast.subscribe(ReplicaCaches(callers, dispatcher.pricing))
     presence: Presence = LocalPresence()
     forwarder = None
     if redis is not None:
@@ -89,11 +99,12 @@ async def build_services(settings: CoordinatorSettings) -> Services:
         settings=settings,
         db=db,
         registry=registry,
-        dispatcher=Dispatcher(registry, db, settings, prompt_counter=prompts, limits=limits),
-        callers=CallerCache(db, settings.api_key_cache_s),
+        dispatcher=dispatcher,
+        callers=callers,
         reputation=Reputation(db, registry, allow_anonymous=settings.allow_anonymous_providers),
         started_at=int(time.time()),
         prompts=prompts,
+        broadcast=broadcast,
         redis=redis,
         presence=presence,
         forwarder=forwarder,

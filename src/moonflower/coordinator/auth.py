@@ -53,9 +53,11 @@ def presented_key(bearer_token: str | None, x_api_key: str | None) -> str | None
 class CallerCache:
     """Who each recently used API key belongs to, for `ttl_s` after the ledger said so.
 
-    A key revoked meanwhile keeps working until its entry expires (at most `ttl_s`); unknown
-    and revoked keys are never remembered, so they always ask the ledger. Entries are keyed
-    by a hash of the key, never the key itself. `ttl_s` 0 remembers nothing.
+    A key revoked meanwhile keeps working until its entry is forgotten: at once when the
+    revocation is broadcast (`forget`, see `broadcast`), at the latest when it expires
+    (`ttl_s`). Unknown and revoked keys are never remembered, so they always ask the ledger.
+    Entries are keyed by the key's SHA-256 (as the ledger stores it), never the key itself.
+    `ttl_s` 0 remembers nothing.
     """
 
     MAX_ENTRIES = 10_000
@@ -68,6 +70,9 @@ class CallerCache:
         self._clock = clock
         self._entries: dict[bytes, tuple[keys.Caller, float]] = {}
         self._noting: dict[str, asyncio.Task[None]] = {}
+        self._forgettings = 0
+        """How many times entries were forgotten: a ledger read that began before one may
+        have seen the key still active, so its answer is used once but not remembered."""
 
     async def caller(self, raw_key: str) -> keys.Caller | None:
         digest = hashlib.sha256(raw_key.encode()).digest()
@@ -75,10 +80,11 @@ class CallerCache:
         entry = self._entries.get(digest)
         if entry is not None and entry[1] > now:
             return entry[0]
+        forgettings = self._forgettings
         caller = await keys.authenticate(self.db, raw_key)
         if caller is not None:
             self.note_use(caller)
-        if caller is None or self._ttl_s <= 0:
+        if caller is None or self._ttl_s <= 0 or forgettings != self._forgettings:
             self._entries.pop(digest, None)
             return caller
         if len(self._entries) >= self.MAX_ENTRIES:
@@ -87,6 +93,19 @@ class CallerCache:
                 self._entries.clear()
         self._entries[digest] = (caller, now + self._ttl_s)
         return caller
+
+    def forget(self, key_hash: str) -> None:
+        """Forget the key whose SHA-256 is `key_hash` (hex): it was revoked."""
+        self._forgettings += 1
+        try:
+            self._entries.pop(bytes.fromhex(key_hash), None)
+        except ValueError:
+            log.warning("asked to forget a key by a malformed hash")
+
+    def forget_all(self) -> None:
+        """Forget every key (revocations may have been missed)."""
+        self._forgettings += 1
+        self._entries.clear()
 
     def note_use(self, caller: keys.Caller) -> None:
         """Mark the caller's key used, in the background, if it is due (one write a

@@ -23,9 +23,6 @@ from moonflower.settings import CoordinatorSettings
 
 log = logging.getLogger(__name__)
 
-PRICE_LIST_TTL_S = 2.0
-"""How long a read price list is reused: an admin's change reaches every replica within it."""
-
 
 def base_price_list(settings: CoordinatorSettings) -> PriceList:
     return PriceList(
@@ -40,24 +37,34 @@ def base_price_list(settings: CoordinatorSettings) -> PriceList:
 
 
 class Pricing:
-    """The price list in force: settings overlaid by the admin's stored prices."""
+    """The price list in force: settings overlaid by the admin's stored prices, read again
+    once `settings.price_list_cache_s` has passed or when told the prices changed (`forget`,
+    see `broadcast`)."""
 
     def __init__(self, db: Database, settings: CoordinatorSettings) -> None:
         self._db = db
         self.base = base_price_list(settings)
+        self._ttl_s = settings.price_list_cache_s
         self._current: PriceList | None = None
         self._read_at = 0.0
         self._lock = asyncio.Lock()
+        self._forgettings = 0
 
     async def current(self) -> PriceList:
         async with self._lock:
-            if self._current is None or time.monotonic() - self._read_at > PRICE_LIST_TTL_S:
-                self._current = await load_price_list(self._db, self.base)
+            if self._current is None or time.monotonic() - self._read_at >= self._ttl_s:
+                forgettings = self._forgettings
+                prices = await load_price_list(self._db, self.base)
+                # A change announced while reading may be missing from what was read: use
+                # it this once, read again next time.
+                self._current = prices if forgettings == self._forgettings else None
                 self._read_at = time.monotonic()
+                return prices
             return self._current
 
     def forget(self) -> None:
         """Read the stored prices again on next use (after an admin changed them)."""
+        self._forgettings += 1
         self._current = None
 
 

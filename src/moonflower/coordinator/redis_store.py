@@ -6,7 +6,7 @@ can fail (down, unreachable, too slow, refusing) becomes `errors.StoreUnavailabl
 nowhere else, so routes answer 503 (529 on /v1/messages) with Retry-After instead of hanging.
 
 It must never log the URL, which may carry a password. What the state means (rate limits,
-…) belongs to the modules that use it (`redis_limits`).
+cache broadcasts, …) belongs to the modules that use it (`redis_limits`, `broadcast`).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import logging
 from collections.abc import Sequence
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
@@ -86,6 +87,21 @@ class RedisStore:
             # The error's text names host and port at most, never the URL's password.
             log.warning("Redis did not answer: %s: %s", type(error).__name__, error)
             raise errors.StoreUnavailable(retry_after_s=RETRY_AFTER_S) from error
+
+    async def publish(self, channel: str, message: str) -> None:
+        """Send `message` to whoever listens on `channel` (a `key`) now, or raise
+        `errors.StoreUnavailable` if Redis does not take it within the time-out."""
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await self._client.publish(channel, message)
+        except (RedisError, OSError, TimeoutError) as error:
+            log.warning("Redis did not answer: %s: %s", type(error).__name__, error)
+            raise errors.StoreUnavailable(retry_after_s=RETRY_AFTER_S) from error
+
+    def pubsub(self) -> PubSub:
+        """A subscription of its own (one pooled connection, held until it is closed); its
+        calls raise Redis's own errors, which the subscriber handles (`broadcast`)."""
+        return self._client.pubsub()
 
     async def aclose(self) -> None:
         """Close every connection this store opened."""

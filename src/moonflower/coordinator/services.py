@@ -13,6 +13,7 @@ from starlette.requests import HTTPConnection
 from starlette.responses import Response
 
 from moonflower.coordinator.auth import CallerCache
+from moonflower.coordinator.broadcast import Broadcast
 from moonflower.coordinator.dispatch import Dispatcher
 from moonflower.coordinator.forwarding import Forwarder
 from moonflower.coordinator.presence import LocalPresence, Presence
@@ -37,6 +38,8 @@ class Services:
     """Unix time the coordinator started (the `created` of the models it lists)."""
     prompts: PromptCounter
     """Counts prompt tokens with the model's own tokenizer, where it knows the weights."""
+    broadcast: Broadcast
+    """Tells every replica's caches that a key was revoked or the prices changed."""
     redis: RedisStore | None = None
     """The Redis client the replicas share live state through; None keeps it all in memory."""
     presence: Presence = field(default_factory=LocalPresence)
@@ -48,6 +51,7 @@ class Services:
         """Close the connections these services opened (at shutdown, after settling)."""
         if self.forwarder is not None:
             await self.forwarder.aclose()
+        await self.broadcast.aclose()
         if self.redis is not None:
             await self.redis.aclose()
         await self.db.close()

@@ -250,13 +250,14 @@ async def list_keys(db: Database) -> list[KeyInfo]:
     ]
 
 
-async def revoke_key(db: Database, key_id_or_prefix: str) -> bool:
+async def revoke_key(db: Database, key_id_or_prefix: str) -> str | None:
     """Revoke one active key or provider token, named by its id, its display prefix (or a
-    start of it), or the raw key itself. Returns False, revoking nothing, unless exactly one
-    active key matches."""
+    start of it), or the raw key itself, and return its SHA-256 (hex, as stored), by which
+    coordinators that remember the key forget it. Returns None, revoking nothing, unless
+    exactly one active key matches."""
     ident = key_id_or_prefix.strip().removesuffix(ELLIPSIS)
     if not ident:
-        return False
+        return None
     # substr, not LIKE: SQLite's LIKE ignores case, and keys are case-sensitive.
     matches = or_(
         ApiKey.id == ident,
@@ -266,13 +267,15 @@ async def revoke_key(db: Database, key_id_or_prefix: str) -> bool:
     async with db.sessions.begin() as session:
         found = (
             await session.execute(
-                select(ApiKey.id).where(ApiKey.revoked_at.is_(None), matches).limit(2)
+                select(ApiKey.id, ApiKey.key_hash)
+                .where(ApiKey.revoked_at.is_(None), matches)
+                .limit(2)
             )
-        ).scalars()
-        key_ids = list(found)
-        if len(key_ids) != 1:
-            return False
+        ).all()
+        if len(found) != 1:
+            return None
+        key_id, key_hash = found[0]
         await session.execute(
-            update(ApiKey).where(ApiKey.id == key_ids[0]).values(revoked_at=datetime.now(UTC))
+            update(ApiKey).where(ApiKey.id == key_id).values(revoked_at=datetime.now(UTC))
         )
-    return True
+    return str(key_hash)

@@ -1,9 +1,10 @@
 """Prices: `GET /v1/pricing` (public) and `PUT /v1/admin/pricing` (admin key).
 
 Prices are micro-USD per million tokens. An admin's change is stored in the ledger and
-takes effect on every coordinator sharing it within `PRICE_LIST_TTL_S`; on this one, at
-once. Requests already holding credit keep their hold; their charge uses the prices in
-force when they settle, never more than they hold.
+takes effect on this coordinator at once, and on every replica as soon as the broadcast
+reaches it (`broadcast`); within `price_list_cache_s` if that message is lost. Requests
+already holding credit keep their hold; their charge uses the prices in force when they
+settle, never more than they hold.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ async def put_pricing(request: Request, services: ServicesDep, admin: AdminKey) 
     await store_pricing(
         services.db, model_price=model_price, policy=(minimum, fee_bps) if is_policy else None
     )
-    services.dispatcher.pricing.forget()
+    await services.broadcast.prices_changed()
     prices = await services.dispatcher.pricing.current()
     return json_response(pricing_body(prices, set(await network_supply(services))))
 
