@@ -11,6 +11,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
+from moonflower import errors
 from moonflower.coordinator.deps import ApiCaller, ServicesDep
 from moonflower.coordinator.dialects import anthropic_models, openai_models
 from moonflower.coordinator.dialects.caller_dialect import speaks_anthropic
@@ -44,9 +45,14 @@ async def retrieve_model(
 
 
 async def network_supply(services: Services) -> dict[str, list[ModelSupply]]:
-    """Every model served now, by this replica's providers or another replica's."""
+    """Every model served now, by this replica's providers or another replica's; only this
+    replica's while Redis does not answer (a listing is better partial than refused)."""
     supply = local_supply(services.registry.models())
-    for model, elsewhere in (await services.presence.served_elsewhere()).items():
+    try:
+        others = await services.presence.served_elsewhere()
+    except errors.StoreUnavailable:
+        others = {}
+    for model, elsewhere in others.items():
         supply.setdefault(model, []).extend(elsewhere)
     return supply
 
