@@ -1,8 +1,8 @@
 """The double-entry book: every movement of money is one transaction whose entries sum to
 zero, applied to the accounts' balances in the same database transaction.
 
-Owns posting (`post`, used by deposits and settlements) and deposits themselves. Balances
-are integer micro-USD. Account rows are updated in a fixed order (sorted ids) so that two
+Owns posting (`post`, and `post_all` for many transactions at once: used by deposits and
+settlements) and deposits themselves. Balances are integer micro-USD. Account rows are updated in a fixed order (sorted ids) so that two
 transactions touching the same accounts cannot deadlock on PostgreSQL.
 """
 
@@ -53,6 +53,15 @@ class UnbalancedTransaction(ValueError):
     """Entries that do not sum to zero: a bug, never a user error."""
 
 
+@dataclass(frozen=True, slots=True)
+class Posting:
+    """One transaction to record: its entries, and what it is for."""
+
+    entries: Sequence[Entry]
+    job_id: str | None = None
+    memo: str | None = None
+
+
 async def post(
     session: AsyncSession,
     kind: TransactionKind,
@@ -64,36 +73,57 @@ async def post(
 ) -> str:
     """Record one balanced transaction and apply it (and any change to what accounts hold)
     to the balances, inside the caller's database transaction. Returns its id."""
-    if sum(e.amount_micro_usd for e in entries) != 0:
-        raise UnbalancedTransaction(f"{kind} entries sum to a non-zero amount")
-    transaction_id = uuid.uuid4().hex
-    # The transaction row first: the entries point at it.
-    await session.execute(
-        insert(LedgerTransaction).values(
-            id=transaction_id, kind=kind, job_id=job_id, memo=memo, created_at=datetime.now(UTC)
-        )
+    [transaction_id] = await post_all(
+        session, kind, [Posting(entries, job_id, memo)], held_changes=held_changes
     )
-    moving = [entry for entry in entries if entry.amount_micro_usd != 0]
-    if moving:
-        await session.execute(
-            insert(LedgerEntry),
-            [
+    return transaction_id
+
+
+async def post_all(
+    session: AsyncSession,
+    kind: TransactionKind,
+    postings: Sequence[Posting],
+    *,
+    held_changes: Mapping[str, int] | None = None,
+) -> list[str]:
+    """Record balanced transactions, each with its own entries, and apply their sum (and
+    any change to what accounts hold) to the balances with one UPDATE per account, inside
+    the caller's database transaction: many settlements move a shared account (the
+    platform's) once. Returns their ids, in order."""
+    for posting in postings:
+        if sum(e.amount_micro_usd for e in posting.entries) != 0:
+            raise UnbalancedTransaction(f"{kind} entries sum to a non-zero amount")
+    ids = [uuid.uuid4().hex for _ in postings]
+    now = datetime.now(UTC)
+    balance_changes: dict[str, int] = {}
+    entry_rows = []
+    for transaction_id, posting in zip(ids, postings, strict=True):
+        for entry in posting.entries:
+            if entry.amount_micro_usd == 0:
+                continue
+            entry_rows.append(
                 {
                     "transaction_id": transaction_id,
                     "account_id": entry.account_id,
                     "kind": entry.kind,
                     "amount_micro_usd": entry.amount_micro_usd,
                 }
-                for entry in moving
+            )
+            balance_changes[entry.account_id] = (
+                balance_changes.get(entry.account_id, 0) + entry.amount_micro_usd
+            )
+    if postings:  # the transaction rows first: the entries point at them
+        await session.execute(
+            insert(LedgerTransaction),
+            [
+                {"id": i, "kind": kind, "job_id": p.job_id, "memo": p.memo, "created_at": now}
+                for i, p in zip(ids, postings, strict=True)
             ],
         )
-    balance_changes: dict[str, int] = {}
-    for entry in moving:
-        balance_changes[entry.account_id] = (
-            balance_changes.get(entry.account_id, 0) + entry.amount_micro_usd
-        )
+    if entry_rows:
+        await session.execute(insert(LedgerEntry), entry_rows)
     await apply_changes(session, balance_changes, held_changes or {})
-    return transaction_id
+    return ids
 
 
 async def apply_changes(
