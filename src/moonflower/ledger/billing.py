@@ -226,9 +226,7 @@ def _split(bill: JobBill, hold: _ClosedHold | None) -> tuple[Settlement, list[En
     return Settlement(bill.job.id, reserved, charged, share, fee), entries
 
 
-async def _settled_earlier(
-    session: AsyncSession, job_ids: Sequence[str]
-) -> dict[str, Settlement]:
+async def _settled_earlier(session: AsyncSession, job_ids: Sequence[str]) -> dict[str, Settlement]:
     """The settlements of those of `job_ids` that are already stored."""
     if not job_ids:
         return {}

@@ -2,8 +2,9 @@
 zero, applied to the accounts' balances in the same database transaction.
 
 Owns posting (`post`, and `post_all` for many transactions at once: used by deposits and
-settlements) and deposits themselves. Balances are integer micro-USD. Account rows are updated in a fixed order (sorted ids) so that two
-transactions touching the same accounts cannot deadlock on PostgreSQL.
+settlements) and deposits themselves. Balances are integer micro-USD. Account rows are
+updated in a fixed order (sorted ids) so that two transactions touching the same accounts
+cannot deadlock on PostgreSQL.
 """
 
 from __future__ import annotations
