@@ -7,6 +7,7 @@ import asyncio
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import event, func, select, update
@@ -399,16 +400,24 @@ async def test_concurrent_holds_never_overdraw(ledger_db: Database, parties: Par
     await assert_books_balance(ledger_db)
 
 
-def count_account_updates(db: Database) -> list[str]:
-    """Every UPDATE of the accounts table `db` runs from now on, as executed."""
-    statements: list[str] = []
+def count_account_updates(db: Database) -> list[Any]:
+    """The parameters of every UPDATE of an account row `db` runs from now on: one entry
+    per row updated (a statement run for several rows at once counts each)."""
+    updated: list[Any] = []
 
-    def seen(_conn: object, _cursor: object, statement: str, *_rest: object) -> None:
+    def seen(
+        _conn: object,
+        _cursor: object,
+        statement: str,
+        parameters: Any,
+        _context: object,
+        many: bool,
+    ) -> None:
         if statement.lstrip().upper().startswith("UPDATE ACCOUNTS"):
-            statements.append(statement)
+            updated.extend(parameters if many else [parameters])
 
     event.listen(db.engine.sync_engine, "before_cursor_execute", seen)
-    return statements
+    return updated
 
 
 async def test_a_batch_settles_each_job_exactly_and_moves_each_account_once(

@@ -12,8 +12,9 @@ import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import cast
 
-from sqlalchemy import Insert, insert, select
+from sqlalchemy import Insert, Table, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from moonflower.ledger.database import Database
@@ -57,8 +58,10 @@ def insert_job(record: JobRecord) -> Insert:
 
 async def insert_jobs(session: AsyncSession, records: Sequence[JobRecord]) -> None:
     """Store `records` inside the caller's transaction, with one multi-row INSERT."""
-    if records:
-        await session.execute(insert(Job), [dataclasses.asdict(r) for r in records])
+    if records:  # the table, not the class: no ORM bookkeeping for rows nobody loads
+        fields = [f.name for f in dataclasses.fields(JobRecord)]
+        rows = [{name: getattr(record, name) for name in fields} for record in records]
+        await session.execute(insert(cast(Table, Job.__table__)), rows)
 
 
 def _record(job: Job) -> JobRecord:

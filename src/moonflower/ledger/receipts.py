@@ -6,8 +6,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import cast
 
-from sqlalchemy import Insert, insert, select
+from sqlalchemy import Insert, Table, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from moonflower.ledger.database import Database
@@ -39,7 +40,8 @@ async def insert_receipts(session: AsyncSession, records: Sequence[ReceiptRecord
     """Store `records` inside the caller's transaction, with one multi-row INSERT."""
     if records:
         now = datetime.now(UTC)
-        await session.execute(insert(StoredReceipt), [_row(r, now) for r in records])
+        table = cast(Table, StoredReceipt.__table__)  # no ORM bookkeeping for these rows
+        await session.execute(insert(table), [_row(r, now) for r in records])
 
 
 def _row(record: ReceiptRecord, created_at: datetime) -> dict[str, object]:
