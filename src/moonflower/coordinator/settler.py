@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 
 RETRY_FIRST_S = 0.1
 RETRY_MAX_S = 30.0
+WRITERS = 2
+"""Batches written at once: while one waits for the database, the next is prepared and
+sent (their accounts are locked in one order, so they cannot deadlock)."""
 MAX_BATCH = 500
 """The most orders one transaction writes: far more than arrive during one write at a few
 thousand a second, few enough to keep its statements and row locks short."""
@@ -86,7 +89,7 @@ class Settler:
         """Every order not yet written down, by job id."""
         self._queue: list[_Pending] = []
         """Orders waiting for their first attempt."""
-        self._writer: asyncio.Task[None] | None = None
+        self._writers: set[asyncio.Task[None]] = set()
         self._retries: set[asyncio.Task[None]] = set()
 
     @property
@@ -104,8 +107,10 @@ class Settler:
             landed = asyncio.get_running_loop().create_future()
             pending = self._pending[job_id] = _Pending(order, landed)
             self._queue.append(pending)
-            if self._writer is None or self._writer.done():
-                self._writer = asyncio.create_task(self._write_queue())
+            if len(self._writers) < WRITERS:
+                writer = asyncio.create_task(self._write_queue())
+                self._writers.add(writer)
+                writer.add_done_callback(self._writers.discard)
             await self._record_tokens(order)
         await asyncio.shield(pending.tried.wait())
         if pending.landed.done():
