@@ -107,10 +107,10 @@ class Settler:
             landed = asyncio.get_running_loop().create_future()
             pending = self._pending[job_id] = _Pending(order, landed)
             self._queue.append(pending)
+            # Done, not yet forgotten: a done callback would run only after this call.
+            self._writers = {writer for writer in self._writers if not writer.done()}
             if len(self._writers) < WRITERS:
-                writer = asyncio.create_task(self._write_queue())
-                self._writers.add(writer)
-                writer.add_done_callback(self._writers.discard)
+                self._writers.add(asyncio.create_task(self._write_queue()))
             await self._record_tokens(order)
         await asyncio.shield(pending.tried.wait())
         if pending.landed.done():
@@ -141,9 +141,11 @@ class Settler:
         while self._queue:
             batch = self._queue[: self._max_batch]
             del self._queue[: self._max_batch]
-            failure = await self._attempt(batch)
-            for pending in batch:
-                pending.tried.set()
+            try:
+                failure = await self._attempt(batch)
+            finally:  # its callers wait for this attempt, however it ends
+                for pending in batch:
+                    pending.tried.set()
             if failure is not None:
                 self._start(self._retry(batch, failure, RETRY_FIRST_S))
 
