@@ -36,6 +36,7 @@ LITELLM_FRACTION_MAX = 0.25
 RELAY_MIN_TOKENS_PER_S = 20_000
 ENGINE_EFFICIENCY_MIN = 0.95
 ENGINE_CONCURRENCY = (1, 4)
+BATCHED_SETTLEMENTS_MIN_PER_S = 2_000
 
 
 @dataclass(frozen=True)
@@ -215,11 +216,29 @@ def engine_checks(result: Result | None) -> list[Check]:
     return checks
 
 
+def settlement_checks(result: Result | None) -> list[Check]:
+    """The best batched rate on PostgreSQL, at whichever concurrency reached it."""
+    rows = result.report.get("batching", {}).get("rows", []) if result else []
+    rates = [r["settler_batched_per_s"] for r in rows if r.get("backend") == "postgresql"]
+    return [
+        check(
+            "settlements in batches, PostgreSQL",
+            f"≥ {BATCHED_SETTLEMENTS_MIN_PER_S:,} /s",
+            result,
+            max(rates, default=None),
+            BATCHED_SETTLEMENTS_MIN_PER_S,
+            is_upper=False,
+            shown="{:,.0f} /s",
+        )
+    ]
+
+
 def checks(results: dict[str, Result | None]) -> list[Check]:
     return [
         *gateway_checks(results.get("gateway_overhead")),
         *relay_checks(results.get("relay")),
         *engine_checks(results.get("throughput")),
+        *settlement_checks(results.get("settlements")),
     ]
 
 

@@ -68,6 +68,15 @@ def throughput(**ratios: float) -> dict[str, Any]:
     }
 
 
+def settlements(**batched: list[float]) -> dict[str, Any]:
+    rows = [
+        {"backend": backend, "concurrency": 8 * n, "settler_batched_per_s": rate}
+        for backend, rates in batched.items()
+        for n, rate in enumerate(rates)
+    ]
+    return {"rows": [], "batching": {"rows": rows}}
+
+
 def statuses(directory: Path) -> dict[str, str]:
     return {check.what: check.status for check in report.checks(report.load_all(directory))}
 
@@ -86,6 +95,7 @@ def test_targets_are_met_or_missed_from_the_numbers(tmp_path: Path) -> None:
         "relay, whole (sustained)": "missed",
         "engine efficiency, 1 concurrent request": "met",
         "engine efficiency, 4 concurrent requests": "missed",
+        "settlements in batches, PostgreSQL": "not run",
     }
 
 
@@ -93,6 +103,7 @@ def test_a_target_on_its_limit_is_met(tmp_path: Path) -> None:
     write(tmp_path, "gateway_overhead", gateway(moonflower=(2.0, 10.0), litellm=(8.0, 40.0)))
     write(tmp_path, "relay", relay(streaming=20_000, whole=20_000))
     write(tmp_path, "throughput", throughput(c1=0.95, c4=0.95))
+    write(tmp_path, "settlements", settlements(postgresql=[900.0, 2_000.0], sqlite=[9_999.0]))
 
     assert set(statuses(tmp_path).values()) == {"met"}
 
@@ -108,6 +119,14 @@ def test_missing_files_are_not_run_and_missing_levels_are_no_data(tmp_path: Path
     assert found["relay, streaming (sustained)"] == "not run"
     assert found["engine efficiency, 1 concurrent request"] == "met"
     assert found["engine efficiency, 4 concurrent requests"] == "no data"
+    assert found["settlements in batches, PostgreSQL"] == "not run"
+
+
+def test_batched_settlements_are_judged_on_postgresql_only(tmp_path: Path) -> None:
+    write(tmp_path, "settlements", settlements(postgresql=[1_999.0], sqlite=[5_000.0]))
+    assert statuses(tmp_path)["settlements in batches, PostgreSQL"] == "missed"
+    write(tmp_path, "settlements", {"rows": []})  # measured before batching existed
+    assert statuses(tmp_path)["settlements in batches, PostgreSQL"] == "no data"
 
 
 def test_summary_of_an_empty_directory_says_every_benchmark_is_not_run(tmp_path: Path) -> None:

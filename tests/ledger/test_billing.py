@@ -1,4 +1,5 @@
-"""Holds and settlement: exact charges and shares, idempotent settling, released holds."""
+"""Holds and settlement: exact charges and shares, one at a time and in batches, idempotent
+settling, released holds."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ import asyncio
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import event, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from moonflower.errors import InsufficientFunds
@@ -20,12 +22,14 @@ from moonflower.ledger.accounts import (
     get_account,
 )
 from moonflower.ledger.billing import (
+    JobBill,
     Settlement,
     release,
     release_expired,
     renew_leases,
     reserve,
     settle,
+    settle_all,
 )
 from moonflower.ledger.book import deposit
 from moonflower.ledger.database import Database
@@ -394,3 +398,133 @@ async def test_concurrent_holds_never_overdraw(ledger_db: Database, parties: Par
     assert sum(taken) == 3
     assert (await _account(ledger_db, parties.consumer)).held_micro_usd == 900_000
     await assert_books_balance(ledger_db)
+
+
+def count_account_updates(db: Database) -> list[Any]:
+    """The parameters of every UPDATE of an account row `db` runs from now on: one entry
+    per row updated (a statement run for several rows at once counts each)."""
+    updated: list[Any] = []
+
+    def seen(
+        _conn: object,
+        _cursor: object,
+        statement: str,
+        parameters: Any,
+        _context: object,
+        many: bool,
+    ) -> None:
+        if statement.lstrip().upper().startswith("UPDATE ACCOUNTS"):
+            updated.extend(parameters if many else [parameters])
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", seen)
+    return updated
+
+
+async def test_a_batch_settles_each_job_exactly_and_moves_each_account_once(
+    ledger_db: Database, parties: Parties
+) -> None:
+    other = await create_key(ledger_db, account_name="other consumer")
+    await deposit(ledger_db, other.account_id, 1_000_000)
+    costs = [0, 1, 19, 20, 21, 99_999, 123_457, 300_001]
+    bills = []
+    for n, cost in enumerate(costs):
+        payer = (parties.consumer, parties.key_id) if n % 2 else (other.account_id, other.key_id)
+        await reserve(ledger_db, f"job-{n}", payer[0], 100_000 + n)
+        provider = None if n == 3 else parties.provider
+        bills.append(JobBill(finished_job(*payer, f"job-{n}"), cost, 1_234, provider))
+    bills.append(JobBill(parties.job("no-hold"), 5_000, 1_234, parties.provider))
+    updates = count_account_updates(ledger_db)
+
+    settled = await settle_all(ledger_db, bills)
+
+    expected = []
+    for n, cost in enumerate(costs):
+        charged = min(cost, 100_000 + n)
+        fee = charged if n == 3 else charged * 1_234 // 10_000
+        expected.append(Settlement(f"job-{n}", 100_000 + n, charged, charged - fee, fee))
+    assert settled == [*expected, Settlement("no-hold", 0, 0, 0, 0)]
+    # Two consumers, the provider and the platform: one UPDATE each for the whole batch.
+    assert len(updates) == 4
+    charged_by = {parties.consumer: 0, other.account_id: 0}
+    for n, s in enumerate(expected):
+        charged_by[parties.consumer if n % 2 else other.account_id] += s.charged_micro_usd
+    for account_id, charged in charged_by.items():
+        account = await _account(ledger_db, account_id)
+        assert (account.balance_micro_usd, account.held_micro_usd) == (1_000_000 - charged, 0)
+    provider_total = sum(s.provider_share_micro_usd for s in expected)
+    platform_total = sum(s.platform_fee_micro_usd for s in expected)
+    assert (await _account(ledger_db, parties.provider)).balance_micro_usd == provider_total
+    assert (await _account(ledger_db, PLATFORM_ACCOUNT_ID)).balance_micro_usd == platform_total
+    assert provider_total + platform_total == sum(charged_by.values())
+    jobs = {j.id: j.charged_micro_usd for j in await list_jobs(ledger_db)}
+    assert jobs == {s.job_id: s.charged_micro_usd for s in [*expected, settled[-1]]}
+    async with ledger_db.sessions() as session:  # one ledger transaction per charged job
+        rows = await session.scalars(
+            select(LedgerTransaction.job_id).where(LedgerTransaction.kind == "settlement")
+        )
+        assert sorted(rows.all()) == sorted(s.job_id for s in expected if s.charged_micro_usd)
+    await assert_books_balance(ledger_db)
+
+
+async def test_a_job_twice_in_a_batch_or_settled_before_it_is_charged_once(
+    ledger_db: Database, parties: Parties
+) -> None:
+    for job_id in ("earlier", "twice", "fresh"):
+        await reserve(ledger_db, job_id, parties.consumer, 100_000)
+    first = await settle(
+        ledger_db,
+        parties.job("earlier"),
+        cost_micro_usd=40_000,
+        platform_fee_bps=FEE_BPS,
+        provider_account_id=parties.provider,
+    )
+    receipt = ReceiptRecord("twice", parties.consumer, "provider-1", "{}", "sig", "key")
+
+    settled = await settle_all(
+        ledger_db,
+        [
+            JobBill(parties.job("twice"), 30_000, FEE_BPS, parties.provider, receipt),
+            JobBill(parties.job("earlier"), 90_000, 0, parties.provider),
+            JobBill(parties.job("twice"), 70_000, 0, None, receipt),
+            JobBill(parties.job("fresh"), 10_000, FEE_BPS, parties.provider),
+        ],
+    )
+
+    twice = Settlement("twice", 100_000, 30_000, 28_500, 1_500)
+    fresh = Settlement("fresh", 100_000, 10_000, 9_500, 500)
+    assert first == Settlement("earlier", 100_000, 40_000, 38_000, 2_000)
+    assert settled == [twice, first, twice, fresh]
+    consumer = await _account(ledger_db, parties.consumer)
+    assert (consumer.balance_micro_usd, consumer.held_micro_usd) == (920_000, 0)
+    assert (await _account(ledger_db, parties.provider)).balance_micro_usd == 76_000
+    assert (await _account(ledger_db, PLATFORM_ACCOUNT_ID)).balance_micro_usd == 4_000
+    assert await find_receipt(ledger_db, "twice", account_id=parties.consumer) == receipt
+    again = await settle_all(ledger_db, [JobBill(parties.job("fresh"), 1, 0, None)])
+    assert again == [fresh]
+    assert (await _account(ledger_db, parties.consumer)).balance_micro_usd == 920_000
+    await assert_books_balance(ledger_db)
+
+
+async def test_one_refused_job_undoes_its_whole_batch(
+    ledger_db: Database, parties: Parties
+) -> None:
+    receipt = ReceiptRecord("job-2", parties.consumer, "provider-1", "{}", "sig", "key")
+    await store_receipt(ledger_db, receipt)
+    for job_id in ("job-1", "job-2"):
+        await reserve(ledger_db, job_id, parties.consumer, 100_000)
+    before = await _counts(ledger_db)
+
+    with pytest.raises(IntegrityError):
+        await settle_all(
+            ledger_db,
+            [
+                JobBill(parties.job("job-1"), 50_000, FEE_BPS, parties.provider),
+                JobBill(parties.job("job-2"), 50_000, FEE_BPS, parties.provider, receipt),
+            ],
+        )
+
+    assert await _counts(ledger_db) == before
+    assert [await _hold_status(ledger_db, j) for j in ("job-1", "job-2")] == ["held", "held"]
+    consumer = await _account(ledger_db, parties.consumer)
+    assert (consumer.balance_micro_usd, consumer.held_micro_usd) == (1_000_000, 200_000)
+    assert await settle_all(ledger_db, []) == []

@@ -7,6 +7,8 @@ Owns the money side of a job's life:
 - `settle` closes the hold, charges at most what was held, credits the provider its share
   and the platform its fee, and records the job (and its receipt) — all or nothing, and
   idempotent per job id: a second call changes nothing and returns the first result;
+  `settle_all` does the same for many jobs in one transaction, moving each account's
+  balance once for all of them;
 - every hold carries a lease: the coordinator running the job renews it (`renew_leases`)
   while the job lives, and `release_expired` frees only holds whose lease has run out —
   holds a coordinator that stopped mid-request can no longer renew. Age alone never
@@ -25,10 +27,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from moonflower.errors import InsufficientFunds
 from moonflower.ledger.accounts import PLATFORM_ACCOUNT_ID
-from moonflower.ledger.book import UNTRACKED, Entry, apply_changes, post
+from moonflower.ledger.book import UNTRACKED, Entry, Posting, apply_changes, post_all
 from moonflower.ledger.database import Database
-from moonflower.ledger.jobs import JobRecord, insert_job
-from moonflower.ledger.receipts import ReceiptRecord, insert_receipt
+from moonflower.ledger.jobs import JobRecord, insert_jobs
+from moonflower.ledger.receipts import ReceiptRecord, insert_receipts
 from moonflower.ledger.tables import Account, Hold, Job, LedgerEntry, LedgerTransaction
 
 BASIS_POINTS = 10_000
@@ -112,6 +114,17 @@ async def renew_leases(db: Database, job_ids: Sequence[str], *, lease_s: float) 
     return renewed
 
 
+@dataclass(frozen=True, slots=True)
+class JobBill:
+    """What one finished job owes, as `settle` takes it."""
+
+    job: JobRecord
+    cost_micro_usd: int
+    platform_fee_bps: int
+    provider_account_id: str | None
+    receipt: ReceiptRecord | None = None
+
+
 async def settle(
     db: Database,
     job: JobRecord,
@@ -126,47 +139,104 @@ async def settle(
 
     With no open hold (none was taken, or it was already settled or released) nothing is
     charged; the job is stored once. A repeated call returns the first call's result."""
-    if cost_micro_usd < 0 or not 0 <= platform_fee_bps <= BASIS_POINTS:
-        raise ValueError("cost and fee must be non-negative; the fee at most 100 %")
-    now = datetime.now(UTC)
+    bill = JobBill(job, cost_micro_usd, platform_fee_bps, provider_account_id, receipt)
+    [settlement] = await settle_all(db, [bill])
+    return settlement
+
+
+async def settle_all(db: Database, bills: Sequence[JobBill]) -> list[Settlement]:
+    """Settle every bill as `settle` settles one, all in one database transaction (all or
+    nothing), and return their settlements in order. Each job keeps its own ledger
+    transaction and entries, exact to the micro-USD; the accounts' balances move once per
+    account for the whole batch, so the platform's row is updated once, not once per job.
+    A job billed twice (in `bills` or before) is settled once: its later bills return the
+    first one's result."""
+    for bill in bills:
+        if bill.cost_micro_usd < 0 or not 0 <= bill.platform_fee_bps <= BASIS_POINTS:
+            raise ValueError("cost and fee must be non-negative; the fee at most 100 %")
+    firsts: dict[str, JobBill] = {}
+    for bill in bills:
+        firsts.setdefault(bill.job.id, bill)
+    if not firsts:
+        return []
     async with db.sessions.begin() as session:
-        closed = (
-            await session.execute(
-                update(Hold)
-                .where(Hold.job_id == job.id, Hold.status == "held")
-                .values(status="settled", closed_at=now)
-                .returning(Hold.account_id, Hold.amount_micro_usd),
-                execution_options=UNTRACKED,
-            )
-        ).one_or_none()
-        if closed is None:
-            earlier = await _settled_before(session, job.id)
-            if earlier is not None:
-                return earlier
-            reserved = charged = 0
-        else:
-            reserved = closed.amount_micro_usd
-            charged = min(cost_micro_usd, reserved)
-        fee = charged * platform_fee_bps // BASIS_POINTS
-        share = charged - fee
-        if provider_account_id is None:  # nobody to pay: the platform keeps the share
-            fee, share = charged, 0
-        held_changes = {closed.account_id: -reserved} if closed is not None else {}
-        if charged > 0:
-            assert closed is not None
-            entries = [Entry(closed.account_id, "charge", -charged)]
-            if share:
-                assert provider_account_id is not None
-                entries.append(Entry(provider_account_id, "provider_share", share))
-            if fee:
-                entries.append(Entry(PLATFORM_ACCOUNT_ID, "platform_fee", fee))
-            await post(session, "settlement", entries, job_id=job.id, held_changes=held_changes)
-        else:
-            await apply_changes(session, {}, held_changes)
-        await session.execute(insert_job(replace(job, charged_micro_usd=charged)))
-        if receipt is not None:
-            await session.execute(insert_receipt(receipt))
-    return Settlement(job.id, reserved, charged, share, fee)
+        closed = await _close_holds(session, sorted(firsts))
+        settled = await _settled_earlier(session, [j for j in firsts if j not in closed])
+        postings: list[Posting] = []
+        held_changes: dict[str, int] = {}
+        jobs: list[JobRecord] = []
+        receipts: list[ReceiptRecord] = []
+        for job_id, bill in firsts.items():
+            if job_id in settled:
+                continue
+            hold = closed.get(job_id)
+            settlement, entries = _split(bill, hold)
+            settled[job_id] = settlement
+            if hold is not None:
+                held_changes[hold.account_id] = (
+                    held_changes.get(hold.account_id, 0) - hold.amount_micro_usd
+                )
+            if entries:
+                postings.append(Posting(entries, job_id=job_id))
+            jobs.append(replace(bill.job, charged_micro_usd=settlement.charged_micro_usd))
+            if bill.receipt is not None:
+                receipts.append(bill.receipt)
+        await post_all(session, "settlement", postings, held_changes=held_changes)
+        await insert_jobs(session, jobs)
+        await insert_receipts(session, receipts)
+    return [settled[bill.job.id] for bill in bills]
+
+
+@dataclass(frozen=True, slots=True)
+class _ClosedHold:
+    account_id: str
+    amount_micro_usd: int
+
+
+async def _close_holds(session: AsyncSession, job_ids: Sequence[str]) -> dict[str, _ClosedHold]:
+    """Mark the open holds of `job_ids` settled; the ones this closed, by job id."""
+    rows = await session.execute(
+        update(Hold)
+        .where(Hold.job_id.in_(job_ids), Hold.status == "held")
+        .values(status="settled", closed_at=datetime.now(UTC))
+        .returning(Hold.job_id, Hold.account_id, Hold.amount_micro_usd),
+        execution_options=UNTRACKED,
+    )
+    return {row.job_id: _ClosedHold(row.account_id, row.amount_micro_usd) for row in rows}
+
+
+def _split(bill: JobBill, hold: _ClosedHold | None) -> tuple[Settlement, list[Entry]]:
+    """What `bill` charges against `hold` (none: nothing), who gets what, and the entries
+    that move it."""
+    reserved = hold.amount_micro_usd if hold is not None else 0
+    charged = min(bill.cost_micro_usd, reserved)
+    fee = charged * bill.platform_fee_bps // BASIS_POINTS
+    share = charged - fee
+    if bill.provider_account_id is None:  # nobody to pay: the platform keeps the share
+        fee, share = charged, 0
+    entries: list[Entry] = []
+    if charged > 0:
+        assert hold is not None
+        entries.append(Entry(hold.account_id, "charge", -charged))
+        if share:
+            assert bill.provider_account_id is not None
+            entries.append(Entry(bill.provider_account_id, "provider_share", share))
+        if fee:
+            entries.append(Entry(PLATFORM_ACCOUNT_ID, "platform_fee", fee))
+    return Settlement(bill.job.id, reserved, charged, share, fee), entries
+
+
+async def _settled_earlier(session: AsyncSession, job_ids: Sequence[str]) -> dict[str, Settlement]:
+    """The settlements of those of `job_ids` that are already stored."""
+    if not job_ids:
+        return {}
+    stored = (await session.execute(select(Job.id).where(Job.id.in_(job_ids)))).scalars()
+    earlier: dict[str, Settlement] = {}
+    for job_id in list(stored):
+        settlement = await _settled_before(session, job_id)
+        assert settlement is not None
+        earlier[job_id] = settlement
+    return earlier
 
 
 async def _settled_before(session: AsyncSession, job_id: str) -> Settlement | None:

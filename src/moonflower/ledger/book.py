@@ -1,9 +1,10 @@
 """The double-entry book: every movement of money is one transaction whose entries sum to
 zero, applied to the accounts' balances in the same database transaction.
 
-Owns posting (`post`, used by deposits and settlements) and deposits themselves. Balances
-are integer micro-USD. Account rows are updated in a fixed order (sorted ids) so that two
-transactions touching the same accounts cannot deadlock on PostgreSQL.
+Owns posting (`post`, and `post_all` for many transactions at once: used by deposits and
+settlements) and deposits themselves. Balances are integer micro-USD. Account rows are
+updated in a fixed order (sorted ids) so that two transactions touching the same accounts
+cannot deadlock on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Literal, cast
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from moonflower.errors import InvalidRequest
@@ -32,6 +33,22 @@ MAX_DEPOSIT_MICRO_USD = 10**15
 UNTRACKED = {"synchronize_session": False}
 """Execution options of the ledger's UPDATEs: they run in short transactions that load no
 ORM objects, so there is nothing in the session for SQLAlchemy to bring up to date."""
+
+
+# The tables, not the classes, for many rows at once: nobody loads these rows as objects,
+# so there is no ORM bookkeeping to do per row.
+_ACCOUNTS = cast(Table, Account.__table__)
+_TRANSACTIONS = cast(Table, LedgerTransaction.__table__)
+_ENTRIES = cast(Table, LedgerEntry.__table__)
+_MOVE = (
+    update(_ACCOUNTS)
+    .where(_ACCOUNTS.c.id == bindparam("account"))
+    .values(
+        balance_micro_usd=_ACCOUNTS.c.balance_micro_usd + bindparam("balance"),
+        held_micro_usd=_ACCOUNTS.c.held_micro_usd + bindparam("held"),
+    )
+)
+"""One account's move, as a plain table UPDATE: run once per account in one execution."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +70,15 @@ class UnbalancedTransaction(ValueError):
     """Entries that do not sum to zero: a bug, never a user error."""
 
 
+@dataclass(frozen=True, slots=True)
+class Posting:
+    """One transaction to record: its entries, and what it is for."""
+
+    entries: Sequence[Entry]
+    job_id: str | None = None
+    memo: str | None = None
+
+
 async def post(
     session: AsyncSession,
     kind: TransactionKind,
@@ -64,46 +90,70 @@ async def post(
 ) -> str:
     """Record one balanced transaction and apply it (and any change to what accounts hold)
     to the balances, inside the caller's database transaction. Returns its id."""
-    if sum(e.amount_micro_usd for e in entries) != 0:
-        raise UnbalancedTransaction(f"{kind} entries sum to a non-zero amount")
-    transaction_id = uuid.uuid4().hex
-    # The transaction row first: the entries point at it.
-    await session.execute(
-        insert(LedgerTransaction).values(
-            id=transaction_id, kind=kind, job_id=job_id, memo=memo, created_at=datetime.now(UTC)
-        )
+    [transaction_id] = await post_all(
+        session, kind, [Posting(entries, job_id, memo)], held_changes=held_changes
     )
-    moving = [entry for entry in entries if entry.amount_micro_usd != 0]
-    if moving:
-        await session.execute(
-            insert(LedgerEntry),
-            [
+    return transaction_id
+
+
+async def post_all(
+    session: AsyncSession,
+    kind: TransactionKind,
+    postings: Sequence[Posting],
+    *,
+    held_changes: Mapping[str, int] | None = None,
+) -> list[str]:
+    """Record balanced transactions, each with its own entries, and apply their sum (and
+    any change to what accounts hold) to the balances with one UPDATE per account, inside
+    the caller's database transaction: many settlements move a shared account (the
+    platform's) once. Returns their ids, in order."""
+    for posting in postings:
+        if sum(e.amount_micro_usd for e in posting.entries) != 0:
+            raise UnbalancedTransaction(f"{kind} entries sum to a non-zero amount")
+    ids = [uuid.uuid4().hex for _ in postings]
+    now = datetime.now(UTC)
+    balance_changes: dict[str, int] = {}
+    entry_rows = []
+    for transaction_id, posting in zip(ids, postings, strict=True):
+        for entry in posting.entries:
+            if entry.amount_micro_usd == 0:
+                continue
+            entry_rows.append(
                 {
                     "transaction_id": transaction_id,
                     "account_id": entry.account_id,
                     "kind": entry.kind,
                     "amount_micro_usd": entry.amount_micro_usd,
                 }
-                for entry in moving
+            )
+            balance_changes[entry.account_id] = (
+                balance_changes.get(entry.account_id, 0) + entry.amount_micro_usd
+            )
+    if postings:  # the transaction rows first: the entries point at them
+        await session.execute(
+            insert(_TRANSACTIONS),
+            [
+                {"id": i, "kind": kind, "job_id": p.job_id, "memo": p.memo, "created_at": now}
+                for i, p in zip(ids, postings, strict=True)
             ],
         )
-    balance_changes: dict[str, int] = {}
-    for entry in moving:
-        balance_changes[entry.account_id] = (
-            balance_changes.get(entry.account_id, 0) + entry.amount_micro_usd
-        )
+    if entry_rows:
+        await session.execute(insert(_ENTRIES), entry_rows)
     await apply_changes(session, balance_changes, held_changes or {})
-    return transaction_id
+    return ids
 
 
 async def apply_changes(
     session: AsyncSession, balance_changes: Mapping[str, int], held_changes: Mapping[str, int]
 ) -> None:
-    """Move balances and holds, one UPDATE per account, in sorted id order."""
-    for account_id in sorted(set(balance_changes) | set(held_changes)):
-        balance, held = balance_changes.get(account_id, 0), held_changes.get(account_id, 0)
-        if balance == 0 and held == 0:
-            continue
+    """Move balances and holds, each account's row once, in sorted id order."""
+    moves = [
+        (account_id, balance_changes.get(account_id, 0), held_changes.get(account_id, 0))
+        for account_id in sorted(set(balance_changes) | set(held_changes))
+    ]
+    moves = [move for move in moves if move[1] or move[2]]
+    if len(moves) == 1:
+        [(account_id, balance, held)] = moves
         result = await session.execute(
             update(Account)
             .where(Account.id == account_id)
@@ -115,6 +165,26 @@ async def apply_changes(
         )
         if result.rowcount != 1:  # type: ignore[attr-defined]
             raise LookupError(f"no account {account_id}")
+    elif moves:
+        # Locked first, in id order, so that transactions moving the same accounts cannot
+        # deadlock; then one statement run for every account (a single round trip on
+        # PostgreSQL), instead of one per account: a batch of settlements moves hundreds.
+        # The lock is the one an UPDATE of the balances takes (FOR NO KEY UPDATE), which the
+        # key-share locks of entries inserted just before, here or elsewhere, do not block.
+        ids = [account_id for account_id, _, _ in moves]
+        locked = await session.scalars(
+            select(Account.id)
+            .where(Account.id.in_(ids))
+            .order_by(Account.id)
+            .with_for_update(key_share=True)
+        )
+        missing = set(ids) - set(locked)
+        if missing:
+            raise LookupError(f"no account {', '.join(sorted(missing))}")
+        await session.execute(
+            _MOVE,
+            [{"account": a, "balance": balance, "held": held} for a, balance, held in moves],
+        )
 
 
 async def deposit(

@@ -9,11 +9,13 @@ field that could hold it. Money is not handled here.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import cast
 
-from sqlalchemy import Insert, insert, select
+from sqlalchemy import Insert, Table, insert, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from moonflower.ledger.database import Database
 from moonflower.ledger.tables import Job, ServedModel
@@ -52,6 +54,14 @@ async def record_job(db: Database, record: JobRecord) -> None:
 def insert_job(record: JobRecord) -> Insert:
     """The statement that stores `record` (a plain INSERT: no ORM object to track)."""
     return insert(Job).values(**dataclasses.asdict(record))
+
+
+async def insert_jobs(session: AsyncSession, records: Sequence[JobRecord]) -> None:
+    """Store `records` inside the caller's transaction, with one multi-row INSERT."""
+    if records:  # the table, not the class: no ORM bookkeeping for rows nobody loads
+        fields = [f.name for f in dataclasses.fields(JobRecord)]
+        rows = [{name: getattr(record, name) for name in fields} for record in records]
+        await session.execute(insert(cast(Table, Job.__table__)), rows)
 
 
 def _record(job: Job) -> JobRecord:

@@ -3,10 +3,13 @@ served. Receipts hold hashes, counts and keys — never prompt or completion tex
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import cast
 
-from sqlalchemy import Insert, insert, select
+from sqlalchemy import Insert, Table, insert, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from moonflower.ledger.database import Database
 from moonflower.ledger.tables import StoredReceipt
@@ -30,15 +33,27 @@ async def store_receipt(db: Database, record: ReceiptRecord) -> None:
 
 def insert_receipt(record: ReceiptRecord) -> Insert:
     """The statement that stores `record` (a plain INSERT: no ORM object to track)."""
-    return insert(StoredReceipt).values(
-        job_id=record.job_id,
-        account_id=record.account_id,
-        provider_id=record.provider_id,
-        receipt_json=record.receipt_json,
-        signature=record.signature,
-        signing_public_key=record.signing_public_key,
-        created_at=datetime.now(UTC),
-    )
+    return insert(StoredReceipt).values(**_row(record, datetime.now(UTC)))
+
+
+async def insert_receipts(session: AsyncSession, records: Sequence[ReceiptRecord]) -> None:
+    """Store `records` inside the caller's transaction, with one multi-row INSERT."""
+    if records:
+        now = datetime.now(UTC)
+        table = cast(Table, StoredReceipt.__table__)  # no ORM bookkeeping for these rows
+        await session.execute(insert(table), [_row(r, now) for r in records])
+
+
+def _row(record: ReceiptRecord, created_at: datetime) -> dict[str, object]:
+    return {
+        "job_id": record.job_id,
+        "account_id": record.account_id,
+        "provider_id": record.provider_id,
+        "receipt_json": record.receipt_json,
+        "signature": record.signature,
+        "signing_public_key": record.signing_public_key,
+        "created_at": created_at,
+    }
 
 
 async def find_receipt(db: Database, job_id: str, *, account_id: str) -> ReceiptRecord | None:
