@@ -29,7 +29,7 @@ def test_300_providers_and_30_streaming_clients(tmp_path: Path) -> None:
         key = network.create_key("scale", credit_usd="100")
         result = asyncio.run(
             measure(
-                network,
+                [network],
                 key,
                 providers=PROVIDERS,
                 clients=CLIENTS,
