@@ -802,7 +802,7 @@ async def test_a_hold_whose_requester_is_cancelled_while_it_is_written_is_releas
         db, dispatcher = net.services.db, net.services.dispatcher
         key = await create_key(db, account_name="hasty")
         await deposit(db, key.account_id, 10_000)
-        holding = asyncio.create_task(dispatcher._hold("job-cut-short", key.account_id, 500))
+        holding = asyncio.create_task(dispatcher.holds.take("job-cut-short", key.account_id, 500))
         await asked.wait()
         holding.cancel()
         with pytest.raises(asyncio.CancelledError):

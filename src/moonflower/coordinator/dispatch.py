@@ -3,9 +3,9 @@
 `Dispatcher.start` returns only once a provider has accepted the prompt (or raises a domain
 error), so a dialect can still answer with a clean 4xx/5xx before it commits to a 200 and a
 stream. Before any output reaches the consumer, the consumer's credit for the worst case is
-held; a job that never starts gives the hold back whole, and every started job is settled
-exactly once when it ends (`Job.close`), with its metadata (never its text) recorded
-alongside.
+held (`holds.py`); a job that never starts gives the hold back whole, and every started job
+is closed by the dispatcher exactly once when it ends — decided, its provider judged, and
+settled (`closing.py`) — with its metadata (never its text) recorded alongside.
 
 When the account's previous hold left enough credit (`KnownCredit`) and a provider is free,
 the hold is written while the provider works on the prompt instead of before the job is
@@ -22,32 +22,25 @@ import dataclasses
 import functools
 import logging
 import uuid
-from dataclasses import dataclass
 from typing import Protocol
 
 from moonflower import errors, wire
 from moonflower.coordinator import lost_jobs
-from moonflower.coordinator.billing import (
-    KnownCredit,
-    Pricing,
-    prompt_token_bound,
-    reservation,
-)
+from moonflower.coordinator.billing import Pricing, prompt_token_bound, reservation
+from moonflower.coordinator.closing import NOTHING_OWED, JobCloser
+from moonflower.coordinator.holds import Admission, Holds
 from moonflower.coordinator.job import Job, PromptCount
 from moonflower.coordinator.leases import HoldLeases
 from moonflower.coordinator.limits import RateLimiter, RateLimits
 from moonflower.coordinator.queueing import ModelQueues
 from moonflower.coordinator.registry import Registry
 from moonflower.coordinator.session import ProviderSession
-from moonflower.coordinator.settlement import Decision, Verdict
-from moonflower.coordinator.settler import SettlementOrder, Settler
+from moonflower.coordinator.settler import Settler
 from moonflower.coordinator.trust import TrustLevel
 from moonflower.generation import Failed, GenerationRequest
-from moonflower.ledger import billing
 from moonflower.ledger import jobs as job_ledger
 from moonflower.ledger.database import Database
 from moonflower.ledger.keys import Caller
-from moonflower.ledger.receipts import ReceiptRecord
 from moonflower.settings import CoordinatorSettings
 
 log = logging.getLogger(__name__)
@@ -77,25 +70,8 @@ def worst_card(providers: list[ProviderSession], model: str) -> wire.ModelCard:
     return max(cards, key=lambda c: c.context_length)
 
 
-NOTHING_OWED = Decision(None, Verdict.NONE, "no provider answered: the hold goes back whole")
-
-
 MAX_ATTEMPTS = 3
 """A job whose provider vanishes before accepting it is retried on another provider."""
-
-
-@dataclass
-class Admission:
-    """A request the dispatcher accepted and holds credit for, not yet sent anywhere."""
-
-    request: GenerationRequest
-    """With the served model id and `max_tokens` set."""
-    caller: Caller
-    floor: TrustLevel | None
-    job_id: str
-    is_held: bool
-    hold: asyncio.Task[None] | None = None
-    """The hold being written while the job already runs, when it was not awaited."""
 
 
 class Dispatcher:
@@ -122,11 +98,12 @@ class Dispatcher:
         )
         """Per-key request and token limits: in memory unless the caller shares them (through
         Redis, between replicas: `services.build_services`)."""
-        self.known_credit = KnownCredit()
+        self.holds = Holds(db, self.leases)
         self.settler = Settler(db, self.pricing, self.leases, self.limits)
+        self.closer = JobCloser(self.settler)
+        """The close path every job ends through: decide, judge the provider, settle."""
         self.live_jobs: set[Job] = set()
         """Jobs handed to a consumer and not yet closed."""
-        self._background: set[asyncio.Task[None]] = set()
         self.is_draining = False
         self._idle = asyncio.Event()
         self._idle.set()
@@ -197,8 +174,8 @@ class Dispatcher:
             prices = await self.pricing.current()
             prompt = await self._prompt_bound(request, candidates, card)
             amount = reservation(prices, request, card, prompt_tokens=prompt)
-            hold = self._hold(admission.job_id, caller.account_id, amount)
-            if self.known_credit.covers(caller.account_id, amount):
+            hold = self.holds.take(admission.job_id, caller.account_id, amount)
+            if self.holds.known_credit.covers(caller.account_id, amount):
                 admission.hold = asyncio.create_task(hold)
             else:
                 await hold
@@ -225,51 +202,9 @@ class Dispatcher:
             exact = await self.prompt_counter.count(request, card)
         return PromptCount(exact=exact, bound=bound)
 
-    async def _hold(self, job_id: str, account_id: str, amount: int) -> None:
-        """Take the hold. Its write is never cut off half-way: a caller cancelled meanwhile
-        leaves it to finish, and a hold that lands for nobody is released at once."""
-        since = self.known_credit.reports(account_id)
-        self.leases.keep(job_id)
-        writing = asyncio.create_task(
-            billing.reserve(self.db, job_id, account_id, amount, lease_s=self.leases.lease_s)
-        )
-        try:
-            left = await asyncio.shield(writing)
-        except asyncio.CancelledError:
-            writing.add_done_callback(
-                lambda task: self._forget_hold(task, job_id, account_id, amount)
-            )
-            raise
-        except BaseException:
-            self.leases.drop(job_id)
-            self.known_credit.refused(account_id, amount)
-            raise
-        self.known_credit.written(account_id, left, amount, since)
-
-    def _forget_hold(
-        self, writing: asyncio.Task[int], job_id: str, account_id: str, amount: int
-    ) -> None:
-        """A hold whose requester was cancelled while it was being written: release it if
-        it landed."""
-        self.known_credit.refused(account_id, amount)
-        if writing.cancelled() or writing.exception() is not None:
-            self.leases.drop(job_id)
-            return
-        releasing = asyncio.create_task(self._release_hold(job_id))
-        self._background.add(releasing)
-        releasing.add_done_callback(self._background.discard)
-
-    async def _release_hold(self, job_id: str) -> None:
-        try:
-            await billing.release(self.db, job_id)  # a no-op once settled
-        except Exception:
-            log.exception("could not release the hold of job %s; its lease will", job_id)
-        self.leases.drop(job_id)
-
     async def hold_taken(self, admission: Admission) -> None:
         """Wait for a hold written alongside the job; raises `InsufficientFunds` if refused."""
-        if admission.hold is not None:
-            await admission.hold
+        await self.holds.taken(admission)
 
     def must_wait(self, admission: Admission) -> bool:
         """Whether `run` would have to queue for a free slot right now."""
@@ -304,11 +239,11 @@ class Dispatcher:
                     return job
                 abandoned = job or abandoned
             if abandoned is not None:  # recorded as failed, and its hold released whole
-                await self.settle(abandoned, NOTHING_OWED)
+                await self.closer.settle(abandoned, NOTHING_OWED)
         except BaseException:
-            await self._release(admission)
+            await self.holds.give_back(admission)
             raise
-        await self._release(admission)
+        await self.holds.give_back(admission)
         if failure is not None and failure.code == "timeout":
             raise errors.UpstreamTimeout(
                 f"No provider produced a first token in time ({len(tried)} tried)."
@@ -319,15 +254,6 @@ class Dispatcher:
             )
         await self._raise_unavailable(model, floor)
         raise AssertionError("unreachable")
-
-    async def _release(self, admission: Admission) -> None:
-        if not admission.is_held:
-            return
-        try:
-            await self.hold_taken(admission)  # never release before the hold is written
-        except Exception:
-            return  # refused (or failed): there is nothing to give back
-        await self._release_hold(admission.job_id)
 
     async def _raise_unavailable(self, model: str, floor: TrustLevel | None) -> None:
         if self.registry.connected_for(model):
@@ -369,7 +295,7 @@ class Dispatcher:
             key_id=caller.key_id,
             channel=channel,
             settings=self.settings,
-            settle=self.settle,
+            closer=self.closer.close,
             prompt=prompt,
             on_close=self._job_closed,
         )
@@ -404,29 +330,3 @@ class Dispatcher:
             await job.abandon()
             self.queues.notify(admission.request.model)
             raise
-
-    async def settle(self, job: Job, decision: Decision) -> billing.Settlement | None:
-        """Write down what `decision` says `job` costs and earns, with the job's record and
-        receipt, in one ledger transaction — retried until it lands (`settler.py`). Waits a
-        bounded time for the result."""
-        order = SettlementOrder(
-            record=job.record(decision),
-            decision=decision,
-            provider_account_id=job.provider.account_id,
-            receipt=self._receipt_record(job),
-        )
-        return await self.settler.settle(order)
-
-    @staticmethod
-    def _receipt_record(job: Job) -> ReceiptRecord | None:
-        statement = job.provider.trust.statement
-        if job.receipt is None or statement is None:
-            return None
-        return ReceiptRecord(
-            job_id=job.id,
-            account_id=job.account_id,
-            provider_id=job.provider.id,
-            receipt_json=job.receipt.json_text,
-            signature=job.receipt.signature,
-            signing_public_key=statement.signing_public_key,
-        )

@@ -23,7 +23,7 @@ from starlette.responses import Response
 from moonflower import errors
 from moonflower.coordinator import sse
 from moonflower.coordinator.completion import Completion, CompletionBuilder
-from moonflower.coordinator.dispatch import Admission
+from moonflower.coordinator.holds import Admission
 from moonflower.coordinator.job import Job
 from moonflower.coordinator.provider_headers import job_headers
 from moonflower.coordinator.request_reading import trust_floor

@@ -18,6 +18,7 @@ from datetime import datetime
 
 import orjson
 
+from moonflower.coordinator.closing import job_record
 from moonflower.coordinator.job import Job
 from moonflower.coordinator.settlement import (
     Decision,
@@ -58,16 +59,16 @@ class LeaseTally:
 
 def tally_of(job: Job) -> str | None:
     """`job`'s lease tally as text, or None once its own settlement is decided."""
-    if job.decision is not None:
+    if job.outcome is not None:
         return None
     facts = Facts(
         ending=Ending.CONSUMER_LEFT,
         receipt=ReceiptCheck.GONE,
         prompt_tokens=job.prompt_tokens,
-        delivered_tokens=0 if job.is_whole else job.delivered_tokens,
+        delivered_tokens=job.relay.delivered_tokens,
         max_tokens=job.request.max_tokens or 0,
     )
-    record = replace(job.record(decide(facts)), status="failed", error_code=LOST_CODE)
+    record = replace(job_record(job, decide(facts)), status="failed", error_code=LOST_CODE)
     return LeaseTally(record, job.provider.account_id).to_text()
 
 
