@@ -4,12 +4,27 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TextIO
+
+
+class _CurrentStderr(logging.StreamHandler[TextIO]):
+    """Writes to whatever `sys.stderr` is when a record is emitted, not to the stream it was
+    when logging was set up: a caller that swapped stderr for a while (a test runner, an
+    embedding program) and closed its stand-in leaves no handler writing to a closed file."""
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: TextIO) -> None:
+        pass
 
 
 def configure(level: str) -> None:
     logging.basicConfig(
         level=level.upper(),
-        stream=sys.stderr,
+        handlers=[_CurrentStderr()],
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         force=True,
     )
