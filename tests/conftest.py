@@ -1,7 +1,11 @@
 """Test-wide fixtures and plugins; the real PostgreSQL and Redis server fixtures live in
 tests/support."""
 
+import logging
 import os
+from collections.abc import Iterator
+
+import pytest
 
 # llama.cpp's OpenMP threads spin while they wait. Tests often have two llama instances on
 # the machine at once (a provider process and a reference model in the test process); on
@@ -10,3 +14,16 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 pytest_plugins = ["tests.support.postgres", "tests.support.redis"]
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored() -> Iterator[None]:
+    """A command run in-process (`CliRunner`) sets up process-wide logging as it would at a
+    process edge; put the root logger back so the next test sees no leftover handlers."""
+    root = logging.getLogger()
+    before, level = set(root.handlers), root.level
+    yield
+    for handler in root.handlers[:]:
+        if handler not in before and not type(handler).__module__.startswith("_pytest"):
+            root.removeHandler(handler)
+    root.setLevel(level)

@@ -5,23 +5,12 @@ from __future__ import annotations
 import io
 import logging
 import sys
-from collections.abc import Iterator
 
 import pytest
 
 from moonflower.cli import logs
 
 
-@pytest.fixture
-def root_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
-@pytest.mark.usefixtures("root_logging")
 def test_a_closed_stand_in_for_stderr_leaves_no_handler_behind(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
