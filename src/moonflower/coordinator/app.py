@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from moonflower import __version__, errors
-from moonflower.coordinator import lost_jobs, transport_key
+from moonflower.coordinator import lost_jobs, openapi_bodies, transport_key
 from moonflower.coordinator.auth import CallerCache, authenticate
 from moonflower.coordinator.broadcast import (
     Broadcast,
@@ -144,6 +144,7 @@ def create_app(
                 await built.close()
 
     app = FastAPI(title="Moonflower coordinator", version=__version__, lifespan=lifespan)
+    openapi_bodies.publish(app)
     app.include_router(chat.router)
     app.include_router(completions.router)
     app.include_router(responses.router)

@@ -16,12 +16,13 @@ from moonflower.coordinator.deps import ApiCaller, ServicesDep
 from moonflower.coordinator.dialects import openai_chat, openai_chat_render, openai_errors
 from moonflower.coordinator.exchange import Rendering, serve, served_elsewhere
 from moonflower.coordinator.job import Job
+from moonflower.coordinator.openapi_bodies import json_body
 from moonflower.coordinator.request_reading import read_json, trust_floor
 
 router = APIRouter()
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", openapi_extra=json_body(openai_chat.ChatCompletionBody))
 async def chat_completions(request: Request, services: ServicesDep, caller: ApiCaller) -> Response:
     call = openai_chat.parse(await read_json(request), max_messages=services.settings.max_messages)
     if (answer := await served_elsewhere(request, services, call.request.model)) is not None:

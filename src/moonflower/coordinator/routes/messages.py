@@ -17,6 +17,7 @@ from moonflower.coordinator.deps import ApiCaller, ServicesDep
 from moonflower.coordinator.dialects import anthropic_errors, anthropic_messages, anthropic_render
 from moonflower.coordinator.exchange import Rendering, serve, served_elsewhere
 from moonflower.coordinator.job import Job
+from moonflower.coordinator.openapi_bodies import json_body
 from moonflower.coordinator.provider_headers import job_headers
 from moonflower.coordinator.request_reading import read_json, trust_floor
 from moonflower.coordinator.services import json_response
@@ -24,7 +25,7 @@ from moonflower.coordinator.services import json_response
 router = APIRouter()
 
 
-@router.post("/v1/messages")
+@router.post("/v1/messages", openapi_extra=json_body(anthropic_messages.MessagesBody))
 async def create_message(request: Request, services: ServicesDep, caller: ApiCaller) -> Response:
     call = anthropic_messages.parse(
         await read_json(request), max_messages=services.settings.max_messages
@@ -53,7 +54,10 @@ async def create_message(request: Request, services: ServicesDep, caller: ApiCal
     )
 
 
-@router.post("/v1/messages/count_tokens")
+@router.post(
+    "/v1/messages/count_tokens",
+    openapi_extra=json_body(anthropic_messages.CountTokensBody, streams=False),
+)
 async def count_tokens(request: Request, services: ServicesDep, caller: ApiCaller) -> Response:
     """The prompt's size as the serving model tokenizes it: a job that generates nothing
     (`max_tokens=0`), so the count includes the chat template, system prompt and tools."""

@@ -13,14 +13,16 @@ from starlette.responses import Response
 
 from moonflower.coordinator.deps import ApiCaller, ServicesDep
 from moonflower.coordinator.dialects import openai_responses, openai_responses_render
+from moonflower.coordinator.dialects.openai_responses_body import ResponsesBody
 from moonflower.coordinator.exchange import Rendering, serve, served_elsewhere
 from moonflower.coordinator.job import Job
+from moonflower.coordinator.openapi_bodies import json_body
 from moonflower.coordinator.request_reading import read_json, trust_floor
 
 router = APIRouter()
 
 
-@router.post("/v1/responses")
+@router.post("/v1/responses", openapi_extra=json_body(ResponsesBody))
 async def responses(request: Request, services: ServicesDep, caller: ApiCaller) -> Response:
     call = openai_responses.parse(
         await read_json(request), max_messages=services.settings.max_messages
