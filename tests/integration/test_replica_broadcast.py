@@ -5,7 +5,8 @@ so only the broadcast can explain a change showing on the replica that did not m
 A key used on both replicas and revoked with `moonflower keys revoke` is refused on both
 (401 in each dialect's shape) within seconds; an admin's price change through replica A
 prices the next request replica B serves; with Redis stopped the replicas keep answering,
-and once Redis is back a later revocation still reaches them."""
+and once Redis is back a later revocation still reaches them; a Redis that hangs instead is
+noticed, and a revocation made while it hung holds on every replica once it resumes."""
 
 from __future__ import annotations
 
@@ -167,3 +168,24 @@ def test_after_redis_stops_and_returns_a_later_revocation_still_reaches_every_re
     within(HEARD_WITHIN_S, lambda: models_status(replicas.a, key) == 401, "refusal on A")
     for process in replicas.a.processes + replicas.b.processes:
         assert key not in process.log()
+
+
+def test_a_redis_that_hangs_is_noticed_and_a_revocation_made_meanwhile_holds_once_it_resumes(
+    replicas: Replicas, redis_server: RedisServer
+) -> None:
+    key = replicas.a.create_key()
+    assert models_status(replicas.b, key) == 200  # remembered for an hour
+    noticed = "lost the broadcast subscription (TimeoutError)"
+    before = replicas.b.coordinator.log().count(noticed) if replicas.b.coordinator else 0
+    with redis_server.paused():
+        # The frozen server keeps its sockets open: only B's own ping can tell it is gone.
+        wait_until(
+            lambda: (
+                replicas.b.coordinator is not None
+                and replicas.b.coordinator.log().count(noticed) > before
+            ),
+            HEARD_WITHIN_S,
+            "replica B to notice that Redis hangs",
+        )
+        revoke(replicas.a, key)  # its announcement cannot get through
+    within(HEARD_WITHIN_S, lambda: models_status(replicas.b, key) == 401, "refusal on B")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 import uuid
 from typing import Protocol
 
@@ -36,6 +37,10 @@ CHANNEL = "broadcast"
 """The pub/sub channel's name under the store's key prefix."""
 LISTEN_S = 1.0
 """How long one wait for a message lasts before the subscriber looks again."""
+QUIET_S = 3.0
+"""After this long without a word from Redis the subscriber pings it; a Redis that still says
+nothing within `TIMEOUT_S` of that has hung (a stopped process keeps its sockets open, so no
+read ever fails), and the subscription is started again, as after a lost connection."""
 RECONNECT_FIRST_S = 0.1
 RECONNECT_MAX_S = 2.0
 """A lost subscription is tried again after a wait that doubles up to this."""
@@ -200,10 +205,20 @@ class RedisBroadcast:
         try:
             async with asyncio.timeout(TIMEOUT_S):
                 await pubsub.subscribe(self._channel)
+            heard = time.monotonic()
+            pinged: float | None = None
             while True:
                 message = await pubsub.get_message(timeout=LISTEN_S)
+                now = time.monotonic()
                 if message is not None:
+                    heard, pinged = now, None
                     self._deliver(message)
+                elif pinged is not None and now - pinged > TIMEOUT_S:
+                    raise TimeoutError("Redis did not answer the subscriber's ping")
+                elif pinged is None and now - heard > QUIET_S:
+                    pinged = now
+                    async with asyncio.timeout(TIMEOUT_S):
+                        await pubsub.ping()
         finally:
             await pubsub.aclose()
 
