@@ -3,14 +3,12 @@ accepts and refuses what the coordinator's dialects accept and refuse."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 from pydantic import BaseModel, ValidationError
-from referencing import Registry, Resource
-from referencing.jsonschema import DRAFT202012
 
 from moonflower.coordinator.app import create_app
 from moonflower.coordinator.dialects.anthropic_messages import CountTokensBody, MessagesBody
@@ -18,6 +16,7 @@ from moonflower.coordinator.dialects.openai_chat import ChatCompletionBody
 from moonflower.coordinator.dialects.openai_completions import CompletionBody
 from moonflower.coordinator.dialects.openai_responses_body import ResponsesBody
 from moonflower.settings import CoordinatorSettings
+from tests.support.openapi import component_validator
 
 BODIES: dict[str, type[BaseModel]] = {
     "/v1/chat/completions": ChatCompletionBody,
@@ -97,11 +96,9 @@ def refs(node: Any) -> Iterator[str]:
             yield from refs(item)
 
 
-def validator(document: dict[str, Any], name: str) -> Draft202012Validator:
-    uri = "urn:moonflower-tests:coordinator"
-    resource: Resource[Any] = Resource.from_contents(document, default_specification=DRAFT202012)
-    registry: Registry[Any] = Registry().with_resource(uri, resource)
-    return Draft202012Validator({"$ref": f"{uri}#/components/schemas/{name}"}, registry=registry)
+@pytest.fixture(scope="module")
+def published(document: dict[str, Any]) -> Callable[[str], Draft202012Validator]:
+    return component_validator(document, "urn:moonflower-tests:coordinator")
 
 
 @pytest.mark.parametrize("path", sorted(BODIES))
@@ -129,15 +126,15 @@ def test_every_reference_in_the_document_resolves(document: dict[str, Any]) -> N
 
 @pytest.mark.parametrize(("model", "body"), SAMPLES)
 def test_the_published_schema_accepts_what_the_dialect_accepts(
-    document: dict[str, Any], model: type[BaseModel], body: dict[str, Any]
+    published: Callable[[str], Draft202012Validator], model: type[BaseModel], body: dict[str, Any]
 ) -> None:
     try:
         model.model_validate(body)
         accepted = True
     except ValidationError:
         accepted = False
-    published = validator(document, model.__name__).is_valid(body)
-    assert published is accepted, (model.__name__, body)
+    is_published = published(model.__name__).is_valid(body)
+    assert is_published is accepted, (model.__name__, body)
 
 
 def test_the_samples_include_both_verdicts_for_every_body() -> None:

@@ -25,13 +25,12 @@ from __future__ import annotations
 import functools
 import importlib.resources
 import json
+from collections.abc import Callable
 from typing import Any
 
 from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
-from referencing import Registry, Resource
-from referencing.jsonschema import DRAFT202012
 
-from tests.support.openapi import assert_valid_with
+from tests.support.openapi import assert_valid_with, component_validator
 
 VERSION = "2026-04-24"
 _URI = "urn:moonflower-tests:open-responses"
@@ -58,16 +57,12 @@ def _validator(schema_name: str) -> Draft202012Validator:
     schemas = _schemas()
     if schema_name not in schemas:
         raise AssertionError(f"Open Responses has no schema {schema_name!r}")
-    return Draft202012Validator(
-        {"$ref": f"{_URI}#/components/schemas/{schema_name}"}, registry=_registry()
-    )
+    return _components()(schema_name)
 
 
 @functools.cache
-def _registry() -> Registry[Any]:
-    resource: Resource[Any] = Resource.from_contents(_document(), default_specification=DRAFT202012)
-    registry: Registry[Any] = Registry().with_resource(_URI, resource)
-    return registry
+def _components() -> Callable[[str], Draft202012Validator]:
+    return component_validator(_document(), _URI)
 
 
 def _schemas() -> dict[str, Any]:

@@ -60,6 +60,7 @@ import difflib
 import functools
 import importlib.resources
 import json
+from collections.abc import Callable
 from typing import Any
 
 import yaml  # type: ignore[import-untyped]
@@ -154,20 +155,28 @@ def _validator(vendor: str, schema_name: str) -> Draft202012Validator:
     if schema_name not in schemas:
         close = difflib.get_close_matches(schema_name, schemas, n=5, cutoff=0.5)
         raise AssertionError(f"{vendor} has no schema {schema_name!r}; close: {close}")
-    uri = f"urn:moonflower-tests:{vendor}"
-    return Draft202012Validator(
-        {"$ref": f"{uri}#/components/schemas/{schema_name}"},
-        registry=_registry(vendor, uri),
-    )
+    return _components(vendor)(schema_name)
 
 
 @functools.cache
-def _registry(vendor: str, uri: str) -> Registry[Any]:
-    resource: Resource[Any] = Resource.from_contents(
-        _document(vendor), default_specification=DRAFT202012
-    )
+def _components(vendor: str) -> Callable[[str], Draft202012Validator]:
+    return component_validator(_document(vendor), f"urn:moonflower-tests:{vendor}")
+
+
+def component_validator(
+    document: dict[str, Any], uri: str
+) -> Callable[[str], Draft202012Validator]:
+    """Validators against `document`'s `#/components/schemas/<name>`, its `$ref`s resolved
+    within it (registered as `uri`); the document is read into a registry once."""
+    resource: Resource[Any] = Resource.from_contents(document, default_specification=DRAFT202012)
     registry: Registry[Any] = Registry().with_resource(uri, resource)
-    return registry
+
+    def validator(schema_name: str) -> Draft202012Validator:
+        return Draft202012Validator(
+            {"$ref": f"{uri}#/components/schemas/{schema_name}"}, registry=registry
+        )
+
+    return validator
 
 
 def _schemas(vendor: str) -> dict[str, Any]:
