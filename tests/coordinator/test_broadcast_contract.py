@@ -1,7 +1,7 @@
 """One contract for every broadcast: the in-memory one (a single coordinator) and the Redis one
 (replicas), on a real Redis server. An announced revocation or price change reaches every
-listener, the announcer's own included, and real caches forget the key or the prices at once,
-however long they would otherwise remember them.
+listener, the announcer's own included (and so does a line forming for a model), and real
+caches forget the key or the prices at once, however long they would otherwise remember them.
 
 For Redis alone: a message carries the key's hash, never the key; a malformed message is
 ignored (one that is not text makes the subscriber start afresh); a Redis that is gone fails
@@ -52,6 +52,9 @@ class Heard:
 
     def prices_changed(self) -> None:
         self.events.append(("prices_changed", None))
+
+    def line_moved(self, model: str) -> None:
+        self.events.append(("line_moved", model))
 
     def may_have_missed(self) -> None:
         self.flushes += 1
@@ -139,6 +142,17 @@ async def test_a_price_change_reaches_every_listener(replicas: Replicas) -> None
     await eventually(lambda: other.events == [("prices_changed", None)], "the price change")
 
 
+async def test_a_line_forming_reaches_every_listener(replicas: Replicas) -> None:
+    one, other = Heard(), Heard()
+    await replicas.subscribed(one)
+    announcer = await replicas.subscribed(other)
+    await announcer.line_moved("some-model")
+    for heard in (one, other):
+        await eventually(
+            lambda heard=heard: heard.events == [("line_moved", "some-model")], "the line"
+        )
+
+
 async def test_a_revoked_key_is_forgotten_by_a_cache_that_would_remember_it_an_hour(
     replicas: Replicas, db: Database
 ) -> None:
@@ -212,7 +226,14 @@ async def test_a_malformed_message_is_ignored(redis_url: str, redis_prefix: str)
         channel = f"{redis_prefix}{CHANNEL}"
         await client.publish(channel, b"\xff")  # not even text: subscribes afresh
         await eventually(lambda: heard.flushes == 2, "the subscriber to start afresh")
-        for junk in (b"[]", b"{}", b'{"event": "key_revoked", "key_hash": "mf-secret"}'):
+        for junk in (
+            b"[]",
+            b"{}",
+            b'{"event": "key_revoked", "key_hash": "mf-secret"}',
+            b'{"event": "line_moved", "model": ""}',
+            b'{"event": "line_moved", "model": "' + b"m" * 257 + b'"}',
+            b'{"event": "line_moved", "model": 7}',
+        ):
             await client.publish(channel, junk)
         await replicas().prices_changed()  # sent after the junk, so heard after it
         await eventually(lambda: heard.events == [("prices_changed", None)], "the price change")

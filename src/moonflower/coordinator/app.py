@@ -53,7 +53,9 @@ from moonflower.coordinator.routes import (
 )
 from moonflower.coordinator.sealed_transport import SealedTransport
 from moonflower.coordinator.services import Services
+from moonflower.coordinator.ticket_line import RedisTicketLine
 from moonflower.coordinator.trust import TrustLevel
+from moonflower.coordinator.turns import Turns
 from moonflower.crypto.envelope import EncryptionKeyPair
 from moonflower.ledger.database import Database, default_database_url
 from moonflower.settings import CoordinatorSettings
@@ -92,8 +94,20 @@ async def build_services(settings: CoordinatorSettings) -> Services:
     if redis is not None:
         replica_id = uuid.uuid4().hex[:12]
         presence = RedisPresence(redis, registry, replica_id=replica_id, url=settings.reachable_url)
+        turns = Turns(
+            RedisTicketLine(redis),
+            registry,
+            dispatcher.queues.waiting,
+            replica_id=replica_id,
+            url=settings.reachable_url,
+            room=settings.queue_max_waiting,
+            max_wait_s=settings.queue_max_wait_s,
+        )
+        turns.announce = broadcast.line_moved
+        broadcast.subscribe(turns)
+        dispatcher.queues.listen(turns.slot_freed)
         forwarder = Forwarder(
-            presence, registry, replica_id=replica_id, aliases=settings.model_aliases
+            presence, registry, turns, replica_id=replica_id, aliases=settings.model_aliases
         )
     return Services(
         settings=settings,

@@ -1,10 +1,12 @@
-"""News every replica's caches must hear: an API key was revoked, the prices changed.
+"""News every replica must hear: an API key was revoked, the prices changed, a model's line
+of waiting requests formed or moved.
 
-Owns the two events, how they travel and what a replica does on hearing them: it forgets the
-key's cached caller (`CallerCache.forget`, by the key's SHA-256, never the key) or reads the
-prices again (`Pricing.forget`). A single coordinator hands events to its own caches
-(`MemoryBroadcast`); replicas send them over one Redis pub/sub channel under the store's key
-prefix (`RedisBroadcast`), each replica subscribed from start-up.
+Owns the three events, how they travel and what a replica's caches do on hearing them: they
+forget the key's cached caller (`CallerCache.forget`, by the key's SHA-256, never the key) or
+read the prices again (`Pricing.forget`); a line is `turns`' to hear. A single coordinator
+hands events to its own listeners (`MemoryBroadcast`); replicas send them over one Redis
+pub/sub channel under the store's key prefix (`RedisBroadcast`), each replica subscribed
+from start-up.
 
 Pub/sub delivers only to whoever is subscribed when a message is sent, so a message can be
 lost (Redis down, a subscriber reconnecting). The caches' expiry (`api_key_cache_s`,
@@ -44,6 +46,8 @@ read ever fails), and the subscription is started again, as after a lost connect
 RECONNECT_FIRST_S = 0.1
 RECONNECT_MAX_S = 2.0
 """A lost subscription is tried again after a wait that doubles up to this."""
+MAX_MODEL_CHARS = 256
+"""The longest model name a `line_moved` message may carry."""
 _KEY_HASH = re.compile(r"[0-9a-f]{64}")
 
 
@@ -52,6 +56,11 @@ class Listener(Protocol):
 
     def key_revoked(self, key_hash: str) -> None: ...
     def prices_changed(self) -> None: ...
+    def line_moved(self, model: str) -> None:
+        """Requests wait for `model` on some replica, and their line formed or moved
+        (`turns`)."""
+        ...
+
     def may_have_missed(self) -> None:
         """Events may have been lost: forget everything they could have been about."""
         ...
@@ -74,6 +83,7 @@ class Broadcast(Protocol):
         ...
 
     async def prices_changed(self) -> None: ...
+    async def line_moved(self, model: str) -> None: ...
     async def aclose(self) -> None: ...
 
 
@@ -90,13 +100,17 @@ class ReplicaCaches:
     def prices_changed(self) -> None:
         self._pricing.forget()
 
+    def line_moved(self, model: str) -> None:
+        """Not about caches."""
+
     def may_have_missed(self) -> None:
         self._callers.forget_all()
         self._pricing.forget()
 
 
 Event = tuple[str, str | None]
-"""("key_revoked", the key's SHA-256 in hex) or ("prices_changed", None)."""
+"""("key_revoked", the key's SHA-256 in hex), ("prices_changed", None) or ("line_moved",
+the model's name)."""
 
 
 def tell(listeners: list[Listener], event: Event) -> None:
@@ -108,6 +122,9 @@ def tell(listeners: list[Listener], event: Event) -> None:
         case ("prices_changed", None):
             for listener in listeners:
                 listener.prices_changed()
+        case ("line_moved", str(model)):
+            for listener in listeners:
+                listener.line_moved(model)
 
 
 class MemoryBroadcast:
@@ -128,6 +145,9 @@ class MemoryBroadcast:
 
     async def prices_changed(self) -> None:
         tell(self._listeners, ("prices_changed", None))
+
+    async def line_moved(self, model: str) -> None:
+        tell(self._listeners, ("line_moved", model))
 
     async def aclose(self) -> None:
         self._listeners.clear()
@@ -165,6 +185,9 @@ class RedisBroadcast:
 
     async def prices_changed(self) -> None:
         await self._announce(("prices_changed", None))
+
+    async def line_moved(self, model: str) -> None:
+        await self._announce(("line_moved", model))
 
     async def aclose(self) -> None:
         if self._listening is not None:
@@ -244,10 +267,10 @@ async def publish(store: RedisStore, event: Event, *, origin: str = "") -> None:
     """Send `event` to every replica subscribed through `store`'s Redis (also from outside a
     coordinator, as `moonflower keys revoke` does); `errors.StoreUnavailable` if Redis does
     not take it."""
-    name, key_hash = event
+    name, subject = event
     body = {"event": name, "origin": origin}
-    if key_hash is not None:
-        body["key_hash"] = key_hash
+    if subject is not None:
+        body["model" if name == "line_moved" else "key_hash"] = subject
     await store.publish(store.key(CHANNEL), orjson.dumps(body).decode())
 
 
@@ -267,4 +290,6 @@ def _event(body: dict[str, object]) -> Event | None:
             return ("key_revoked", key_hash)
         case {"event": "prices_changed"}:
             return ("prices_changed", None)
+        case {"event": "line_moved", "model": str(model)} if 0 < len(model) <= MAX_MODEL_CHARS:
+            return ("line_moved", model)
     return None

@@ -1,7 +1,8 @@
 """Handing an inference request to the replica whose provider can serve it.
 
 A consumer may reach any replica, and a provider is connected to one. When the replica a
-request reached has no free slot for its model and another one has (`presence`), the request
+request reached has no free slot for its model and another one has (`presence`), or when the
+request's turn in the model's line (`turns`) comes with another replica's slot, the request
 goes there whole — same path, body and headers, marked as forwarded so it is never forwarded
 again — and its answer, streamed or not, comes back byte for byte. The replica that serves it
 authenticates, limits, holds, relays, settles and signs exactly as for a request of its own;
@@ -24,9 +25,10 @@ import httpx
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from moonflower.coordinator.presence import PUBLISH_EVERY_S, Offer, Presence
+from moonflower.coordinator.presence import PUBLISH_EVERY_S, Presence
 from moonflower.coordinator.registry import Registry
 from moonflower.coordinator.trust import TrustLevel
+from moonflower.coordinator.turns import Turn, Turns
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,7 @@ class Forwarder:
         self,
         presence: Presence,
         registry: Registry,
+        turns: Turns,
         *,
         replica_id: str,
         aliases: Mapping[str, str],
@@ -75,6 +78,7 @@ class Forwarder:
     ) -> None:
         self._presence = presence
         self._registry = registry
+        self._turns = turns
         self._replica_id = replica_id
         self._aliases = aliases
         self._client = client or httpx.AsyncClient(
@@ -92,24 +96,19 @@ class Forwarder:
     async def elsewhere(
         self, request: Request, model: str, floor: TrustLevel | None
     ) -> Response | None:
-        """The answer of the replica that can serve `request` for `model` now, when it is
-        not this one; None when this one should serve it (a slot is free here, the request
-        was forwarded already, nobody else has a free slot while this one serves the model,
-        or the replica chosen could not be reached)."""
+        """The answer of the replica that serves `request` for `model`, when it is not this
+        one; None when this one should serve it: a slot is free here and nobody waits for
+        one, the request was forwarded already, its turn in the model's line came with a
+        slot here (`turns`), nothing serves the model anywhere (admission then says so), or
+        the replica chosen could not be reached."""
         if FORWARDED_HEADER in request.headers:
             return None
         model = self._aliases.get(model, model)
-        if self._registry.has_free_slot_for(model, floor):
+        if not self._turns.has_line(model) and self._registry.has_free_slot_for(model, floor):
             return None
         level = max(floor or self._registry.default_floor, self._registry.default_floor)
-        serves_here = bool(self._registry.serving(model, floor))
-        for attempt in range(MAX_ATTEMPTS):
-            offer = await self._presence.elsewhere(model, level, need_free=serves_here)
-            if offer is None and not serves_here and attempt < MAX_ATTEMPTS - 1:
-                # Nothing serves it here or elsewhere: a provider that has just connected
-                # to another replica is offered within a publication; look once more.
-                await asyncio.sleep(PUBLISH_EVERY_S)
-                continue
+        for _attempt in range(MAX_ATTEMPTS):
+            offer = await self._where(model, level, floor)
             if offer is None:
                 return None
             answer = await self._forward(request, offer)
@@ -117,7 +116,31 @@ class Forwarder:
                 return answer
         return None
 
-    async def _forward(self, request: Request, offer: Offer) -> Response | None:
+    async def _where(self, model: str, level: TrustLevel, floor: TrustLevel | None) -> Turn | None:
+        """The replica to serve a request that has no free slot here: another one with a
+        free slot when nobody waits, else whichever its turn in the line gives; None for
+        this replica."""
+        if not self._turns.has_line(model):
+            offer = await self._presence.elsewhere(model, level, need_free=True)
+            if offer is not None:
+                return Turn(offer.replica_id, offer.url)
+        if not self._registry.serving(model, floor) and not await self._served_elsewhere(
+            model, level
+        ):
+            return None
+        return await self._turns.wait_turn(model, level)
+
+    async def _served_elsewhere(self, model: str, level: TrustLevel) -> bool:
+        """Whether another replica serves `model` at all; a provider that has just connected
+        to one is offered within a publication, so look again before saying no."""
+        for attempt in range(MAX_ATTEMPTS):
+            if await self._presence.elsewhere(model, level, need_free=False) is not None:
+                return True
+            if attempt < MAX_ATTEMPTS - 1:
+                await asyncio.sleep(PUBLISH_EVERY_S)
+        return False
+
+    async def _forward(self, request: Request, offer: Turn) -> Response | None:
         body: bytes = getattr(request.state, "body", b"")
         headers = [
             (name, value)

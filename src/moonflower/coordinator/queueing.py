@@ -54,6 +54,7 @@ class ModelQueues:
         self._max_wait_s = max_wait_s
         self._lines: dict[str, _Line] = {}
         self._service_s: OrderedDict[str, float] = OrderedDict()
+        self._on_notify: list[Callable[[str], None]] = []
 
     async def wait_turn(self, model: str, try_take: Callable[[], T | None]) -> T:
         """What `try_take` gives once it is this caller's turn and it gives something.
@@ -102,8 +103,15 @@ class ModelQueues:
                 retry_after_s=retry_after_s,
             )
 
+    def listen(self, on_notify: Callable[[str], None]) -> None:
+        """Call `on_notify(model)` whenever a slot for `model` may have freed (`turns` hands
+        it to the line across replicas)."""
+        self._on_notify.append(on_notify)
+
     def notify(self, model: str) -> None:
         """A slot for `model` may have freed: the front waiter tries to take it."""
+        for on_notify in self._on_notify:
+            on_notify(model)
         line = self._lines.get(model)
         front = line.front() if line is not None else None
         if front is not None:
