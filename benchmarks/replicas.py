@@ -46,13 +46,13 @@ from tests.support.redis import RedisServer, running_redis
 
 @contextmanager
 def synthetic_providers(
-    root: Path, network: LocalNetwork, name: str, tokens: int
+    root: Path, network: LocalNetwork, name: str, tokens: int, *, slots: int = 64
 ) -> Iterator[None]:
-    """One synthetic provider with 64 slots connected to `network`'s coordinator."""
+    """One synthetic provider with `slots` slots connected to `network`'s coordinator."""
     before = network.provider_count()
     argv = [sys.executable, "-m", "benchmarks.synthetic_provider"]
     argv += ["--coordinator", network.base_url, "--providers", "1"]
-    argv += ["--slots", "64", "--tokens", str(tokens), "--interval-ms", "0"]
+    argv += ["--slots", str(slots), "--tokens", str(tokens), "--interval-ms", "0"]
     log_path = root / f"{name}.log"
     with log_path.open("ab") as log_file:
         popen = subprocess.Popen(

@@ -105,7 +105,7 @@ async def build_services(settings: CoordinatorSettings) -> Services:
         )
         turns.announce = broadcast.line_moved
         broadcast.subscribe(turns)
-        dispatcher.queues.listen(turns.slot_freed)
+        dispatcher.queues.listen(freed=turns.slot_freed, taken=turns.slot_taken)
         forwarder = Forwarder(
             presence, registry, turns, replica_id=replica_id, aliases=settings.model_aliases
         )

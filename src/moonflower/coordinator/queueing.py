@@ -55,6 +55,7 @@ class ModelQueues:
         self._lines: dict[str, _Line] = {}
         self._service_s: OrderedDict[str, float] = OrderedDict()
         self._on_notify: list[Callable[[str], None]] = []
+        self._on_taken: list[Callable[[str], None]] = []
 
     async def wait_turn(self, model: str, try_take: Callable[[], T | None]) -> T:
         """What `try_take` gives once it is this caller's turn and it gives something.
@@ -66,6 +67,7 @@ class ModelQueues:
         if model not in self._lines:
             taken = try_take()
             if taken is not None:
+                self._took(model)
                 return taken
         self.check_room(model)
         loop = asyncio.get_running_loop()
@@ -82,6 +84,7 @@ class ModelQueues:
                     taken = try_take()
                     if taken is not None:
                         self._observe_turn(model, line, loop.time())
+                        self._took(model)
                         return taken
         except TimeoutError:
             retry_after_s = self.retry_after_s(model)
@@ -103,10 +106,11 @@ class ModelQueues:
                 retry_after_s=retry_after_s,
             )
 
-    def listen(self, on_notify: Callable[[str], None]) -> None:
-        """Call `on_notify(model)` whenever a slot for `model` may have freed (`turns` hands
-        it to the line across replicas)."""
-        self._on_notify.append(on_notify)
+    def listen(self, *, freed: Callable[[str], None], taken: Callable[[str], None]) -> None:
+        """Call `freed(model)` whenever a slot for `model` may have freed, and `taken(model)`
+        whenever a request took one (`turns` hands slots to the line across replicas)."""
+        self._on_notify.append(freed)
+        self._on_taken.append(taken)
 
     def notify(self, model: str) -> None:
         """A slot for `model` may have freed: the front waiter tries to take it."""
@@ -116,6 +120,10 @@ class ModelQueues:
         front = line.front() if line is not None else None
         if front is not None:
             front.is_woken.set()
+
+    def _took(self, model: str) -> None:
+        for on_taken in self._on_taken:
+            on_taken(model)
 
     def waiting(self, model: str) -> int:
         line = self._lines.get(model)

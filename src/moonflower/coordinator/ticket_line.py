@@ -63,9 +63,10 @@ class TicketLine(Protocol):
         are ahead of it, or None when `room` tickets already wait."""
         ...
 
-    async def look(self, model: str, tickets: Sequence[str]) -> Sight:
-        """Renew `tickets` (the looker's own), drop tickets nobody renewed, and say which
-        ticket is first and which of `tickets` were given a turn."""
+    async def look(self, model: str, holder: str, renew: Sequence[str]) -> Sight:
+        """As replica `holder`: renew `renew` (tickets of its own), drop tickets nobody
+        renewed, and say which ticket is first and which of its tickets were given a turn
+        since it last looked."""
         ...
 
     async def give(self, model: str, ticket: str, *, giver: str) -> str | None:
@@ -74,9 +75,9 @@ class TicketLine(Protocol):
         giver), and return the holder's id; else None."""
         ...
 
-    async def leave(self, model: str, ticket: str) -> int:
-        """Take `ticket` out of the line (and forget its turn); how many tickets still
-        wait."""
+    async def leave(self, model: str, ticket: str, holder: str) -> int:
+        """Take `ticket`, held by replica `holder`, out of the line (and forget its turn);
+        how many tickets still wait."""
         ...
 
     async def waiting(self, model: str) -> int:
@@ -89,7 +90,8 @@ class _Line:
     numbers: dict[str, int] = field(default_factory=dict)
     renewed: dict[str, float] = field(default_factory=dict)
     holders: dict[str, tuple[str, TrustLevel]] = field(default_factory=dict)
-    turns: dict[str, str] = field(default_factory=dict)
+    turns: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Per holder: ticket → giver."""
 
 
 class MemoryTicketLine:
@@ -114,16 +116,16 @@ class MemoryTicketLine:
         line.holders[ticket] = (holder, level)
         return number, ahead
 
-    async def look(self, model: str, tickets: Sequence[str]) -> Sight:
+    async def look(self, model: str, holder: str, renew: Sequence[str]) -> Sight:
         line = self._lines.get(model)
         if line is None:
             return Sight(None, {})
         now = time.monotonic()
-        for ticket in tickets:
+        for ticket in renew:
             if ticket in line.renewed:
                 line.renewed[ticket] = now
         self._drop_stale(line)
-        turns = {t: line.turns.pop(t) for t in tickets if t in line.turns}
+        turns = line.turns.pop(holder, {})
         first = min(line.numbers, key=line.numbers.__getitem__, default=None)
         if first is None:
             return Sight(None, turns)
@@ -136,17 +138,17 @@ class MemoryTicketLine:
         holder, _level = line.holders.pop(ticket)
         del line.numbers[ticket], line.renewed[ticket]
         if holder != giver.split(" ")[0]:
-            line.turns[ticket] = giver
+            line.turns.setdefault(holder, {})[ticket] = giver
         return holder
 
-    async def leave(self, model: str, ticket: str) -> int:
+    async def leave(self, model: str, ticket: str, holder: str) -> int:
         line = self._lines.get(model)
         if line is None:
             return 0
         line.numbers.pop(ticket, None)
         line.renewed.pop(ticket, None)
         line.holders.pop(ticket, None)
-        line.turns.pop(ticket, None)
+        line.turns.get(holder, {}).pop(ticket, None)
         return len(line.numbers)
 
     async def waiting(self, model: str) -> int:
@@ -185,7 +187,7 @@ local ahead = redis.call('ZCARD', KEYS[1])
 if ahead >= tonumber(ARGV[4]) then
     return false
 end
-local number = redis.call('INCR', KEYS[5])
+local number = redis.call('INCR', KEYS[4])
 redis.call('ZADD', KEYS[1], number, ARGV[1])
 redis.call('ZADD', KEYS[2], now_ms, ARGV[1])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
@@ -193,33 +195,39 @@ redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
     + _KEEP
     + "return {number, ahead}\n"
 )
-"""ARGV: ticket, ttl (ms), "holder level", room."""
+"""KEYS: the line, its renewals, its holders, the ticket counter; ARGV: ticket, ttl (ms),
+"holder level", room."""
 _LOOK = (
     _NOW_MS
     + "local ttl_ms = tonumber(ARGV[1])\n"
     + """
-local turns = {}
-for i = 2, #ARGV do
-    redis.call('ZADD', KEYS[2], 'XX', now_ms, ARGV[i])
-    local giver = redis.call('HGET', KEYS[4], ARGV[i])
-    if giver then
-        redis.call('HDEL', KEYS[4], ARGV[i])
-        table.insert(turns, ARGV[i])
-        table.insert(turns, giver)
+if #ARGV > 1 then
+    local renewed = {}
+    for i = 2, #ARGV do
+        table.insert(renewed, now_ms)
+        table.insert(renewed, ARGV[i])
     end
+    redis.call('ZADD', KEYS[2], 'XX', unpack(renewed))
+"""
+    + _KEEP
+    + """
 end
 """
     + _DROP_STALE
     + """
+local turns = redis.call('HGETALL', KEYS[4])
+if #turns > 0 then
+    redis.call('DEL', KEYS[4])
+end
 local first = redis.call('ZRANGE', KEYS[1], 0, 0)[1]
 if not first then
     return {false, false, turns}
 end
+return {first, redis.call('HGET', KEYS[3], first), turns}
 """
-    + _KEEP
-    + "return {first, redis.call('HGET', KEYS[3], first), turns}\n"
 )
-"""ARGV: ttl (ms), then the looker's tickets."""
+"""KEYS: the line, its renewals, its holders, the looker's turns; ARGV: ttl (ms), then the
+tickets to renew."""
 _GIVE = """
 if redis.call('ZRANGE', KEYS[1], 0, 0)[1] ~= ARGV[1] then
     return false
@@ -228,14 +236,17 @@ local held = redis.call('HGET', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
-if string.sub(held, 1, #ARGV[4] + 1) ~= ARGV[4] .. ' ' then
-    redis.call('HSET', KEYS[4], ARGV[1], ARGV[2])
-    redis.call('PEXPIRE', KEYS[4], ARGV[3])
+local holder = string.match(held, '^(%S+)')
+if holder ~= ARGV[4] then
+    local turns = ARGV[5] .. holder
+    redis.call('HSET', turns, ARGV[1], ARGV[2])
+    redis.call('PEXPIRE', turns, ARGV[3])
 end
 return held
 """
-"""ARGV: ticket, "giver url", turn ttl (ms), giver. A turn the giver gives itself is not
-written down: its holder has it already."""
+"""KEYS: the line, its renewals, its holders; ARGV: ticket, "giver url", turn ttl (ms), giver,
+the prefix of the holders' turns (read by name: one Redis server, not a cluster). A turn the
+giver gives itself is not written down: its holder has it already."""
 _LEAVE = """
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
@@ -243,6 +254,7 @@ redis.call('HDEL', KEYS[3], ARGV[1])
 redis.call('HDEL', KEYS[4], ARGV[1])
 return redis.call('ZCARD', KEYS[1])
 """
+"""KEYS: the line, its renewals, its holders, the leaver's turns; ARGV: ticket."""
 
 
 class RedisTicketLine:
@@ -258,8 +270,11 @@ class RedisTicketLine:
         self._count = store.script("return redis.call('ZCARD', KEYS[1])")
 
     def _keys(self, model: str) -> list[str]:
-        """The line, its renewals, its holders, its turns."""
-        return [self._store.key(part, model) for part in ("line", "renewed", "holders", "turns")]
+        """The line, its renewals, its holders."""
+        return [self._store.key(part, model) for part in ("line", "renewed", "holders")]
+
+    def _turns_prefix(self, model: str) -> str:
+        return self._store.key("turns", model, "")
 
     async def join(
         self, model: str, ticket: str, *, holder: str, level: TrustLevel, room: int
@@ -272,8 +287,9 @@ class RedisTicketLine:
         number, ahead = joined
         return int(number), int(ahead)
 
-    async def look(self, model: str, tickets: Sequence[str]) -> Sight:
-        reply = await self._store.run(self._look, self._keys(model), [self._ttl_ms, *tickets])
+    async def look(self, model: str, holder: str, renew: Sequence[str]) -> Sight:
+        keys = [*self._keys(model), self._turns_prefix(model) + holder]
+        reply = await self._store.run(self._look, keys, [self._ttl_ms, *renew])
         assert isinstance(reply, list)
         ticket, held, given = reply
         turns = dict(zip(given[::2], given[1::2], strict=True))
@@ -283,11 +299,13 @@ class RedisTicketLine:
 
     async def give(self, model: str, ticket: str, *, giver: str) -> str | None:
         args: list[str | int] = [ticket, giver, int(TURN_TTL_S * 1000), giver.split(" ")[0]]
+        args.append(self._turns_prefix(model))
         held = await self._store.run(self._give, self._keys(model), args)
         return held.split(" ")[0] if isinstance(held, str) else None
 
-    async def leave(self, model: str, ticket: str) -> int:
-        left = await self._store.run(self._leave, self._keys(model), [ticket])
+    async def leave(self, model: str, ticket: str, holder: str) -> int:
+        keys = [*self._keys(model), self._turns_prefix(model) + holder]
+        left = await self._store.run(self._leave, keys, [ticket])
         assert isinstance(left, int)
         return left
 

@@ -11,10 +11,12 @@ it to the giver otherwise (`forwarding`). Nothing else takes a slot while the li
 empty: a newcomer on any replica joins the end of it.
 
 Only the replica that owns a slot gives it, so a slot is never promised twice: once given,
-it is not counted as free for `HANDED_S`, time enough for the request to arrive and take
-it. Each replica runs one loop per model while it holds tickets for it, or has a slot to
-give while others wait: it renews its tickets, collects the turns given to them, and gives
-its free slots away. It looks again when one of its slots frees or the line moves (a
+it is not counted as free until a request takes a slot here (or `HANDED_S` passes: the
+request died on its way).
+
+Each replica runs one loop per model while it holds tickets for it, or has a slot to give
+while others wait: it renews its tickets, collects the turns given to them, and gives its
+free slots away. It looks again when one of its slots frees or the line moves (a
 `broadcast`), and every `POLL_S` otherwise.
 
 A replica learns that requests wait for a model from that broadcast; until a look shows
@@ -35,15 +37,18 @@ from dataclasses import dataclass, field
 
 from moonflower import errors
 from moonflower.coordinator.registry import Registry
-from moonflower.coordinator.ticket_line import TicketLine
+from moonflower.coordinator.ticket_line import TICKET_TTL_S, TicketLine
 from moonflower.coordinator.trust import TrustLevel
 
 log = logging.getLogger(__name__)
 
 POLL_S = 0.05
 """How often a replica with tickets or a slot to give looks at the line unprompted."""
-HANDED_S = 0.5
-"""How long a slot given to a ticket is not counted as free (until its request took it)."""
+HANDED_S = 2.0
+"""How long a slot given to a ticket stays promised if no request takes a slot here (the
+request died on its way, say)."""
+RENEW_EVERY_S = TICKET_TTL_S / 4
+"""How often a replica renews the tickets it holds."""
 ANNOUNCE_EVERY_S = 1.0
 """How often the holder of the first ticket reminds the other replicas that it waits (an
 announcement can be lost)."""
@@ -129,6 +134,15 @@ class Turns:
         if self.has_line(model):
             self._wake(model)
 
+    def slot_taken(self, model: str) -> None:
+        """A request took a slot here for `model`: the oldest promise is kept (while others
+        wait, only a request whose turn came takes a slot)."""
+        handed = self._handed.get(model)
+        if handed:
+            handed.pop(0)
+            if not handed:
+                del self._handed[model]
+
     def key_revoked(self, key_hash: str) -> None:
         """Not about lines (a `broadcast.Listener` hears every event)."""
 
@@ -178,7 +192,7 @@ class Turns:
             if ticket in part.held:
                 part.held.remove(ticket)
                 with contextlib.suppress(errors.StoreUnavailable):
-                    await self._line.leave(model, ticket.id)
+                    await self._line.leave(model, ticket.id, self._me.replica_id)
 
     def _retry_after_s(self) -> int:
         return max(1, round(self._max_wait_s / 2))
@@ -197,11 +211,15 @@ class Turns:
     async def _look(self, model: str, part: _Model) -> None:
         """Collect turns for this replica's tickets and give its free slots away, until it
         holds no ticket and has nothing to give."""
-        announced = time.monotonic()
+        announced = renewed = time.monotonic()
         try:
             while True:
                 part.woken.clear()
-                sight = await self._line.look(model, [t.id for t in part.held])
+                renew: list[str] = []
+                if time.monotonic() - renewed > RENEW_EVERY_S:
+                    renewed = time.monotonic()
+                    renew = [t.id for t in part.held]
+                sight = await self._line.look(model, self._me.replica_id, renew)
                 for ticket_id, giver in sight.turns.items():
                     replica_id, _, url = giver.partition(" ")
                     part.hand(ticket_id, Turn(replica_id, url))
