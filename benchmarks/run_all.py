@@ -74,6 +74,12 @@ BENCHMARKS = (
         ("--concurrency", "4", "16", "--requests", "200"),
         900,
     ),
+    Benchmark(
+        "queue_line",
+        "queue order across replicas under contention",
+        ("--slots", "4", "--concurrency", "16", "32", "--requests", "400"),
+        900,
+    ),
 )
 
 
