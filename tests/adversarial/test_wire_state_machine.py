@@ -71,7 +71,8 @@ from websockets.exceptions import WebSocketException
 
 from moonflower import wire
 from moonflower.cli.coordinator import uvicorn_server
-from moonflower.coordinator.app import build_services, create_app
+from moonflower.coordinator.app import create_app
+from moonflower.coordinator.assembly import build_services
 from moonflower.coordinator.billing import prompt_token_bound
 from moonflower.coordinator.services import Services
 from moonflower.coordinator.session import ProviderSession
@@ -685,7 +686,7 @@ class WireMachine(RuleBasedStateMachine):
         assert billed_prompt <= max(min(job.prompt_tokens, bound), 0), row
 
         after = await self.books.balances()
-        prices: PriceList = await self.services.dispatcher.pricing.current()
+        prices: PriceList = await self.services.pricing.current()
         cost = prices.cost(MODEL, billed_prompt, billed) if billed else 0
         charged = before["consumer"] - after["consumer"]
         earned = after.get(self.account, 0) - before.get(self.account, 0)

@@ -172,7 +172,7 @@ async def test_a_stream_that_waits_briefly_for_a_provider_still_names_it(tmp_pat
         inprocess_network(tmp_path, [engine]) as net,
         httpx.AsyncClient(base_url=net.base_url, headers=net.headers, timeout=60) as client,
     ):
-        queues = net.services.dispatcher.queues
+        queues = net.services.queues
         try:
             busy = [
                 asyncio.create_task(client.post("/v1/chat/completions", json=chat(tag)))

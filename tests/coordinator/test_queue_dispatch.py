@@ -60,7 +60,7 @@ async def enqueue(
     client: httpx.AsyncClient, net: InProcessNetwork, tags: list[str]
 ) -> list[asyncio.Task[httpx.Response]]:
     """One request per tag, each waiting in the model's queue before the next is sent."""
-    queues = net.services.dispatcher.queues
+    queues = net.services.queues
     waiting = []
     for tag in tags:
         before = queues.waiting(MODEL)
@@ -86,7 +86,7 @@ async def test_requests_beyond_the_slots_wait_and_run_in_arrival_order(tmp_path:
         try:
             running = await occupy(client, engine, tags[:2])
             waiting = await enqueue(client, net, tags[2:])
-            assert net.services.dispatcher.queues.waiting(MODEL) == 6
+            assert net.services.queues.waiting(MODEL) == 6
             # Free one slot at a time: the queue's front takes it before the next frees.
             for n, tag in enumerate(tags):
                 engine.release(tag)
@@ -97,7 +97,7 @@ async def test_requests_beyond_the_slots_wait_and_run_in_arrival_order(tmp_path:
             engine.release_all()
         assert [r.status_code for r in responses] == [200] * 8
         assert served(engine) == tags
-        assert net.services.dispatcher.queues.waiting(MODEL) == 0
+        assert net.services.queues.waiting(MODEL) == 0
 
 
 async def test_a_full_queue_is_a_429_with_retry_after_that_costs_nothing(

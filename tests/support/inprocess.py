@@ -19,7 +19,8 @@ from pydantic import SecretStr
 
 from moonflower import wire
 from moonflower.cli.coordinator import uvicorn_server
-from moonflower.coordinator.app import build_services, create_app
+from moonflower.coordinator.app import create_app
+from moonflower.coordinator.assembly import build_services
 from moonflower.coordinator.services import Services
 from moonflower.crypto.signing import SoftwareSigner
 from moonflower.ledger import keys

@@ -23,7 +23,8 @@ from moonflower.cli.coordinator import (
     uvicorn_server,
 )
 from moonflower.cli.provider import load
-from moonflower.coordinator.app import build_services, create_app
+from moonflower.coordinator.app import create_app
+from moonflower.coordinator.assembly import build_services
 from moonflower.crypto.envelope import EncryptionKeyPair
 from moonflower.crypto.signing import load_signer
 from moonflower.ledger import keys

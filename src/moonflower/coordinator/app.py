@@ -1,7 +1,8 @@
-"""`create_app`: builds the coordinator's parts and wires routes and error handling.
+"""`create_app`: the coordinator's app — its lifespan, routes, middleware and error handling.
 
-Wiring only. The database is opened (and migrated) in the lifespan, before the first
-request, unless the caller hands in services it built itself.
+Wiring only. Its parts are built in one place, `assembly.build_services`, in the lifespan
+(the database is opened and migrated there, before the first request), unless the caller
+hands in services it built itself.
 """
 
 from __future__ import annotations
@@ -9,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -22,23 +21,10 @@ from starlette.responses import Response
 
 from moonflower import __version__, errors
 from moonflower.coordinator import lost_jobs, openapi_bodies, transport_key
-from moonflower.coordinator.auth import CallerCache, authenticate
-from moonflower.coordinator.broadcast import (
-    Broadcast,
-    MemoryBroadcast,
-    RedisBroadcast,
-    ReplicaCaches,
-)
+from moonflower.coordinator.assembly import build_services
+from moonflower.coordinator.auth import authenticate
 from moonflower.coordinator.cors import Cors
-from moonflower.coordinator.dispatch import Dispatcher
 from moonflower.coordinator.error_response import render_error
-from moonflower.coordinator.forwarding import Forwarder
-from moonflower.coordinator.presence import LocalPresence, Presence, RedisPresence
-from moonflower.coordinator.prompt_count import PromptCounter
-from moonflower.coordinator.redis_limits import RedisRateLimits
-from moonflower.coordinator.redis_store import RedisStore
-from moonflower.coordinator.registry import Registry
-from moonflower.coordinator.reputation import Reputation
 from moonflower.coordinator.routes import (
     attestation,
     chat,
@@ -53,76 +39,13 @@ from moonflower.coordinator.routes import (
 )
 from moonflower.coordinator.sealed_transport import SealedTransport
 from moonflower.coordinator.services import Services
-from moonflower.coordinator.ticket_line import RedisTicketLine
-from moonflower.coordinator.trust import TrustLevel
-from moonflower.coordinator.turns import Turns
 from moonflower.crypto.envelope import EncryptionKeyPair
-from moonflower.ledger.database import Database, default_database_url
 from moonflower.settings import CoordinatorSettings
 
 log = logging.getLogger(__name__)
 
 REPUTATION_DRAIN_S = 5.0
 """On shutdown, how long provider verdicts and records still being written may take."""
-
-
-async def build_services(settings: CoordinatorSettings) -> Services:
-    url = settings.database_url or default_database_url(settings.data_dir)
-    db = await Database.open(url, timeout_s=settings.database_timeout_s)
-    registry = Registry(
-        default_floor=TrustLevel.parse(settings.min_trust),
-        freshness_s=settings.challenge_interval_s + settings.challenge_slack_s,
-    )
-    prompts = PromptCounter.from_settings(settings)
-    # Live state the replicas share goes through one Redis client, when there is a Redis.
-    redis = RedisStore.connect(settings.redis_url) if settings.redis_url else None
-    limits = (
-        RedisRateLimits(
-            redis,
-            settings.rate_limit_requests_per_minute,
-            settings.rate_limit_tokens_per_minute,
-        )
-        if redis is not None
-        else None
-    )
-    dispatcher = Dispatcher(registry, db, settings, prompt_counter=prompts, limits=limits)
-    callers = CallerCache(db, settings.api_key_cache_s)
-    broadcast: Broadcast = RedisBroadcast(redis) if redis is not None else MemoryBroadcast()
-    broadcast.subscribe(ReplicaCaches(callers, dispatcher.pricing))
-    presence: Presence = LocalPresence()
-    forwarder = None
-    if redis is not None:
-        replica_id = uuid.uuid4().hex[:12]
-        presence = RedisPresence(redis, registry, replica_id=replica_id, url=settings.reachable_url)
-        turns = Turns(
-            RedisTicketLine(redis),
-            registry,
-            dispatcher.queues.waiting,
-            replica_id=replica_id,
-            url=settings.reachable_url,
-            room=settings.queue_max_waiting,
-            max_wait_s=settings.queue_max_wait_s,
-        )
-        turns.announce = broadcast.line_moved
-        broadcast.subscribe(turns)
-        dispatcher.queues.listen(freed=turns.slot_freed, taken=turns.slot_taken)
-        forwarder = Forwarder(
-            presence, registry, turns, replica_id=replica_id, aliases=settings.model_aliases
-        )
-    return Services(
-        settings=settings,
-        db=db,
-        registry=registry,
-        dispatcher=dispatcher,
-        callers=callers,
-        reputation=Reputation(db, registry, allow_anonymous=settings.allow_anonymous_providers),
-        started_at=int(time.time()),
-        prompts=prompts,
-        broadcast=broadcast,
-        redis=redis,
-        presence=presence,
-        forwarder=forwarder,
-    )
 
 
 def create_app(
@@ -139,8 +62,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         built = services or await build_services(settings)
         app.state.services = built
-        leases = built.dispatcher.leases
-        settle_lost = functools.partial(lost_jobs.settle_lost, built.dispatcher.settler)
+        leases = built.leases
+        settle_lost = functools.partial(lost_jobs.settle_lost, built.settler)
         await leases.release_expired(settle_lost)  # before serving anyone
         renewing = asyncio.create_task(leases.run(settle_lost))
         publishing = asyncio.create_task(built.presence.run())
@@ -150,7 +73,7 @@ def create_app(
             publishing.cancel()
             await asyncio.gather(publishing, return_exceptions=True)
             await built.presence.withdraw()
-            await built.dispatcher.finish_settlements(settings.shutdown_grace_s)
+            await built.settler.drain(settings.shutdown_grace_s)  # pending settlements land
             await built.reputation.drain(REPUTATION_DRAIN_S)  # verdicts land before close
             renewing.cancel()
             await asyncio.gather(renewing, return_exceptions=True)

@@ -31,11 +31,10 @@ from moonflower.coordinator.closing import NOTHING_OWED, JobCloser
 from moonflower.coordinator.holds import Admission, Holds
 from moonflower.coordinator.job import Job, PromptCount
 from moonflower.coordinator.leases import HoldLeases
-from moonflower.coordinator.limits import RateLimiter, RateLimits
+from moonflower.coordinator.limits import RateLimiter
 from moonflower.coordinator.queueing import ModelQueues
 from moonflower.coordinator.registry import Registry
 from moonflower.coordinator.session import ProviderSession
-from moonflower.coordinator.settler import Settler
 from moonflower.coordinator.trust import TrustLevel
 from moonflower.generation import Failed, GenerationRequest
 from moonflower.ledger import jobs as job_ledger
@@ -81,26 +80,30 @@ class Dispatcher:
         db: Database,
         settings: CoordinatorSettings,
         *,
+        pricing: Pricing,
+        leases: HoldLeases,
+        queues: ModelQueues,
+        limits: RateLimiter,
+        holds: Holds,
+        closer: JobCloser,
         prompt_counter: PromptCounter | None = None,
-        limits: RateLimiter | None = None,
     ) -> None:
+        """Every collaborator is handed in, built once with the others
+        (`assembly.build_services`)."""
         self.registry = registry
         self.db = db
         self.settings = settings
         self.prompt_counter = prompt_counter
-        self.pricing = Pricing(db, settings)
-        self.leases = HoldLeases(db, settings.hold_lease_s)
+        self.pricing = pricing
+        self.leases = leases
         """The holds of the requests and jobs this coordinator runs, kept leased."""
-        self.queues = ModelQueues(settings.queue_max_waiting, settings.queue_max_wait_s)
+        self.queues = queues
         """Requests waiting, per model, for a provider with a free slot."""
-        self.limits: RateLimiter = limits or RateLimits(
-            settings.rate_limit_requests_per_minute, settings.rate_limit_tokens_per_minute
-        )
-        """Per-key request and token limits: in memory unless the caller shares them (through
-        Redis, between replicas: `services.build_services`)."""
-        self.holds = Holds(db, self.leases)
-        self.settler = Settler(db, self.pricing, self.leases, self.limits)
-        self.closer = JobCloser(self.settler)
+        self.limits = limits
+        """Per-key request and token limits: in memory, or shared by the replicas through
+        Redis."""
+        self.holds = holds
+        self.closer = closer
         """The close path every job ends through: decide, judge the provider, settle."""
         self.live_jobs: set[Job] = set()
         """Jobs handed to a consumer and not yet closed."""
@@ -116,10 +119,6 @@ class Dispatcher:
             await asyncio.wait_for(self._idle.wait(), deadline_s)
         except TimeoutError:
             log.warning("draining: %d jobs still running at the deadline", len(self.live_jobs))
-
-    async def finish_settlements(self, deadline_s: float) -> None:
-        """At shutdown, after the last job closed: let pending settlements land."""
-        await self.settler.drain(deadline_s)
 
     def _job_closed(self, job: Job) -> None:
         self.live_jobs.discard(job)

@@ -13,14 +13,18 @@ from starlette.requests import HTTPConnection
 from starlette.responses import Response
 
 from moonflower.coordinator.auth import CallerCache
+from moonflower.coordinator.billing import Pricing
 from moonflower.coordinator.broadcast import Broadcast
 from moonflower.coordinator.dispatch import Dispatcher
 from moonflower.coordinator.forwarding import Forwarder
+from moonflower.coordinator.leases import HoldLeases
 from moonflower.coordinator.presence import LocalPresence, Presence
 from moonflower.coordinator.prompt_count import PromptCounter
+from moonflower.coordinator.queueing import ModelQueues
 from moonflower.coordinator.redis_store import RedisStore
 from moonflower.coordinator.registry import Registry
 from moonflower.coordinator.reputation import Reputation
+from moonflower.coordinator.settler import Settler
 from moonflower.ledger.database import Database
 from moonflower.settings import CoordinatorSettings
 
@@ -31,6 +35,14 @@ class Services:
     db: Database
     registry: Registry
     dispatcher: Dispatcher
+    pricing: Pricing
+    """The price list in force (cached; every replica reads the same)."""
+    leases: HoldLeases
+    """The leases on this replica's holds, and the sweep of holds whose replica is gone."""
+    queues: ModelQueues
+    """This replica's requests waiting for one of its providers."""
+    settler: Settler
+    """Writes settlements to the ledger in batches."""
     callers: CallerCache
     reputation: Reputation
     """Who may serve; verdicts that outlast a connection."""

@@ -50,7 +50,7 @@ class PricingUpdate(BaseModel):
 
 @router.get("/v1/pricing")
 async def get_pricing(services: ServicesDep) -> Response:
-    prices = await services.dispatcher.pricing.current()
+    prices = await services.pricing.current()
     return json_response(pricing_body(prices, set(await network_supply(services))))
 
 
@@ -78,7 +78,7 @@ async def put_pricing(request: Request, services: ServicesDep, admin: AdminKey) 
             "Nothing to change: give a model's prices, 'minimum_charge_micro_usd' or "
             "'platform_fee_percent'."
         )
-    current = await services.dispatcher.pricing.current()
+    current = await services.pricing.current()
     fee_bps = (
         percent_to_bps(update.platform_fee_percent)
         if update.platform_fee_percent is not None
@@ -98,7 +98,7 @@ async def put_pricing(request: Request, services: ServicesDep, admin: AdminKey) 
         services.db, model_price=model_price, policy=(minimum, fee_bps) if is_policy else None
     )
     await services.broadcast.prices_changed()
-    prices = await services.dispatcher.pricing.current()
+    prices = await services.pricing.current()
     return json_response(pricing_body(prices, set(await network_supply(services))))
 
 

@@ -137,7 +137,7 @@ def notify_waiting(services: Services, session: ProviderSession) -> None:
     """A provider arrived or may have room again: requests queued for its models may go now
     (once per model)."""
     for model in dict.fromkeys(card.id for card in session.registration.models):
-        services.dispatcher.queues.notify(model)
+        services.queues.notify(model)
 
 
 class BinaryFrame(Exception):
