@@ -22,10 +22,12 @@ from moonflower.client.recorded import (
 )
 from moonflower.client.recorded_stream import from_stream, sse_events
 from moonflower.client.verify import Received
-from moonflower.coordinator.completion import CompletionBuilder
+from moonflower.coordinator import sse
+from moonflower.coordinator.dialects import dialect as dialects
 from moonflower.coordinator.dialects.anthropic_render import MessageRenderer
 from moonflower.coordinator.dialects.openai_chat_render import ChatRenderer
-from moonflower.coordinator.dialects.openai_completions import CompletionCall, CompletionRenderer
+from moonflower.coordinator.dialects.openai_completions import CompletionCall
+from moonflower.coordinator.dialects.openai_completions_render import CompletionRenderer
 from moonflower.coordinator.dialects.openai_responses_render import ResponsesRenderer
 from moonflower.crypto.receipt import output_digest
 from moonflower.generation import (
@@ -94,16 +96,6 @@ def digest(received: Received) -> str:
     )
 
 
-def whole(events: Sequence[OutputEvent]) -> Any:
-    builder = CompletionBuilder()
-    for event in events[:-1]:
-        assert isinstance(event, TextDelta | ReasoningDelta | ToolCallDelta)
-        builder.add(event)
-    finished = events[-1]
-    assert isinstance(finished, Finished)
-    return builder.build(finished)
-
-
 def with_receipt(events: Sequence[OutputEvent]) -> list[OutputEvent]:
     return [*events[:-1], RECEIPTED, events[-1]]
 
@@ -113,8 +105,10 @@ async def replay(events: Sequence[OutputEvent]) -> AsyncIterator[OutputEvent]:
         yield event
 
 
-async def collect(frames: AsyncIterator[bytes]) -> bytes:
-    return b"".join([frame async for frame in frames])
+async def collect(renderer: dialects.Renderer, events: Sequence[OutputEvent]) -> bytes:
+    """The stream's bytes as a response sends them, `[DONE]` after OpenAI's."""
+    trailer = b"" if isinstance(renderer, MessageRenderer) else sse.DONE
+    return b"".join([frame async for frame in sse.framed(renderer.stream(replay(events)), trailer)])
 
 
 def completion_renderer() -> CompletionRenderer:
@@ -125,36 +119,29 @@ def completion_renderer() -> CompletionRenderer:
         include_usage=True,
         is_echo=False,
     )
-    return CompletionRenderer(call, fingerprint="fp")
+    return CompletionRenderer(call, fingerprint="fp", include_usage=True)
 
 
-def body_of(dialect: Dialect, events: Sequence[OutputEvent]) -> Any:
-    done = whole(events)
+def renderer_of(dialect: Dialect) -> dialects.Renderer:
     if dialect == "openai-chat":
-        return ChatRenderer(model="m", fingerprint="fp", prompt_tokens=5).completion(done)
+        return ChatRenderer(model="m", fingerprint="fp", include_usage=True)
     if dialect == "openai-completions":
-        return completion_renderer().completion(done)
+        return completion_renderer()
     if dialect == "openai-responses":
         return ResponsesRenderer(
             model="m", max_output_tokens=None, echo={}, sampling=SamplingParams()
-        ).response(done)
-    return MessageRenderer(model="m", prompt_tokens=5, is_thinking=True).message(done)
+        )
+    return MessageRenderer(model="m", prompt_tokens=5, is_thinking=True)
+
+
+async def body_of(dialect: Dialect, events: Sequence[OutputEvent]) -> Any:
+    """The whole body the coordinator answers with: the dialect's stream, folded."""
+    assert isinstance(events[-1], Finished)
+    return await dialects.whole(renderer_of(dialect), replay(events))
 
 
 async def stream_of(dialect: Dialect, events: Sequence[OutputEvent]) -> bytes:
-    source = replay(events)
-    if dialect == "openai-chat":
-        chat = ChatRenderer(model="m", fingerprint="fp", prompt_tokens=5)
-        return await collect(chat.stream(source, include_usage=True))
-    if dialect == "openai-completions":
-        return await collect(completion_renderer().stream(source, include_usage=True))
-    if dialect == "openai-responses":
-        responses = ResponsesRenderer(
-            model="m", max_output_tokens=None, echo={}, sampling=SamplingParams()
-        )
-        return await collect(responses.stream(source))
-    messages = MessageRenderer(model="m", prompt_tokens=5, is_thinking=True)
-    return await collect(messages.stream(source))
+    return await collect(renderer_of(dialect), events)
 
 
 FULL: list[Dialect] = ["openai-chat", "openai-responses", "anthropic"]
@@ -162,11 +149,11 @@ CASES = [(d, s) for d in FULL for s in SCENARIOS] + [("openai-completions", s) f
 
 
 @pytest.mark.parametrize(("dialect", "scenario"), CASES)
-def test_a_whole_body_reads_back_to_the_providers_output_digest(
+async def test_a_whole_body_reads_back_to_the_providers_output_digest(
     dialect: Dialect, scenario: str
 ) -> None:
     events = SCENARIOS[scenario]
-    body = body_of(dialect, events)
+    body = await body_of(dialect, events)
     assert detect_body_dialect(body) == dialect
     received = from_body(body, dialect)
     assert digest(received) == tallied(events)
@@ -183,8 +170,8 @@ async def test_a_recorded_stream_reads_back_to_the_digest_and_its_receipt(
     assert from_stream(await stream_of(dialect, events), dialect) == recorded
 
 
-def test_chat_bodies_give_text_reasoning_calls_and_finish() -> None:
-    received = from_chat_body(body_of("openai-chat", SCENARIOS["tool calls"]))
+async def test_chat_bodies_give_text_reasoning_calls_and_finish() -> None:
+    received = from_chat_body(await body_of("openai-chat", SCENARIOS["tool calls"]))
     assert received == Received(
         text="Let me look.",
         reasoning="",
@@ -200,28 +187,31 @@ def test_chat_bodies_give_text_reasoning_calls_and_finish() -> None:
     ("scenario", "finish"),
     [("text and reasoning", "stop"), ("stop sequence", "stop"), ("cut short", "length")],
 )
-def test_dialect_finish_reasons_map_back_to_neutral_ones(scenario: str, finish: str) -> None:
+async def test_dialect_finish_reasons_map_back_to_neutral_ones(scenario: str, finish: str) -> None:
     events = SCENARIOS[scenario]
-    anthropic = body_of("anthropic", events)
+    anthropic = await body_of("anthropic", events)
     assert anthropic["stop_reason"] in ("end_turn", "stop_sequence", "max_tokens")
     assert from_anthropic_body(anthropic).finish_reason == finish
-    responses = body_of("openai-responses", events)
+    responses = await body_of("openai-responses", events)
     assert responses["status"] in ("completed", "incomplete")
     assert from_responses_body(responses).finish_reason == finish
-    assert from_chat_body(body_of("openai-chat", events)).finish_reason == finish
+    assert from_chat_body(await body_of("openai-chat", events)).finish_reason == finish
     if scenario != "text and reasoning":
-        assert from_completion_body(body_of("openai-completions", events)).finish_reason == finish
+        assert (
+            from_completion_body(await body_of("openai-completions", events)).finish_reason
+            == finish
+        )
 
 
-def test_tool_use_maps_to_tool_calls_and_anthropic_arguments_are_marked_rebuilt() -> None:
-    received = from_anthropic_body(body_of("anthropic", SCENARIOS["tool calls"]))
+async def test_tool_use_maps_to_tool_calls_and_anthropic_arguments_are_marked_rebuilt() -> None:
+    received = from_anthropic_body(await body_of("anthropic", SCENARIOS["tool calls"]))
     assert received.finish_reason == "tool_calls"
     assert not received.has_exact_arguments
     assert [call.arguments for call in received.tool_calls] == [
         '{"city": "Paris"}',
         '{"city": "Oslo", "unit": "celsius"}',
     ]
-    responses = from_responses_body(body_of("openai-responses", SCENARIOS["tool calls"]))
+    responses = from_responses_body(await body_of("openai-responses", SCENARIOS["tool calls"]))
     assert responses == Received(
         text="Let me look.",
         reasoning=None,
@@ -233,12 +223,12 @@ def test_tool_use_maps_to_tool_calls_and_anthropic_arguments_are_marked_rebuilt(
     )
 
 
-def test_compact_arguments_in_a_whole_anthropic_message_cannot_be_recovered() -> None:
+async def test_compact_arguments_in_a_whole_anthropic_message_cannot_be_recovered() -> None:
     events: list[OutputEvent] = [
         ToolCallDelta(0, '{"city":"Paris"}', id="call_a", name="get_weather"),
         Finished(reason="tool_calls", usage=Usage(5, 5)),
     ]
-    received = from_anthropic_body(body_of("anthropic", events))
+    received = from_anthropic_body(await body_of("anthropic", events))
     assert digest(received) != tallied(events)
     assert not received.has_exact_arguments
 
@@ -257,12 +247,14 @@ async def test_a_stream_keeps_compact_arguments_exactly() -> None:
 async def test_reasoning_that_is_not_shown_reads_as_unknown() -> None:
     events = SCENARIOS["text and reasoning"]
     hidden = MessageRenderer(model="m", prompt_tokens=5, is_thinking=False)
-    assert from_anthropic_body(hidden.message(whole(events))).reasoning is None
-    streamed = from_stream(await collect(hidden.stream(replay(events))))
+    body = await dialects.whole(hidden, replay(events))
+    assert from_anthropic_body(body).reasoning is None
+    hidden = MessageRenderer(model="m", prompt_tokens=5, is_thinking=False)
+    streamed = from_stream(await collect(hidden, events))
     assert streamed.received.reasoning is None
     assert streamed.received.text == "Red, orange ✓ and yellow."
-    assert from_completion_body(body_of("openai-completions", events)).reasoning is None
-    assert from_chat_body(body_of("openai-chat", SCENARIOS["cut short"])).reasoning == ""
+    assert from_completion_body(await body_of("openai-completions", events)).reasoning is None
+    assert from_chat_body(await body_of("openai-chat", SCENARIOS["cut short"])).reasoning == ""
 
 
 @pytest.mark.parametrize(

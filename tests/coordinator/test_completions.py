@@ -12,8 +12,10 @@ import httpx
 import orjson
 import pytest
 
-from moonflower.coordinator.completion import Completion
+from moonflower.coordinator import sse
 from moonflower.coordinator.dialects import openai_completions
+from moonflower.coordinator.dialects.dialect import whole
+from moonflower.coordinator.dialects.openai_completions_render import CompletionRenderer
 from moonflower.generation import (
     Failed,
     Finished,
@@ -262,9 +264,9 @@ TOKENS = [
 FINISHED = Finished(reason="length", usage=Usage(prompt_tokens=4, completion_tokens=3))
 
 
-def renderer(**fields: Any) -> openai_completions.CompletionRenderer:
+def renderer(**fields: Any) -> CompletionRenderer:
     call = openai_completions.parse({"model": MODEL, "prompt": "Say: ", **fields})
-    return openai_completions.CompletionRenderer(call, fingerprint="fp_test")
+    return CompletionRenderer(call, fingerprint="fp_test", include_usage=True)
 
 
 async def events(*items: OutputEvent) -> AsyncIterator[OutputEvent]:
@@ -272,18 +274,18 @@ async def events(*items: OutputEvent) -> AsyncIterator[OutputEvent]:
         yield item
 
 
-async def rendered_stream(
-    r: openai_completions.CompletionRenderer, *items: OutputEvent
-) -> list[dict[str, Any]]:
-    frames = b"".join([frame async for frame in r.stream(events(*items), include_usage=True)])
+async def rendered_stream(r: CompletionRenderer, *items: OutputEvent) -> list[dict[str, Any]]:
+    frames = b"".join([frame async for frame in sse.framed(r.stream(events(*items)), sse.DONE)])
     payloads = sse_payloads(frames)
     assert payloads[-1] == "[DONE]"
     return [orjson.loads(p) for p in payloads[:-1]]
 
 
-def test_whole_logprobs_are_openais_legacy_object_offset_from_the_prompt_start() -> None:
-    done = Completion("Hello!", "", [], TOKENS, FINISHED)
-    body = renderer(logprobs=1).completion(done)
+async def test_whole_logprobs_are_openais_legacy_object_offset_from_the_prompt_start() -> None:
+    body = await whole(
+        renderer(logprobs=1),
+        events(TextDelta("Hello", tuple(TOKENS[:2])), TextDelta("!", tuple(TOKENS[2:])), FINISHED),
+    )
     assert_valid_openai("CreateCompletionResponse", body)
     assert body["choices"][0]["logprobs"] == {
         "tokens": ["Hel", "lo", "!"],

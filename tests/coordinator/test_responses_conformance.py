@@ -13,11 +13,11 @@ import orjson
 import pytest
 
 from moonflower import errors
-from moonflower.coordinator.completion import CompletionBuilder
-from moonflower.coordinator.dialects import openai_responses
+from moonflower.coordinator import sse
+from moonflower.coordinator.dialects import dialect, openai_responses
 from moonflower.coordinator.dialects.openai_responses_render import (
     ResponsesRenderer,
-    stream_error_frames,
+    stream_error_event,
 )
 from moonflower.generation import (
     Failed,
@@ -89,24 +89,21 @@ def renderer(
     return ResponsesRenderer(model=MODEL, max_output_tokens=16, sampling=sampling, echo=call.echo)
 
 
-def whole(script: Sequence[OutputEvent], payload: dict[str, Any] | None = None) -> Any:
-    builder = CompletionBuilder()
+async def source(script: Sequence[OutputEvent]) -> AsyncIterator[OutputEvent]:
     for event in script:
-        if isinstance(event, TextDelta | ReasoningDelta | ToolCallDelta):
-            builder.add(event)
-    ending = script[-1]
-    assert isinstance(ending, Finished)
-    return renderer(payload).response(builder.build(ending))
+        yield event
+
+
+async def whole(script: Sequence[OutputEvent], payload: dict[str, Any] | None = None) -> Any:
+    assert isinstance(script[-1], Finished)
+    return await dialect.whole(renderer(payload), source(script))
 
 
 async def streamed(
     script: Sequence[OutputEvent], payload: dict[str, Any] | None = None
 ) -> list[dict[str, Any]]:
-    async def source() -> AsyncIterator[OutputEvent]:
-        for event in script:
-            yield event
-
-    frames = [frame async for frame in renderer(payload).stream(source())]
+    stream = sse.framed(renderer(payload).stream(source(script)), sse.DONE)
+    frames = [frame async for frame in stream]
     assert frames[-1] == b"data: [DONE]\n\n"  # Open Responses' end of stream
     return [parse_frame(frame) for frame in frames[:-1]]
 
@@ -130,8 +127,8 @@ def test_every_field_open_responses_requires_is_in_every_status() -> None:
 
 
 @pytest.mark.parametrize("script", [s for s in SCRIPTS if s != "failed"])
-def test_a_whole_response_conforms(script: str) -> None:
-    body = whole(SCRIPTS[script])
+async def test_a_whole_response_conforms(script: str) -> None:
+    body = await whole(SCRIPTS[script])
     assert_response_conforms(body)
     assert body["status"] == STATUS[script]
     assert body["usage"]["total_tokens"] == 10
@@ -155,7 +152,7 @@ async def test_the_scripts_cover_every_event_kind_sent() -> None:
 
 def test_an_error_event_before_the_response_conforms() -> None:
     exc = errors.InvalidRequest("Missing required parameter: 'input'.", param="input")
-    frame, done = stream_error_frames(exc).split(b"\n\n", 1)
+    frame, done = (stream_error_event(exc).encode() + sse.DONE).split(b"\n\n", 1)
     assert done == b"data: [DONE]\n\n"
     event = parse_frame(frame)
     assert_event_conforms(event)
@@ -222,7 +219,7 @@ def test_request_only_settings_are_echoed() -> None:
     assert unset["reasoning"] == {"effort": None, "summary": None}
 
 
-def test_requested_logprobs_reach_the_output_text() -> None:
+async def test_requested_logprobs_reach_the_output_text() -> None:
     call = openai_responses.parse(
         {
             "model": MODEL,
@@ -233,7 +230,7 @@ def test_requested_logprobs_reach_the_output_text() -> None:
     )
     assert call.request.logprobs == 2
     assert openai_responses.parse({"model": MODEL, "input": "Hi"}).request.logprobs is None
-    [message] = whole(SCRIPTS["text"])["output"]
+    [message] = (await whole(SCRIPTS["text"]))["output"]
     [logprob] = message["content"][0]["logprobs"]
     assert logprob == {
         "token": "Hi",

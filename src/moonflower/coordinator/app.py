@@ -27,15 +27,13 @@ from moonflower.coordinator.cors import Cors
 from moonflower.coordinator.error_response import render_error
 from moonflower.coordinator.routes import (
     attestation,
-    chat,
-    completions,
+    inference,
     messages,
     payments,
     pricing,
     providers,
     public,
     receipts,
-    responses,
 )
 from moonflower.coordinator.sealed_transport import SealedTransport
 from moonflower.coordinator.services import Services
@@ -82,9 +80,7 @@ def create_app(
 
     app = FastAPI(title="Moonflower coordinator", version=__version__, lifespan=lifespan)
     openapi_bodies.publish(app)
-    app.include_router(chat.router)
-    app.include_router(completions.router)
-    app.include_router(responses.router)
+    app.include_router(inference.router)
     app.include_router(messages.router)
     app.include_router(public.router)
     app.include_router(providers.router)

@@ -1,10 +1,10 @@
 """What every inference route shares once its dialect has parsed the request: running the
-admitted job, the job's response headers, and gathering its events into one `Completion`
-(see `completion`) for non-streaming answers. Reading the body and the caller's trust floor
-come before, in `request_reading`.
+admitted job, the job's response headers, and answering it in the dialect — its stream, or
+its whole answer folded from that stream (`dialect.whole`). Reading the body and the
+caller's trust floor come before, in `request_reading`.
 
-Dialect-neutral: nothing here knows a wire shape. Errors are raised as domain errors for
-the app's one exception handler to render in the caller's dialect.
+Dialect-neutral: the `Dialect` object knows the wire shapes, nothing here does. Errors are
+raised as domain errors for the app's one exception handler to render in the dialect.
 """
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ import asyncio
 import contextlib
 import functools
 from asyncio import FIRST_COMPLETED
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.requests import Request
@@ -22,14 +21,14 @@ from starlette.responses import Response
 
 from moonflower import errors
 from moonflower.coordinator import sse
-from moonflower.coordinator.completion import Completion, CompletionBuilder
+from moonflower.coordinator.dialects.dialect import Call, Dialect, Renderer, whole
 from moonflower.coordinator.holds import Admission
 from moonflower.coordinator.job import Job
 from moonflower.coordinator.provider_headers import job_headers
 from moonflower.coordinator.request_reading import trust_floor
 from moonflower.coordinator.services import Services, json_response
 from moonflower.crypto.receipt import receipt_hash
-from moonflower.generation import Failed, Finished, Receipted
+from moonflower.generation import Failed, Finished, OutputEvent
 from moonflower.ledger.book import format_usd
 
 
@@ -54,22 +53,8 @@ async def served_elsewhere(request: Request, services: Services, model: str) -> 
     return await services.forwarder.elsewhere(request, model, trust_floor(request))
 
 
-@dataclass
-class Rendering:
-    """How a dialect answers one job: its SSE stream (for a streaming call), or the whole
-    body built from the gathered completion."""
-
-    stream: Callable[[], AsyncIterator[bytes]] | None
-    whole: Callable[[Completion], Any]
-
-
 async def serve(
-    request: Request,
-    admission: Admission,
-    render: Callable[[Job], Rendering],
-    *,
-    is_stream: bool,
-    error_frames: Callable[[errors.MoonflowerError], bytes],
+    request: Request, admission: Admission, dialect: Dialect[Any], call: Call
 ) -> Response:
     """Run an admitted request and answer it in its dialect.
 
@@ -78,36 +63,39 @@ async def serve(
     that for at most the keep-alive interval, the longest silence a stream allows; if no
     provider has taken it by then it starts — headers with the job id only, then SSE
     keep-alive comments while it waits — and a failure to start then arrives as the
-    dialect's error event (`error_frames`) rather than as an HTTP status."""
+    dialect's error event (`dialect.errors.stream_event`) rather than as an HTTP status."""
     services = Services.of(request)
     dispatcher = services.dispatcher
-    if not (is_stream and dispatcher.must_wait(admission)):
-        return await _answer_started(await dispatcher.run(admission), request, render)
+    if not (call.is_stream and dispatcher.must_wait(admission)):
+        job = await dispatcher.run(admission)
+        return await _answer_started(job, request, dialect, call)
     # Once the headers are out a refusal can only be an error event: await the hold first.
     await dispatcher.hold_taken(admission)
     starting = asyncio.create_task(dispatcher.run(admission))
     if await _starts_within(starting, request, services.settings.sse_keepalive_s):
-        return await _answer_started(starting.result(), request, render)
+        return await _answer_started(starting.result(), request, dialect, call)
 
-    async def opening() -> AsyncIterator[bytes]:
-        stream = render(await starting).stream
-        assert stream is not None
-        return stream()
+    async def opening() -> AsyncIterator[sse.Event]:
+        job = await starting
+        return dialect.renderer(call, job, False).stream(job.events())
 
     return sse.EventStreamResponse(
-        sse.deferred(opening, on_error=error_frames),
+        sse.deferred(opening, on_error=dialect.errors.stream_event),
         on_close=functools.partial(_stop_starting, starting),
         headers={"x-moonflower-job-id": admission.job_id},
         keepalive_s=services.settings.sse_keepalive_s,
+        trailer=dialect.trailer,
     )
 
 
 async def _answer_started(
-    job: Job, request: Request, render: Callable[[Job], Rendering]
+    job: Job, request: Request, dialect: Dialect[Any], call: Call
 ) -> Response:
     try:
-        rendering = render(job)
-        return await answer(job, request, stream=rendering.stream, whole=rendering.whole)
+        renderer = dialect.renderer(call, job, not call.is_stream)
+        return await answer(
+            job, request, renderer, is_stream=call.is_stream, trailer=dialect.trailer
+        )
     except BaseException:  # no response will own the job: end it here (a no-op if ended)
         await job.close()
         raise
@@ -139,49 +127,33 @@ async def _stop_starting(starting: asyncio.Task[Job]) -> None:
 
 
 async def answer(
-    job: Job,
-    request: Request,
-    *,
-    stream: Callable[[], AsyncIterator[bytes]] | None,
-    whole: Callable[[Completion], Any],
+    job: Job, request: Request, renderer: Renderer, *, is_stream: bool, trailer: bytes = b""
 ) -> Response:
-    """The response to an accepted job: the dialect's SSE stream when `stream` is given,
-    else the dialect's whole body once the job ends. Either way the job is closed (and so
-    cancelled if the client leaves) and its headers say who served it."""
+    """The response to an accepted job: `renderer`'s SSE stream (followed by `trailer`) when
+    `is_stream`, else its whole answer once the job ends. Either way the job is closed (and
+    so cancelled if the client leaves) and its headers say who served it."""
     headers = job_headers(job)
-    job.is_whole = stream is None
-    if stream is not None:
+    job.is_whole = not is_stream
+    if is_stream:
         return sse.EventStreamResponse(
-            stream(),
+            renderer.stream(job.events()),
             on_close=job.close,
             headers=headers,
             keepalive_s=Services.of(request).settings.sse_keepalive_s,
+            trailer=trailer,
         )
     try:
-        completion = await collect(job, request)
+        body = await collect(job, request, renderer)
     finally:
         await job.close()
-    return json_response(whole(completion), headers={**headers, **settled_headers(job)})
+    return json_response(body, headers={**headers, **settled_headers(job)})
 
 
-async def collect(job: Job, request: Request) -> Completion:
-    """The whole completion; stops early (the caller's `job.close()` then cancels the
-    provider's work) if the client hangs up before it is ready."""
-
-    async def gather() -> Completion:
-        builder = CompletionBuilder()
-        async for event in job.events():
-            if isinstance(event, Failed):
-                raise errors.from_failure(event)
-            if isinstance(event, Finished):
-                if event.reason == "cancelled":
-                    raise errors.ProviderFailed("The provider stopped the generation.")
-                return builder.build(event)
-            if not isinstance(event, Receipted):  # whole answers carry it in headers
-                builder.add(event)
-        raise errors.ProviderFailed("The provider's stream ended without a result.")
-
-    gathering = asyncio.create_task(gather())
+async def collect(job: Job, request: Request, renderer: Renderer) -> dict[str, Any]:
+    """The whole answer, folded from `renderer`'s stream of the job's events; stops early
+    (the caller's `job.close()` then cancels the provider's work) if the client hangs up
+    before it is ready. A failed job raises its error instead."""
+    gathering = asyncio.create_task(whole(renderer, succeeded(job.events())))
     hangup = asyncio.create_task(wait_for_disconnect(request))
     try:
         done, _ = await asyncio.wait({gathering, hangup}, return_when=asyncio.FIRST_COMPLETED)
@@ -194,6 +166,22 @@ async def collect(job: Job, request: Request) -> Completion:
     if gathering not in done:
         raise errors.ProviderFailed("The client disconnected before the answer was ready.")
     return gathering.result()
+
+
+async def succeeded(events: AsyncIterator[OutputEvent]) -> AsyncIterator[OutputEvent]:
+    """A job's events up to its `Finished`, for a whole answer: a failure, a cancelled
+    finish or an end without a result is raised as the domain error it is, since a whole
+    answer has no place for an error event."""
+    async for event in events:
+        if isinstance(event, Failed):
+            raise errors.from_failure(event)
+        if isinstance(event, Finished):
+            if event.reason == "cancelled":
+                raise errors.ProviderFailed("The provider stopped the generation.")
+            yield event
+            return
+        yield event
+    raise errors.ProviderFailed("The provider's stream ended without a result.")
 
 
 async def wait_for_disconnect(request: Request) -> None:

@@ -1,4 +1,5 @@
-"""The inference routes' request bodies in `/openapi.json`, from the dialects' own models.
+"""The inference routes' request bodies and whole answers in `/openapi.json`, from the
+dialects' own models.
 
 A route reads its body itself (`request_reading.read_json`) and its dialect validates it, so
 that a bad field is refused in the caller's dialect; FastAPI never sees a body parameter and
@@ -11,7 +12,8 @@ name after it (content no model here can read, say). A union the dialect tells a
 published the same way: the catch-all branch excludes the known types. The models' nested
 definitions are published beside them as `<Model>.<Name>`, since two dialects each have,
 say, a `Tool` of their own; `publish(app)` moves them into the document's components when
-FastAPI builds it.
+FastAPI builds it. A route's whole answer is published the same way, from the model that
+describes what its dialect's fold produces (`dialects.answer_models`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 
 _COMPONENTS = "x-moonflower-components"
 """Where an operation carries its body's schemas until `publish` moves them."""
@@ -28,27 +30,46 @@ _DEFS_REF = "#/$defs/"
 _COMPONENTS_REF = "#/components/schemas/"
 
 
-def json_body(model: type[BaseModel], *, streams: bool = True) -> dict[str, Any]:
-    """`openapi_extra` for a route whose JSON body is `model`; `streams` says whether the
+def json_body(
+    model: type[BaseModel], *, answer: type[Any] | None = None, streams: bool = True
+) -> dict[str, Any]:
+    """`openapi_extra` for a route whose JSON body is `model` and whose whole answer is
+    `answer` (the schema of what the route returns as JSON); `streams` says whether the
     answer may also come as server-sent events."""
+    components = _components(model)
+    whole: dict[str, Any] = {}
+    if answer is not None:
+        components.update(_components(answer))
+        whole = {"schema": {"$ref": _COMPONENTS_REF + answer.__name__}}
+    content: dict[str, Any] = {"application/json": whole}
+    if streams:
+        content["text/event-stream"] = {
+            "schema": {
+                "type": "string",
+                "description": "Server-sent events: the dialect's stream objects as they "
+                "are generated; folded, they give the whole `application/json` answer.",
+            }
+        }
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": _COMPONENTS_REF + model.__name__}}},
+        },
+        "responses": {"200": {"description": "The answer, whole or streamed.", "content": content}},
+        _COMPONENTS: components,
+    }
+
+
+def _components(model: type[Any]) -> dict[str, Any]:
+    """`model`'s schema (a pydantic model's, or a typed dict's) and its nested definitions,
+    as `<Model>` and `<Model>.<Name>`."""
     name = model.__name__
-    schema = model.model_json_schema(by_alias=True)
+    schema = TypeAdapter(model).json_schema(by_alias=True)
     definitions: dict[str, Any] = schema.pop("$defs", {})
     renamed = {key: f"{name}.{key.lstrip('_')}" for key in definitions}
     components = {renamed[key]: _rewritten(value, renamed) for key, value in definitions.items()}
     components[name] = _rewritten(schema, renamed)
-    components = {key: _by_type(value, components) for key, value in components.items()}
-    answer: dict[str, Any] = {"application/json": {}}
-    if streams:
-        answer["text/event-stream"] = {}
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": {"$ref": _COMPONENTS_REF + name}}},
-        },
-        "responses": {"200": {"description": "The answer, whole or streamed.", "content": answer}},
-        _COMPONENTS: components,
-    }
+    return {key: _by_type(value, components) for key, value in components.items()}
 
 
 def publish(app: FastAPI) -> None:
@@ -74,6 +95,10 @@ def _rewritten(node: Any, renamed: dict[str, str]) -> Any:
         ref = copy.get("$ref")
         if isinstance(ref, str) and ref.startswith(_DEFS_REF):
             copy["$ref"] = _COMPONENTS_REF + renamed[ref.removeprefix(_DEFS_REF)]
+        mapping = copy.get("discriminator", {}).get("mapping", {})
+        for kind, target in mapping.items():  # a tagged union's targets are references too
+            if target.startswith(_DEFS_REF):
+                mapping[kind] = _COMPONENTS_REF + renamed[target.removeprefix(_DEFS_REF)]
         if isinstance(copy.get("title"), str):
             copy["title"] = copy["title"].lstrip("_")
         return copy

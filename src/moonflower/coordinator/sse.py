@@ -2,7 +2,9 @@
 
 `EventStreamResponse` guarantees its `on_close` callback runs however the stream ends —
 finished, failed, or the client hung up mid-stream — so a disconnect always cancels the
-provider's job. Dialects hand it an iterator of already-framed bytes.
+provider's job. Dialects hand it an iterator of `Event`s (a JSON-ready object and its event
+name), which it serialises once each as it sends them, then its `trailer` (`DONE` for the
+OpenAI dialects) once the iterator ends; already-framed bytes pass through as they are.
 
 While that iterator is silent for `keepalive_s` (waiting in a queue, a long prompt, a slow
 provider) the response sends an SSE comment, which every SSE client ignores, so proxies and
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from starlette.responses import StreamingResponse
@@ -35,6 +37,36 @@ HEADERS = {
 }
 
 
+class Event(NamedTuple):
+    """One server-sent event before framing: its JSON-ready `data` and optional `name`."""
+
+    data: dict[str, Any]
+    name: str | None = None
+
+    def encode(self) -> bytes:
+        return frame(self.data, event=self.name)
+
+
+Frame = bytes | Event
+"""What a response body yields: an `Event` to frame, or bytes already framed."""
+
+
+def encoded(item: Frame) -> bytes:
+    return item if isinstance(item, bytes) else item.encode()
+
+
+async def framed(body: AsyncIterator[Frame], trailer: bytes = b"") -> AsyncIterator[bytes]:
+    """`body` as the bytes a response sends: each item framed, then `trailer` once `body`
+    has ended (not if it failed)."""
+    try:
+        async for item in body:
+            yield encoded(item)
+    finally:
+        await _close(body)
+    if trailer:
+        yield trailer
+
+
 def frame(data: Any, *, event: str | None = None) -> bytes:
     """One SSE event carrying `data` as compact JSON."""
     payload = orjson.dumps(data)
@@ -51,15 +83,17 @@ class KeepAliveStream:
     frames that arrived while it was busy go out together, in order, in one write (under
     load, one write carries many events instead of one each). The pump stops reading at
     `MAX_AHEAD` buffered frames, so a slow client slows the job (and, through flow control,
-    its provider) instead of growing the buffer. `aclose` stops the pump and closes `body`;
-    the owner must call it.
+    its provider) instead of growing the buffer. Each `Event` is serialised as the pump reads
+    it, and `trailer` follows the last one when `body` ends. `aclose` stops the pump and
+    closes `body`; the owner must call it.
     """
 
     MAX_AHEAD = 64
 
-    def __init__(self, body: AsyncIterator[bytes], interval_s: float) -> None:
+    def __init__(self, body: AsyncIterator[Frame], interval_s: float, trailer: bytes = b"") -> None:
         self._body = body
         self._interval_s = interval_s
+        self._trailer = trailer
         self._frames: list[bytes] = []
         self._is_ready = asyncio.Event()
         """Set while frames are buffered or the body has ended."""
@@ -94,12 +128,14 @@ class KeepAliveStream:
 
     async def _read_ahead(self) -> None:
         try:
-            async for frame in self._body:
-                self._frames.append(frame)
+            async for item in self._body:
+                self._frames.append(item if isinstance(item, bytes) else item.encode())
                 self._is_ready.set()
                 if len(self._frames) >= self.MAX_AHEAD:
                     self._has_room.clear()
                     await self._has_room.wait()
+            if self._trailer:
+                self._frames.append(self._trailer)
         except Exception as exc:  # handed to the response, after the frames before it
             self._error = exc
         finally:
@@ -114,17 +150,17 @@ class KeepAliveStream:
         await _close(self._body)
 
 
-async def _close(body: AsyncIterator[bytes]) -> None:
+async def _close(body: AsyncIterator[Any]) -> None:
     aclose = getattr(body, "aclose", None)
     if aclose is not None:
         await aclose()
 
 
 async def deferred(
-    opening: Callable[[], Awaitable[AsyncIterator[bytes]]],
+    opening: Callable[[], Awaitable[AsyncIterator[Frame]]],
     *,
-    on_error: Callable[[errors.MoonflowerError], bytes],
-) -> AsyncIterator[bytes]:
+    on_error: Callable[[errors.MoonflowerError], Frame],
+) -> AsyncIterator[Frame]:
     """A body whose frames come from an iterator that takes a while to get (`opening` may
     wait in a model's queue, then start the job). Given to `EventStreamResponse`, the
     headers go out at once and keep-alives flow during the wait. A domain error while
@@ -144,14 +180,19 @@ async def deferred(
 class EventStreamResponse(StreamingResponse):
     def __init__(
         self,
-        body: AsyncIterator[bytes],
+        body: AsyncIterator[Frame],
         *,
         on_close: Callable[[], Awaitable[None]],
         headers: dict[str, str] | None = None,
         keepalive_s: float | None = KEEPALIVE_S,
+        trailer: bytes = b"",
     ) -> None:
-        """`keepalive_s` None sends no keep-alives."""
-        stream = body if keepalive_s is None else KeepAliveStream(body, keepalive_s)
+        """`keepalive_s` None sends no keep-alives; `trailer` follows the body's last frame."""
+        stream: AsyncIterator[bytes] = (
+            framed(body, trailer)
+            if keepalive_s is None
+            else KeepAliveStream(body, keepalive_s, trailer)
+        )
         super().__init__(
             stream, media_type="text/event-stream", headers={**HEADERS, **(headers or {})}
         )

@@ -8,6 +8,7 @@ Every type is one of the nine that Anthropic's OpenAPI document allows in `Error
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 from pydantic import ValidationError
@@ -77,7 +78,15 @@ def stream_error(event: Finished | Failed) -> dict[str, Any]:
     return error_body
 
 
-def stream_error_frames(exc: errors.MoonflowerError) -> bytes:
+def response_body(exc: errors.MoonflowerError) -> tuple[int, dict[str, Any]]:
+    """An HTTP error response's status and body: the body names the request, as Anthropic's
+    do (the same body inside a stream has `request_id` null)."""
+    status, error_body = status_and_body(exc)
+    error_body["request_id"] = "req_" + secrets.token_hex(12)
+    return status, error_body
+
+
+def stream_error_event(exc: errors.MoonflowerError) -> sse.Event:
     """A stream that failed before `message_start`: one `error` event, as Anthropic sends."""
     _status, error_body = status_and_body(exc)
-    return sse.frame(error_body, event="error")
+    return sse.Event(error_body, "error")

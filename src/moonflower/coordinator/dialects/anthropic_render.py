@@ -1,6 +1,6 @@
-"""Renders one job's output events as Anthropic Messages objects: a whole `message` body, or
-the named SSE event sequence (`message_start`, `content_block_*`, `ping`, `message_delta`,
-`message_stop`, or `error` on failure).
+"""Renders one job's output events as Anthropic Messages objects: the named stream events
+(`message_start`, `content_block_*`, `ping`, `message_delta`, `message_stop`, or `error` on
+failure), and the whole `message`, which is those events folded (`MessageFold`).
 
 Content blocks come in the order the model produced them: `thinking` (only when the caller
 enabled thinking), `text`, `tool_use`. Thinking blocks carry an empty `signature`: the field
@@ -13,13 +13,12 @@ from __future__ import annotations
 import logging
 import re
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, Literal
 
 import orjson
 
 from moonflower.coordinator import sse
-from moonflower.coordinator.completion import Completion
 from moonflower.coordinator.dialects import anthropic_errors
 from moonflower.generation import (
     Failed,
@@ -28,7 +27,6 @@ from moonflower.generation import (
     ReasoningDelta,
     Receipted,
     TextDelta,
-    ToolCall,
     ToolCallDelta,
 )
 
@@ -51,20 +49,8 @@ class MessageRenderer:
         self.prompt_tokens = prompt_tokens
         self.is_thinking = is_thinking
 
-    def message(self, done: Completion) -> dict[str, Any]:
-        content: list[dict[str, Any]] = []
-        if self.is_thinking and done.reasoning:
-            content.append(thinking_block(done.reasoning, SIGNATURE))
-        if done.text or not (content or done.tool_calls):
-            # An answer with nothing at all is one empty text block, as in `_finish`.
-            content.append(text_block(done.text))
-        content.extend(tool_use_block(call) for call in done.tool_calls)
-        return self.envelope(
-            content,
-            stop_reason(done.finished, has_tool_calls=bool(done.tool_calls)),
-            done.finished.stop_sequence,
-            usage(self.prompt_tokens, done.finished.usage.completion_tokens),
-        )
+    def fold(self) -> MessageFold:
+        return MessageFold()
 
     def envelope(
         self,
@@ -86,7 +72,7 @@ class MessageRenderer:
             "usage": usage_body,
         }
 
-    def stream(self, events: AsyncIterator[OutputEvent]) -> AsyncIterator[bytes]:
+    def stream(self, events: AsyncIterator[OutputEvent]) -> AsyncGenerator[sse.Event, None]:
         return _MessageStream(self).frames(events)
 
 
@@ -101,7 +87,7 @@ class _MessageStream:
         self.calls: dict[int, tuple[str, str]] = {}
         self.receipt: Receipted | None = None
 
-    async def frames(self, events: AsyncIterator[OutputEvent]) -> AsyncIterator[bytes]:
+    async def frames(self, events: AsyncIterator[OutputEvent]) -> AsyncGenerator[sse.Event, None]:
         start = self.renderer.envelope([], None, None, usage(self.renderer.prompt_tokens, 0))
         yield _event("message_start", {"type": "message_start", "message": start})
         async for event in events:
@@ -112,7 +98,7 @@ class _MessageStream:
         failure = Failed(code="provider_gone", message="The provider's stream ended early.")
         yield _event("error", anthropic_errors.stream_error(failure))
 
-    def _render(self, event: OutputEvent) -> list[bytes]:
+    def _render(self, event: OutputEvent) -> list[sse.Event]:
         if isinstance(event, TextDelta):
             if not event.text:
                 return []
@@ -136,13 +122,13 @@ class _MessageStream:
             return self._finish(event)
         return [_event("error", anthropic_errors.stream_error(event))]
 
-    def _open(self, kind: BlockKind) -> list[bytes]:
+    def _open(self, kind: BlockKind) -> list[sse.Event]:
         if self.open_kind == kind:
             return []
         block = thinking_block("", SIGNATURE) if kind == "thinking" else text_block("")
         return [*self._close(), *self._start(kind, block)]
 
-    def _open_call(self, delta: ToolCallDelta) -> list[bytes]:
+    def _open_call(self, delta: ToolCallDelta) -> list[sse.Event]:
         if self.open_kind == "tool_use" and self.open_call == delta.index:
             return []
         if delta.index not in self.calls:
@@ -152,7 +138,7 @@ class _MessageStream:
         self.open_call = delta.index
         return frames
 
-    def _start(self, kind: BlockKind, block: dict[str, Any]) -> list[bytes]:
+    def _start(self, kind: BlockKind, block: dict[str, Any]) -> list[sse.Event]:
         frames = [
             _event(
                 "content_block_start",
@@ -165,7 +151,7 @@ class _MessageStream:
         self.next_index += 1
         return frames
 
-    def _close(self) -> list[bytes]:
+    def _close(self) -> list[sse.Event]:
         if self.open_kind is None:
             return []
         frames = []
@@ -177,11 +163,11 @@ class _MessageStream:
         self.open_call = None
         return frames
 
-    def _delta(self, delta: dict[str, Any]) -> bytes:
+    def _delta(self, delta: dict[str, Any]) -> sse.Event:
         body = {"type": "content_block_delta", "index": self.next_index - 1, "delta": delta}
         return _event("content_block_delta", body)
 
-    def _finish(self, finished: Finished) -> list[bytes]:
+    def _finish(self, finished: Finished) -> list[sse.Event]:
         # An answer with no content at all still has one (empty) text block, as the whole
         # message does, so clients can always read `content[0]`.
         frames = [] if self.next_index else self._open("text")
@@ -207,8 +193,61 @@ class _MessageStream:
         return frames
 
 
-def _event(name: str, data: dict[str, Any]) -> bytes:
-    return sse.frame(data, event=name)
+def _event(name: str, data: dict[str, Any]) -> sse.Event:
+    return sse.Event(data, name)
+
+
+class MessageFold:
+    """Gathers the stream's events into the whole `message`, as Anthropic's SDKs accumulate
+    a stream: `message_start` gives the envelope, each content block is built from its start
+    and deltas (a tool call's `input` parsed from its joined `partial_json`), and
+    `message_delta` gives the stop reason and output tokens. `ping`, `message_stop` and the
+    receipt event add nothing: a whole answer carries its receipt in headers."""
+
+    def __init__(self) -> None:
+        self.message: dict[str, Any] | None = None
+        self.blocks: list[dict[str, Any]] = []
+        self.pieces: list[list[str]] = []
+        """Each block's text, thinking or tool-call JSON, in pieces."""
+
+    def add(self, item: sse.Event) -> None:
+        data = item.data
+        kind = data["type"]
+        if kind == "message_start":
+            self.message = {**data["message"], "usage": dict(data["message"]["usage"])}
+        elif kind == "content_block_start":
+            self.blocks.append(dict(data["content_block"]))
+            self.pieces.append([])
+        elif kind == "content_block_delta":
+            delta = data["delta"]
+            if delta["type"] == "signature_delta":
+                self.blocks[data["index"]]["signature"] = delta["signature"]
+            else:
+                self.pieces[data["index"]].append(delta[_DELTA_FIELDS[delta["type"]]])
+        elif kind == "message_delta" and self.message is not None:
+            self.message.update(data["delta"])
+            self.message["usage"]["input_tokens"] = data["usage"]["input_tokens"]
+            self.message["usage"]["output_tokens"] = data["usage"]["output_tokens"]
+
+    def result(self) -> dict[str, Any]:
+        assert self.message is not None
+        assert self.message["stop_reason"] is not None
+        content = []
+        for block, pieces in zip(self.blocks, self.pieces, strict=True):
+            joined = "".join(pieces)
+            if block["type"] == "tool_use":
+                content.append({**block, "input": tool_input(joined)})
+            else:
+                field = "thinking" if block["type"] == "thinking" else "text"
+                content.append({**block, field: joined})
+        return {**self.message, "content": content}
+
+
+_DELTA_FIELDS = {
+    "text_delta": "text",
+    "thinking_delta": "thinking",
+    "input_json_delta": "partial_json",
+}
 
 
 def text_block(text: str) -> dict[str, Any]:
@@ -224,12 +263,6 @@ def _tool_start(call_id: str, name: str) -> dict[str, Any]:
 
 
 _DIRECT = {"type": "direct"}
-
-
-def tool_use_block(call: ToolCall) -> dict[str, Any]:
-    block = _tool_start(tool_use_id(call.id), call.name)
-    block["input"] = tool_input(call.arguments)
-    return block
 
 
 def tool_use_id(raw: str | None) -> str:

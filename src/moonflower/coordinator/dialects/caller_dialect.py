@@ -1,11 +1,13 @@
 """Which dialect a request speaks: Anthropic's or OpenAI's.
 
-Owns the one rule the app's error rendering and the routes both use. `/v1/messages` and
-everything under it is Anthropic's; the Models API (`/v1/models…`), which both vendors
-define at the same path, speaks Anthropic's when the request carries Anthropic's headers —
-`anthropic-version` (which Anthropic's SDKs always send), or `x-api-key` without an
-`Authorization` header — and OpenAI's otherwise. Every other route is OpenAI's. It must not
-render anything nor read a body.
+Owns the one rule the app's error rendering and the routes both use where no dialect object
+says it (an inference route marks its request with its own; see `routes.inference`), such as
+the Models API or an error raised before any route runs. `/v1/messages` and everything under
+it is Anthropic's; the Models API (`/v1/models…`), which both vendors define at the same
+path, speaks Anthropic's when the request carries Anthropic's headers — `anthropic-version`
+(which Anthropic's SDKs always send), or `x-api-key` without an `Authorization` header — and
+OpenAI's otherwise. Every other route is OpenAI's. It must not render anything nor read a
+body.
 """
 
 from __future__ import annotations

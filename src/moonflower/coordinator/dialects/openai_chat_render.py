@@ -1,5 +1,6 @@
-"""Renders one job's output events as OpenAI chat completion objects: a whole
-`chat.completion` body, or `chat.completion.chunk` SSE frames ending in one `[DONE]`.
+"""Renders one job's output events as OpenAI chat completion objects: the
+`chat.completion.chunk` objects of a stream (the SSE layer ends it with `[DONE]`), and the
+whole `chat.completion`, which is those chunks folded (`ChatFold`).
 
 Reasoning goes out as `reasoning_content`, tool calls in OpenAI's `tool_calls` shape (whole
 or as indexed deltas), log-probabilities when asked for. A whole message carries
@@ -11,13 +12,11 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from moonflower.coordinator import sse
-from moonflower.coordinator.completion import Completion
 from moonflower.coordinator.dialects import openai_errors
 from moonflower.generation import (
     Finished,
@@ -33,58 +32,46 @@ from moonflower.generation import (
 
 
 class ChatRenderer:
-    """Renders one job's events as OpenAI chat completion objects."""
+    """Renders one job's events as `chat.completion.chunk` objects; `fold` gathers them into
+    the whole `chat.completion`. With `include_usage` the stream ends with a usage chunk
+    (a whole answer always asks for it: its `usage` comes from there)."""
 
     def __init__(
-        self, *, model: str, fingerprint: str, prompt_tokens: int, has_logprobs: bool = False
+        self,
+        *,
+        model: str,
+        fingerprint: str,
+        has_logprobs: bool = False,
+        include_usage: bool = False,
     ) -> None:
         self.id = "chatcmpl-" + secrets.token_urlsafe(18)
         self.created = int(time.time())
         self.model = model
         self.fingerprint = fingerprint
-        self.prompt_tokens = prompt_tokens
         self.has_logprobs = has_logprobs
+        self.include_usage = include_usage
 
-    def completion(self, done: Completion) -> dict[str, Any]:
-        message: dict[str, Any] = {
-            "role": "assistant",
-            "content": done.text if done.text or not done.tool_calls else None,
-            "refusal": None,
-            "annotations": [],
-        }
-        if done.reasoning:
-            message["reasoning_content"] = done.reasoning
-        if done.tool_calls:
-            message["tool_calls"] = [tool_call(call) for call in done.tool_calls]
-        return {
-            "id": self.id,
-            "object": "chat.completion",
-            "created": self.created,
-            "model": self.model,
-            "system_fingerprint": self.fingerprint,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": message,
-                    "logprobs": self._logprobs(done.logprobs),
-                    "finish_reason": finish_reason(done.finished),
-                }
-            ],
-            "usage": usage(done.finished.usage),
-        }
+    def fold(self) -> ChatFold:
+        return ChatFold(has_logprobs=self.has_logprobs)
 
     def chunk(
         self,
         delta: dict[str, Any],
         finish: str | None,
         *,
-        with_usage: bool,
         logprobs: tuple[TokenLogprob, ...] = (),
-    ) -> bytes:
+    ) -> sse.Event:
+        return sse.Event(self._chunk_body(delta, finish, logprobs))
+
+    def _chunk_body(
+        self, delta: dict[str, Any], finish: str | None, logprobs: tuple[TokenLogprob, ...] = ()
+    ) -> dict[str, Any]:
         choice = {
             "index": 0,
             "delta": delta,
-            "logprobs": self._logprobs(list(logprobs)) if logprobs else None,
+            "logprobs": logprobs_object([token_logprob(lp) for lp in logprobs])
+            if logprobs
+            else None,
             "finish_reason": finish,
         }
         body: dict[str, Any] = {
@@ -95,18 +82,19 @@ class ChatRenderer:
             "system_fingerprint": self.fingerprint,
             "choices": [choice],
         }
-        if with_usage:
+        if self.include_usage:
             body["usage"] = None
-        return sse.frame(body)
+        return body
 
-    def receipt_chunk(self, receipted: Receipted, *, with_usage: bool) -> bytes:
+    def receipt_chunk(self, receipted: Receipted) -> sse.Event:
         """The provider's signed receipt, riding on an empty delta just before the finish
         chunk: every client already takes empty deltas, and nothing else changes."""
-        chunk = orjson.loads(self.chunk({}, None, with_usage=with_usage)[len(b"data: ") :])
-        return sse.frame({**chunk, "moonflower_receipt": receipted.payload()})
+        body = self._chunk_body({}, None)
+        body[RECEIPT_FIELD] = receipted.payload()
+        return sse.Event(body)
 
-    def usage_chunk(self, finished: Finished) -> bytes:
-        return sse.frame(
+    def usage_chunk(self, finished: Finished) -> sse.Event:
+        return sse.Event(
             {
                 "id": self.id,
                 "object": "chat.completion.chunk",
@@ -118,38 +106,120 @@ class ChatRenderer:
             }
         )
 
-    async def stream(
-        self, events: AsyncIterator[OutputEvent], *, include_usage: bool
-    ) -> AsyncIterator[bytes]:
-        yield self.chunk({"role": "assistant", "content": ""}, None, with_usage=include_usage)
+    async def stream(self, events: AsyncIterator[OutputEvent]) -> AsyncGenerator[sse.Event, None]:
+        yield self.chunk({"role": "assistant", "content": ""}, None)
         async for event in events:
             if isinstance(event, TextDelta):
                 yield self.chunk(
                     {"content": event.text},
                     None,
-                    with_usage=include_usage,
                     logprobs=event.logprobs if self.has_logprobs else (),
                 )
             elif isinstance(event, ReasoningDelta):
-                yield self.chunk({"reasoning_content": event.text}, None, with_usage=include_usage)
+                yield self.chunk({"reasoning_content": event.text}, None)
             elif isinstance(event, ToolCallDelta):
-                yield self.chunk(
-                    {"tool_calls": [tool_call_delta(event)]}, None, with_usage=include_usage
-                )
+                yield self.chunk({"tool_calls": [tool_call_delta(event)]}, None)
             elif isinstance(event, Receipted):
-                yield self.receipt_chunk(event, with_usage=include_usage)
+                yield self.receipt_chunk(event)
             elif isinstance(event, Finished) and event.reason != "cancelled":
-                yield self.chunk({}, finish_reason(event), with_usage=include_usage)
-                if include_usage:
+                yield self.chunk({}, finish_reason(event))
+                if self.include_usage:
                     yield self.usage_chunk(event)
             else:
-                yield sse.frame(openai_errors.stream_error(event))
-        yield sse.DONE
+                yield sse.Event(openai_errors.stream_error(event))
 
-    def _logprobs(self, logprobs: list[TokenLogprob]) -> dict[str, Any] | None:
-        if not self.has_logprobs:
-            return None
-        return {"content": [token_logprob(lp) for lp in logprobs], "refusal": None}
+
+@dataclass
+class _CallParts:
+    id: str = ""
+    name: str = ""
+    arguments: list[str] = field(default_factory=list)
+
+
+class ChatFold:
+    """Gathers `chat.completion.chunk` objects into one `chat.completion`, as OpenAI's SDKs
+    accumulate a stream: content, reasoning and log-probabilities concatenated, tool-call
+    pieces joined by index, the finish reason and usage from the chunks that carry them.
+    Receipt chunks are skipped: a whole answer carries its receipt in headers."""
+
+    def __init__(self, *, has_logprobs: bool) -> None:
+        self.has_logprobs = has_logprobs
+        self.head: dict[str, Any] | None = None
+        self.content: list[str] = []
+        self.reasoning: list[str] = []
+        self.logprobs: list[dict[str, Any]] = []
+        self.calls: dict[int, _CallParts] = {}
+        self.finish: str | None = None
+        self.usage: dict[str, Any] | None = None
+
+    def add(self, item: sse.Event) -> None:
+        chunk = item.data
+        if RECEIPT_FIELD in chunk:
+            return
+        self.head = self.head or chunk
+        if chunk.get("usage") is not None:
+            self.usage = chunk["usage"]
+        for choice in chunk["choices"]:
+            self._add_delta(choice["delta"])
+            if choice["logprobs"] is not None:
+                self.logprobs.extend(choice["logprobs"]["content"])
+            if choice["finish_reason"] is not None:
+                self.finish = choice["finish_reason"]
+
+    def _add_delta(self, delta: dict[str, Any]) -> None:
+        if content := delta.get("content"):
+            self.content.append(content)
+        if reasoning := delta.get("reasoning_content"):
+            self.reasoning.append(reasoning)
+        for piece in delta.get("tool_calls", ()):
+            parts = self.calls.setdefault(piece["index"], _CallParts())
+            parts.id = piece.get("id") or parts.id
+            parts.name = piece["function"].get("name") or parts.name
+            parts.arguments.append(piece["function"]["arguments"])
+
+    def result(self) -> dict[str, Any]:
+        assert self.head is not None
+        assert self.finish is not None
+        assert self.usage is not None
+        text = "".join(self.content)
+        calls = [
+            tool_call(ToolCall(id=p.id, name=p.name, arguments="".join(p.arguments)))
+            for _index, p in sorted(self.calls.items())
+        ]
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": text if text or not calls else None,
+            "refusal": None,
+            "annotations": [],
+        }
+        if self.reasoning:
+            message["reasoning_content"] = "".join(self.reasoning)
+        if calls:
+            message["tool_calls"] = calls
+        return {
+            "id": self.head["id"],
+            "object": "chat.completion",
+            "created": self.head["created"],
+            "model": self.head["model"],
+            "system_fingerprint": self.head["system_fingerprint"],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": message,
+                    "logprobs": logprobs_object(self.logprobs) if self.has_logprobs else None,
+                    "finish_reason": self.finish,
+                }
+            ],
+            "usage": self.usage,
+        }
+
+
+RECEIPT_FIELD = "moonflower_receipt"
+"""The field of the chunk that carries the provider's signed receipt."""
+
+
+def logprobs_object(content: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"content": content, "refusal": None}
 
 
 def token_logprob(lp: TokenLogprob) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""OpenAI legacy Completions (`POST /v1/completions`): parse a body, render events back.
+"""OpenAI legacy Completions (`POST /v1/completions`): parse a body into a call.
 
 Parsing turns one raw text prompt into a `GenerationRequest` with `prompt` set (no chat
 template) and no messages, validating every field the endpoint honours and naming the
@@ -6,42 +6,23 @@ field in errors; what cannot be honoured (several prompts, token-id prompts, `n`
 above 1, `suffix`, `echo` together with `logprobs`) is refused with a 400 naming it.
 Unknown fields are ignored; their names, never their values, are logged at debug level.
 
-Rendering produces `text_completion` objects, whole or as SSE chunks ending in one
-`[DONE]`, with OpenAI's legacy `logprobs` object (`tokens`, `token_logprobs`,
-`top_logprobs`, `text_offset`) when asked for. The legacy API has no reasoning field, so
-reasoning deltas are not shown. This module does not dispatch, frame SSE bytes itself, or
+Rendering is `openai_completions_render`'s. This module does not dispatch, render, or
 choose HTTP status codes.
 """
 
 from __future__ import annotations
 
 import logging
-import secrets
-import time
-from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from moonflower import errors
-from moonflower.coordinator import sse
-from moonflower.coordinator.completion import Completion
 from moonflower.coordinator.dialects import openai_errors
 from moonflower.coordinator.dialects.openai_chat import openai_stops
 from moonflower.coordinator.dialects.request_body import validate_body
-from moonflower.generation import (
-    Finished,
-    GenerationRequest,
-    OutputEvent,
-    ReasoningDelta,
-    Receipted,
-    SamplingParams,
-    TextDelta,
-    TokenLogprob,
-    ToolCallDelta,
-    Usage,
-)
+from moonflower.generation import GenerationRequest, SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -160,105 +141,3 @@ def _check_combinations(body: CompletionBody) -> None:
             "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
             param="stream_options",
         )
-
-
-class LegacyLogprobs:
-    """Builds OpenAI's legacy `logprobs` objects; `text_offset` counts characters from the
-    start of the prompt, so it carries on from one streamed chunk to the next."""
-
-    def __init__(self, start_offset: int) -> None:
-        self._offset = start_offset
-
-    def render(self, tokens: Sequence[TokenLogprob]) -> dict[str, Any]:
-        offsets = []
-        for token in tokens:
-            offsets.append(self._offset)
-            self._offset += len(token.token)
-        return {
-            "tokens": [token.token for token in tokens],
-            "token_logprobs": [token.logprob for token in tokens],
-            "top_logprobs": [dict(token.top) for token in tokens],
-            "text_offset": offsets,
-        }
-
-
-class CompletionRenderer:
-    """Renders one job's events as `text_completion` objects."""
-
-    def __init__(self, call: CompletionCall, *, fingerprint: str) -> None:
-        self.id = "cmpl-" + secrets.token_urlsafe(18)
-        self.created = int(time.time())
-        self.model = call.request.model
-        self.fingerprint = fingerprint
-        self.echoed = call.prompt if call.is_echo else ""
-        self.has_logprobs = call.request.logprobs is not None
-        self._logprobs = LegacyLogprobs(start_offset=len(call.prompt))
-
-    def completion(self, done: Completion) -> dict[str, Any]:
-        choice = self._choice(self.echoed + done.text, done.logprobs, finish_reason(done.finished))
-        return {**self._envelope([choice]), "usage": usage(done.finished.usage)}
-
-    async def stream(
-        self, events: AsyncIterator[OutputEvent], *, include_usage: bool
-    ) -> AsyncIterator[bytes]:
-        extra: dict[str, Any] = {"usage": None} if include_usage else {}
-        if self.echoed:
-            yield self._chunk(self.echoed, (), None, extra)
-        async for event in events:
-            if isinstance(event, TextDelta):
-                if event.text or event.logprobs:
-                    yield self._chunk(event.text, event.logprobs, None, extra)
-            elif isinstance(event, ReasoningDelta | ToolCallDelta):
-                continue  # the legacy API has no place for reasoning, and offers no tools
-            elif isinstance(event, Receipted):
-                # The provider's signed receipt, on an empty chunk before the finish.
-                chunk = {**self._envelope([self._choice("", (), None)]), **extra}
-                yield sse.frame({**chunk, "moonflower_receipt": event.payload()})
-            elif isinstance(event, Finished) and event.reason != "cancelled":
-                yield self._chunk("", (), finish_reason(event), extra)
-                if include_usage:
-                    yield sse.frame({**self._envelope([]), "usage": usage(event.usage)})
-            else:
-                yield sse.frame(openai_errors.stream_error(event))
-        yield sse.DONE
-
-    def _chunk(
-        self,
-        text: str,
-        logprobs: Sequence[TokenLogprob],
-        finish: str | None,
-        extra: dict[str, Any],
-    ) -> bytes:
-        return sse.frame({**self._envelope([self._choice(text, logprobs, finish)]), **extra})
-
-    def _envelope(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "object": "text_completion",
-            "created": self.created,
-            "model": self.model,
-            "system_fingerprint": self.fingerprint,
-            "choices": choices,
-        }
-
-    def _choice(
-        self, text: str, logprobs: Sequence[TokenLogprob], finish: str | None
-    ) -> dict[str, Any]:
-        return {
-            "text": text,
-            "index": 0,
-            "logprobs": self._logprobs.render(logprobs) if self.has_logprobs else None,
-            "finish_reason": finish,
-        }
-
-
-def finish_reason(finished: Finished) -> str:
-    return "length" if finished.reason == "length" else "stop"
-
-
-def usage(u: Usage) -> dict[str, int]:
-    return {
-        "prompt_tokens": u.prompt_tokens,
-        "completion_tokens": u.completion_tokens,
-        "total_tokens": u.total_tokens,
-    }

@@ -107,7 +107,7 @@ def stream_error(event: Finished | Failed) -> dict[str, Any]:
     return error_body
 
 
-def stream_error_frames(exc: errors.MoonflowerError) -> bytes:
-    """A stream that failed before its first chunk: the error as a data event, then DONE."""
+def stream_error_event(exc: errors.MoonflowerError) -> sse.Event:
+    """A stream that failed before its first chunk: the error as a data event (then DONE)."""
     _status, error_body = status_and_body(exc)
-    return sse.frame(error_body) + sse.DONE
+    return sse.Event(error_body)

@@ -3,8 +3,8 @@ item for `<think>` text, a `message` item for visible text, one `function_call` 
 tool call, in the order the model produced them — and the stream event payloads each step
 emits (`response.output_item.added`, `….delta`, `….done`, …).
 
-One state machine serves both forms of an answer: the renderer feeds it a stream's events as
-they come, or a whole completion replayed as events, so the two always agree. It builds
+One state machine serves both forms of an answer: the renderer feeds it a job's events as
+they come, and a whole answer is the `response` its stream ends with. It builds
 payloads only: sequence numbers, the `response` object and SSE framing belong to
 `openai_responses_render`.
 """

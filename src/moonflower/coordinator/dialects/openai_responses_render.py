@@ -1,30 +1,30 @@
-"""Renders one job's output events as the OpenAI Responses API does: a whole `response`
-object, or the typed event stream (`event: <type>` frames, each carrying `sequence_number`)
-emitted as the events arrive, closed by a `data: [DONE]` line after the terminal event as
-the Open Responses specification requires (OpenAI's SDKs stop reading at it).
+"""Renders one job's output events as the OpenAI Responses API does: the typed event stream
+(`event: <type>` objects, each carrying `sequence_number`) emitted as the events arrive,
+which the SSE layer closes with a `data: [DONE]` line after the terminal event as the Open
+Responses specification requires (OpenAI's SDKs stop reading at it). The whole `response`
+object is the stream folded (`ResponseFold`): the one its terminal event carries, so both
+forms always agree.
 
 Output items follow the order the model produced them (`openai_responses_items` builds
-them). The whole object is built by replaying the gathered completion through the same
-state machine the stream uses, so both forms always agree.
+them).
 
 Every `response` object, whole or inside an event, carries every field OpenAI's API and the
 Open Responses specification send, unset ones included (as null, or the value that applied):
 its sampling values are those the job ran with (`SamplingParams` after the model's
 recommended defaults were filled in), an unset knob reported as the engine's default. The
 `error` event carries OpenAI's flat `code`/`message`/`param` and Open Responses' nested
-`error` object. It does not dispatch, frame SSE bytes itself beyond `sse.frame`, or choose
-HTTP status codes; failures are described by `openai_errors`.
+`error` object. It does not dispatch, frame SSE bytes, or choose HTTP status codes;
+failures are described by `openai_errors`.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, Literal
 
 from moonflower import errors
 from moonflower.coordinator import sse
-from moonflower.coordinator.completion import Completion
 from moonflower.coordinator.dialects import openai_errors
 from moonflower.coordinator.dialects.openai_responses_items import OutputItems, new_id
 from moonflower.generation import (
@@ -64,14 +64,10 @@ class ResponsesRenderer:
         self._final: dict[str, Any] | None = None
         self._receipt: Receipted | None = None
 
-    def response(self, done: Completion) -> dict[str, Any]:
-        """The whole `response` object for a finished generation."""
-        for event in _replay(done):
-            self._on(event)
-        assert self._final is not None
-        return self._final
+    def fold(self) -> ResponseFold:
+        return ResponseFold()
 
-    async def stream(self, events: AsyncIterator[OutputEvent]) -> AsyncIterator[bytes]:
+    async def stream(self, events: AsyncIterator[OutputEvent]) -> AsyncGenerator[sse.Event, None]:
         initial = self.body("in_progress")
         yield self._frame({"type": "response.created", "response": initial})
         yield self._frame({"type": "response.in_progress", "response": initial})
@@ -79,12 +75,10 @@ class ResponsesRenderer:
             for payload in self._on(event):
                 yield self._frame(payload)
             if self._final is not None:
-                yield sse.DONE
                 return
         failure = Failed(code="provider_gone", message="The provider's stream ended early.")
         for payload in self._on(failure):
             yield self._frame(payload)
-        yield sse.DONE
 
     def body(
         self,
@@ -163,21 +157,29 @@ class ResponsesRenderer:
             {"type": "response.failed", "response": self._final},
         ]
 
-    def _frame(self, payload: dict[str, Any]) -> bytes:
+    def _frame(self, payload: dict[str, Any]) -> sse.Event:
         kind = payload["type"]
         data = {"type": kind, "sequence_number": self._sequence, **payload}
         self._sequence += 1
-        return sse.frame(data, event=kind)
+        return sse.Event(data, kind)
 
 
-def _replay(done: Completion) -> Iterator[OutputEvent]:
-    if done.reasoning:
-        yield ReasoningDelta(done.reasoning)
-    if done.text:
-        yield TextDelta(done.text, logprobs=tuple(done.logprobs))
-    for index, call in enumerate(done.tool_calls):
-        yield ToolCallDelta(index=index, arguments=call.arguments, id=call.id, name=call.name)
-    yield done.finished
+class ResponseFold:
+    """The whole `response` object: the one the stream's `response.completed` or
+    `response.incomplete` event carries. (Other events add nothing: they built it.)"""
+
+    TERMINAL = frozenset({"response.completed", "response.incomplete"})
+
+    def __init__(self) -> None:
+        self.response: dict[str, Any] | None = None
+
+    def add(self, item: sse.Event) -> None:
+        if item.name in self.TERMINAL:
+            self.response = item.data["response"]
+
+    def result(self) -> dict[str, Any]:
+        assert self.response is not None
+        return self.response
 
 
 def _output_text(output: list[dict[str, Any]]) -> str:
@@ -211,11 +213,11 @@ def _usage(usage: Usage) -> dict[str, Any]:
     }
 
 
-def stream_error_frames(exc: errors.MoonflowerError) -> bytes:
-    """A stream that failed before `response.created`: one `error` event, then `[DONE]`."""
+def stream_error_event(exc: errors.MoonflowerError) -> sse.Event:
+    """A stream that failed before `response.created`: one `error` event (then `[DONE]`)."""
     _status, described = openai_errors.status_and_body(exc)
     payload = {"type": "error", "sequence_number": 0, **_error_event(described["error"])}
-    return sse.frame(payload, event="error") + sse.DONE
+    return sse.Event(payload, "error")
 
 
 def _error_event(error: dict[str, Any]) -> dict[str, Any]:

@@ -1,7 +1,8 @@
-"""Anthropic Messages routes: `/v1/messages` and `/v1/messages/count_tokens`.
+"""Anthropic's `/v1/messages/count_tokens` (not a generation; `/v1/messages` itself is built
+with the other inference routes, in `inference`).
 
-Wiring only: authenticate, parse with the dialect, dispatch, render. The `anthropic-version`
-and `anthropic-beta` headers are accepted and not required (there is one version). Errors
+Wiring only: authenticate, parse with the dialect, count. The `anthropic-version` and
+`anthropic-beta` headers are accepted and not required (there is one version). Errors
 raised here are rendered in Anthropic's shape by the app's one exception handler.
 """
 
@@ -9,54 +10,31 @@ from __future__ import annotations
 
 import dataclasses
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from starlette.requests import Request
 from starlette.responses import Response
 
 from moonflower.coordinator.deps import ApiCaller, ServicesDep
-from moonflower.coordinator.dialects import anthropic_errors, anthropic_messages, anthropic_render
-from moonflower.coordinator.exchange import Rendering, serve, served_elsewhere
-from moonflower.coordinator.job import Job
+from moonflower.coordinator.dialects import anthropic_answers, anthropic_messages
+from moonflower.coordinator.dialects.inference_apis import MESSAGES
+from moonflower.coordinator.exchange import served_elsewhere
 from moonflower.coordinator.openapi_bodies import json_body
 from moonflower.coordinator.provider_headers import job_headers
 from moonflower.coordinator.request_reading import read_json, trust_floor
+from moonflower.coordinator.routes.inference import speaking
 from moonflower.coordinator.services import json_response
 
 router = APIRouter()
 
 
-@router.post("/v1/messages", openapi_extra=json_body(anthropic_messages.MessagesBody))
-async def create_message(request: Request, services: ServicesDep, caller: ApiCaller) -> Response:
-    call = anthropic_messages.parse(
-        await read_json(request), max_messages=services.settings.max_messages
-    )
-    if (answer := await served_elsewhere(request, services, call.request.model)) is not None:
-        return answer
-    admission = await services.dispatcher.admit(call.request, caller, trust_floor(request))
-
-    def render(job: Job) -> Rendering:
-        renderer = anthropic_render.MessageRenderer(
-            model=call.request.model,
-            prompt_tokens=job.prompt_tokens,
-            is_thinking=call.is_thinking,
-        )
-        return Rendering(
-            stream=(lambda: renderer.stream(job.events())) if call.is_stream else None,
-            whole=renderer.message,
-        )
-
-    return await serve(
-        request,
-        admission,
-        render,
-        is_stream=call.is_stream,
-        error_frames=anthropic_errors.stream_error_frames,
-    )
-
-
 @router.post(
     "/v1/messages/count_tokens",
-    openapi_extra=json_body(anthropic_messages.CountTokensBody, streams=False),
+    dependencies=[Depends(speaking(MESSAGES))],
+    openapi_extra=json_body(
+        anthropic_messages.CountTokensBody,
+        answer=anthropic_answers.MessageTokensCount,
+        streams=False,
+    ),
 )
 async def count_tokens(request: Request, services: ServicesDep, caller: ApiCaller) -> Response:
     """The prompt's size as the serving model tokenizes it: a job that generates nothing
