@@ -193,7 +193,10 @@ class EventSplitter:
         """What a consumer is shown of `event`, in order: its pieces (for a terminal event,
         only the held text it releases; for `Started`, nothing)."""
         if isinstance(event, TextDelta):  # nearly every event: checked first
-            return self.text(event)
+            splitter = self._splitter
+            if splitter.passes_through(event.text):
+                return (event,)
+            return splitter.push(event.text, event.logprobs)
         if isinstance(event, Started):
             self._splitter = ThinkSplitter(starts_in_reasoning=event.starts_in_reasoning)
             return []
