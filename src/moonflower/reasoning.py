@@ -1,8 +1,11 @@
 """Splits `<think>…</think>` reasoning out of generated text, across chunk boundaries.
 
-Owns the one rule for what is reasoning and what is visible text; every dialect gets the
-split events from `Job.events()` and must not look for think tags itself. Nothing here
-knows about HTTP, dialects or providers.
+Owns the one rule for what is reasoning and what is visible text, applied one event at a
+time by `EventSplitter`: the coordinator's job channel splits each provider event once as
+it arrives, and both what the consumer is shown (`Job.events()`) and what the receipt
+hashes are that one result; a provider's receipt tally splits its own output the same way.
+Every dialect gets the split events from `Job.events()` and must not look for think tags
+itself. Nothing here knows about HTTP, dialects or providers.
 
 The rule, for the text of one generation read as a whole (chunking never changes it):
 
@@ -33,10 +36,20 @@ whitespace) they are dropped.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
-from moonflower.generation import OutputEvent, ReasoningDelta, TextDelta, TokenLogprob
+from moonflower.generation import (
+    Failed,
+    Finished,
+    GeneratedEvent,
+    GenerationEvent,
+    OutputEvent,
+    ReasoningDelta,
+    Started,
+    TextDelta,
+    TokenLogprob,
+)
 
 OPEN_TAG = "<think>"
 CLOSE_TAG = "</think>"
@@ -98,6 +111,16 @@ class ThinkSplitter:
         self._held, self._spans = "", []
         return self._split(buffer, len(buffer), spans)
 
+    def unreleased(self) -> list[Piece]:
+        """What `flush` would release now, leaving the splitter as it is (for a reader whose
+        stream was cut short while the stream itself may still go on)."""
+        if not self._held:
+            return []
+        copy = ThinkSplitter(starts_in_reasoning=self.is_reasoning)
+        copy._is_after_close = self._is_after_close
+        copy._held, copy._spans = self._held, list(self._spans)
+        return copy.flush()
+
     def _split(self, buffer: str, cut: int, spans: list[_Span]) -> list[Piece]:
         pieces: list[Piece] = []
         position = 0
@@ -145,6 +168,44 @@ def ambiguous_tail_start(text: str) -> int:
     return len(text)
 
 
+class EventSplitter:
+    """One generation's events split as they come, each exactly once: a `TextDelta` into
+    its visible and reasoning pieces, any other event preceded by the text held back so far.
+    `Started` sets whether the output begins inside a reasoning block."""
+
+    def __init__(self, *, starts_in_reasoning: bool = False) -> None:
+        self._splitter = ThinkSplitter(starts_in_reasoning=starts_in_reasoning)
+
+    def text(self, delta: TextDelta) -> list[Piece]:
+        """The pieces of one text delta (most deltas pass through as they are)."""
+        if self._splitter.passes_through(delta.text):
+            return [delta]
+        return self._splitter.push(delta.text, delta.logprobs)
+
+    def flush(self) -> list[Piece]:
+        return self._splitter.flush()
+
+    def unreleased(self) -> list[Piece]:
+        """The text held back so far, split as a flush would, without flushing it."""
+        return self._splitter.unreleased()
+
+    def split(self, event: GenerationEvent) -> Sequence[GeneratedEvent]:
+        """What a consumer is shown of `event`, in order: its pieces (for a terminal event,
+        only the held text it releases; for `Started`, nothing)."""
+        if isinstance(event, TextDelta):  # nearly every event: checked first
+            splitter = self._splitter
+            if splitter.passes_through(event.text):
+                return (event,)
+            return splitter.push(event.text, event.logprobs)
+        if isinstance(event, Started):
+            self._splitter = ThinkSplitter(starts_in_reasoning=event.starts_in_reasoning)
+            return []
+        released: list[GeneratedEvent] = list(self._splitter.flush())
+        if not isinstance(event, Finished | Failed):
+            released.append(event)
+        return released
+
+
 async def split_reasoning(
     events: AsyncIterator[OutputEvent], *, starts_in_reasoning: bool = False
 ) -> AsyncIterator[OutputEvent]:
@@ -152,13 +213,10 @@ async def split_reasoning(
 
     Reasoning the provider already split off, tool-call pieces and the terminal event pass
     through unchanged, after whatever text was held back is released."""
-    splitter = ThinkSplitter(starts_in_reasoning=starts_in_reasoning)
+    splitter = EventSplitter(starts_in_reasoning=starts_in_reasoning)
     async for event in events:
         if isinstance(event, TextDelta):
-            if splitter.passes_through(event.text):
-                yield event
-                continue
-            for piece in splitter.push(event.text, event.logprobs):
+            for piece in splitter.text(event):
                 yield piece
             continue
         for piece in splitter.flush():

@@ -2,13 +2,16 @@
 a receipt; the coordinator tallies what it relayed and checks the receipt against it.
 
 The output is tallied the way a consumer sees it — `<think>` reasoning split from the
-visible text by the same splitter the coordinator uses, tool calls joined — so the
-`output_sha256` a consumer recomputes from what it received matches. No I/O here.
+visible text by the same per-event splitter the coordinator uses, tool calls joined — so
+the `output_sha256` a consumer recomputes from what it received matches. The coordinator
+feeds a `ReceiptOutput` the pieces its channel already split for the consumer; a provider's
+`OutputTally` splits each event it sends once. No I/O here.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from moonflower.crypto.receipt import (
@@ -22,6 +25,7 @@ from moonflower.crypto.signing import Signer, key_fingerprint
 from moonflower.generation import (
     Failed,
     Finished,
+    GeneratedEvent,
     GenerationEvent,
     GenerationRequest,
     ReasoningDelta,
@@ -31,7 +35,7 @@ from moonflower.generation import (
     ToolCallDelta,
     Usage,
 )
-from moonflower.reasoning import ThinkSplitter
+from moonflower.reasoning import EventSplitter
 
 
 @dataclass
@@ -41,48 +45,32 @@ class _Call:
     arguments: list[str] = field(default_factory=list)
 
 
-class OutputTally:
-    """Everything one job produced, in the form its receipt hashes."""
+class ReceiptOutput:
+    """The output a receipt hashes, gathered from the pieces a consumer is shown — text and
+    reasoning already split (`reasoning.EventSplitter`), tool calls — and how it ended. It
+    splits nothing and counts nothing: whoever feeds it split the output once."""
 
     def __init__(self) -> None:
-        self._splitter = ThinkSplitter()
         self._text: list[str] = []
         self._reasoning: list[str] = []
         self._calls: dict[int, _Call] = {}
-        self.usage = Usage(0, 0)
         self.finish_reason: ReceiptFinishReason | None = None
-        self.delta_tokens = 0
-        """The completion tokens the deltas added so far say they carry."""
 
-    def add(self, event: GenerationEvent) -> None:
-        if isinstance(event, TextDelta):  # nearly every event: checked first
-            self.delta_tokens += event.tokens
-            if self._splitter.passes_through(event.text):
-                self._text.append(event.text)
-            else:
-                self._keep(self._splitter.push(event.text))
-        elif isinstance(event, Started):
-            self._splitter = ThinkSplitter(starts_in_reasoning=event.starts_in_reasoning)
-            self.usage = Usage(event.prompt_tokens, 0)
-        elif isinstance(event, ReasoningDelta):
-            self._reasoning.append(event.text)
-        elif isinstance(event, ToolCallDelta):
-            self.delta_tokens += event.tokens
-            call = self._calls.setdefault(event.index, _Call())
-            call.id, call.name = event.id or call.id, event.name or call.name
-            call.arguments.append(event.arguments)
-        elif isinstance(event, Finished):
-            self._keep(self._splitter.flush())
-            self.usage, self.finish_reason = event.usage, event.reason
-        elif isinstance(event, Failed):
-            self._keep(self._splitter.flush())
-            # A failed job's receipt counts what its deltas carried before the failure.
-            self.usage = Usage(self.usage.prompt_tokens, self.delta_tokens)
-            self.finish_reason = "failed"
-
-    def _keep(self, pieces: list[TextDelta | ReasoningDelta]) -> None:
+    def add(self, pieces: Sequence[GeneratedEvent]) -> None:
         for piece in pieces:
-            (self._text if isinstance(piece, TextDelta) else self._reasoning).append(piece.text)
+            if isinstance(piece, TextDelta):  # nearly every piece: checked first
+                self._text.append(piece.text)
+            elif isinstance(piece, ReasoningDelta):
+                self._reasoning.append(piece.text)
+            elif isinstance(piece, ToolCallDelta):
+                call = self._calls.setdefault(piece.index, _Call())
+                call.id, call.name = piece.id or call.id, piece.name or call.name
+                call.arguments.append(piece.arguments)
+            else:
+                self.end(piece)
+
+    def end(self, terminal: Finished | Failed) -> None:
+        self.finish_reason = terminal.reason if isinstance(terminal, Finished) else "failed"
 
     def tool_calls(self) -> list[ToolCall]:
         return [
@@ -97,6 +85,42 @@ class OutputTally:
             self.tool_calls(),
             self.finish_reason or "failed",
         )
+
+
+class OutputTally:
+    """Everything one job produced, as its provider signs for it: each event split once
+    (`reasoning.EventSplitter`) into the receipt's output, and the counts it states."""
+
+    def __init__(self) -> None:
+        self._split = EventSplitter()
+        self.output = ReceiptOutput()
+        self.usage = Usage(0, 0)
+        self.delta_tokens = 0
+        """The completion tokens the deltas added so far say they carry."""
+
+    @property
+    def finish_reason(self) -> ReceiptFinishReason | None:
+        return self.output.finish_reason
+
+    def add(self, event: GenerationEvent) -> None:
+        self.output.add(self._split.split(event))
+        if isinstance(event, TextDelta | ToolCallDelta):
+            self.delta_tokens += event.tokens
+        elif isinstance(event, Started):
+            self.usage = Usage(event.prompt_tokens, 0)
+        elif isinstance(event, Finished):
+            self.usage = event.usage
+            self.output.end(event)
+        elif isinstance(event, Failed):
+            # A failed job's receipt counts what its deltas carried before the failure.
+            self.usage = Usage(self.usage.prompt_tokens, self.delta_tokens)
+            self.output.end(event)
+
+    def tool_calls(self) -> list[ToolCall]:
+        return self.output.tool_calls()
+
+    def digest(self) -> str:
+        return self.output.digest()
 
 
 def build_receipt(

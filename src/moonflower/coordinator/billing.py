@@ -71,7 +71,13 @@ class Pricing:
 def prompt_token_bound(request: GenerationRequest, context_length: int) -> int:
     """At most how many tokens the prompt can be. No tokenizer emits more tokens than the
     bytes it reads, and the JSON of the request is longer than the text the chat template
-    wraps around it; nothing longer than the context window can be processed at all.
+    wraps around it (`prompt_size`); nothing longer than the context window can be processed
+    at all."""
+    return min(prompt_size(request), context_length)
+
+
+def prompt_size(request: GenerationRequest) -> int:
+    """The size of the request's JSON, whatever provider it goes to (one serialisation).
 
     Earlier tool calls' arguments are counted as a provider writes them into the prompt —
     parsed and written again as ASCII JSON — since that can be longer than what was sent
@@ -88,7 +94,7 @@ def prompt_token_bound(request: GenerationRequest, context_length: int) -> int:
         for m in request.messages
     )
     written = dataclasses.replace(request, messages=messages)
-    return min(len(wire.request_bytes(written)), context_length)
+    return len(wire.request_bytes(written))
 
 
 def _as_written(arguments: str) -> str:

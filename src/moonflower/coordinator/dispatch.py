@@ -22,14 +22,13 @@ import dataclasses
 import functools
 import logging
 import uuid
-from typing import Protocol
 
 from moonflower import errors, wire
 from moonflower.coordinator import lost_jobs
-from moonflower.coordinator.billing import Pricing, prompt_token_bound, reservation
+from moonflower.coordinator.billing import Pricing, reservation
 from moonflower.coordinator.closing import NOTHING_OWED, JobCloser
 from moonflower.coordinator.holds import Admission, Holds
-from moonflower.coordinator.job import Job, PromptCount
+from moonflower.coordinator.job import Job, PromptCounter, PromptMeasures
 from moonflower.coordinator.leases import HoldLeases
 from moonflower.coordinator.limits import RateLimiter
 from moonflower.coordinator.queueing import ModelQueues
@@ -43,12 +42,6 @@ from moonflower.ledger.keys import Caller
 from moonflower.settings import CoordinatorSettings
 
 log = logging.getLogger(__name__)
-
-
-class PromptCounter(Protocol):
-    """Counts a request's prompt with a model's own tokenizer (`prompt_count.py`)."""
-
-    async def count(self, request: GenerationRequest, card: wire.ModelCard) -> int | None: ...
 
 
 def with_recommended_sampling(
@@ -168,10 +161,11 @@ class Dispatcher:
             request = dataclasses.replace(
                 request, max_tokens=min(self.settings.default_max_tokens, card.context_length)
             )
-        admission = Admission(request, caller, floor, uuid.uuid4().hex, is_held=False)
+        prompts = PromptMeasures(request, self.prompt_counter)
+        admission = Admission(request, caller, floor, uuid.uuid4().hex, False, prompts)
         if is_billed:
             prices = await self.pricing.current()
-            prompt = await self._prompt_bound(request, candidates, card)
+            prompt = await self._prompt_bound(prompts, candidates, card)
             amount = reservation(prices, request, card, prompt_tokens=prompt)
             hold = self.holds.take(admission.job_id, caller.account_id, amount)
             if self.holds.known_credit.covers(caller.account_id, amount):
@@ -182,24 +176,18 @@ class Dispatcher:
         return admission
 
     async def _prompt_bound(
-        self, request: GenerationRequest, candidates: list[ProviderSession], card: wire.ModelCard
+        self, prompts: PromptMeasures, candidates: list[ProviderSession], card: wire.ModelCard
     ) -> int:
         """The most prompt tokens the request can be billed on any provider that may serve
         it: the exact count for weights whose tokenizer the coordinator has, the byte bound
         for the others."""
-        cards = {c.sha256: c for c in (p.card(request.model) for p in candidates) if c}
-        counts = [await self._prompt_count(request, c) for c in cards.values()]
+        model = card.id
+        cards = {c.sha256: c for c in (p.card(model) for p in candidates) if c}
+        counts = [await prompts.count(c) for c in cards.values()]
         exact = [count.exact for count in counts if count.exact is not None]
         if len(exact) < len(counts) or not counts:
-            exact.append(prompt_token_bound(request, card.context_length))
+            exact.append(prompts.bound(card))
         return max(exact)
-
-    async def _prompt_count(self, request: GenerationRequest, card: wire.ModelCard) -> PromptCount:
-        bound = prompt_token_bound(request, card.context_length)
-        exact = None
-        if self.prompt_counter is not None:
-            exact = await self.prompt_counter.count(request, card)
-        return PromptCount(exact=exact, bound=bound)
 
     async def hold_taken(self, admission: Admission) -> None:
         """Wait for a hold written alongside the job; raises `InsufficientFunds` if refused."""
@@ -276,7 +264,7 @@ class Dispatcher:
         id can go elsewhere) and returned with why."""
         job_id, caller = admission.job_id, admission.caller
         request = with_recommended_sampling(admission.request, card)
-        prompt = await self._prompt_count(request, card)
+        prompt = await admission.prompts.count(card)
         try:
             channel = await provider.start_job(job_id, request, card)
         except errors.MoonflowerError:

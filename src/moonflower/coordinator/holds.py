@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass
 
 from moonflower.coordinator.billing import KnownCredit
+from moonflower.coordinator.job import PromptMeasures
 from moonflower.coordinator.leases import HoldLeases
 from moonflower.coordinator.trust import TrustLevel
 from moonflower.generation import GenerationRequest
@@ -34,6 +35,8 @@ class Admission:
     floor: TrustLevel | None
     job_id: str
     is_held: bool
+    prompts: PromptMeasures
+    """The request's prompt, measured once for every provider it is weighed for or sent to."""
     hold: asyncio.Task[None] | None = None
     """The hold being written while the job already runs, when it was not awaited."""
 

@@ -15,9 +15,11 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 
 from moonflower import errors, wire
-from moonflower.coordinator.channel import BROKE_PROTOCOL, JobChannel
+from moonflower.coordinator.billing import prompt_size
+from moonflower.coordinator.channel import BROKE_ARRIVAL, JobChannel
 from moonflower.coordinator.relay import Relay
 from moonflower.coordinator.session import ProviderSession
 from moonflower.coordinator.settlement import Ending
@@ -35,7 +37,6 @@ from moonflower.generation import (
 )
 from moonflower.ledger.billing import Settlement
 from moonflower.ledger.book import format_usd
-from moonflower.reasoning import split_reasoning
 from moonflower.settings import CoordinatorSettings
 
 CloseJob = Callable[["Job"], Coroutine[None, None, None]]
@@ -60,6 +61,39 @@ class PromptCount:
         """The prompt tokens the consumer pays for: the coordinator's count, or the
         provider's claim never above the bound."""
         return self.exact if self.exact is not None else min(max(claimed, 0), self.bound)
+
+
+class PromptCounter(Protocol):
+    """Counts a request's prompt with a model's own tokenizer (`prompt_count.py`)."""
+
+    async def count(self, request: GenerationRequest, card: wire.ModelCard) -> int | None: ...
+
+
+class PromptMeasures:
+    """One request's prompt, measured once however many providers it is weighed for or sent
+    to: the size of its JSON (`billing.prompt_size`, one serialisation) and, per weights,
+    the exact count with their tokenizer. Filling in a model's recommended sampling changes
+    no prompt, so the measures of the request as admitted hold for the request as sent."""
+
+    def __init__(self, request: GenerationRequest, counter: PromptCounter | None) -> None:
+        self._request = request
+        self._counter = counter
+        self._size: int | None = None
+        self._exact: dict[tuple[str, str], int | None] = {}
+
+    def bound(self, card: wire.ModelCard) -> int:
+        """`billing.prompt_token_bound` on `card`."""
+        if self._size is None:
+            self._size = prompt_size(self._request)
+        return min(self._size, card.context_length)
+
+    async def count(self, card: wire.ModelCard) -> PromptCount:
+        weights = (card.engine, card.sha256)
+        if weights not in self._exact:
+            counter = self._counter
+            exact = None if counter is None else await counter.count(self._request, card)
+            self._exact[weights] = exact
+        return PromptCount(exact=self._exact[weights], bound=self.bound(card))
 
 
 class Job:
@@ -139,21 +173,23 @@ class Job:
         away, broke, or was too slow to a first token — so the job can go elsewhere, nothing
         having reached the consumer; a refusal of the request itself raises its error."""
         first = await self.relay.next(self._settings.first_event_timeout_s)
-        if isinstance(first, Started):
-            self.prompt_tokens = self.prompt.billable(first.prompt_tokens)
-            self.starts_in_reasoning = first.starts_in_reasoning
+        if not isinstance(first, Ending) and isinstance(first.event, Started):
+            started = first.event
+            self.prompt_tokens = self.prompt.billable(started.prompt_tokens)
+            self.starts_in_reasoning = started.starts_in_reasoning
             first = await self.relay.next(self._settings.first_token_timeout_s)
-        elif isinstance(first, TextDelta | ToolCallDelta):
-            first = BROKE_PROTOCOL  # the channel refuses this; kept for safety
-        failure = _as_attempt_failure(first)
+        elif not isinstance(first, Ending) and isinstance(first.event, TextDelta | ToolCallDelta):
+            first = BROKE_ARRIVAL  # the channel refuses this; kept for safety
+        failure = _as_attempt_failure(first if isinstance(first, Ending) else first.event)
         if failure is not None:
             self.attempt_failure = failure
             if failure.code in RETRYABLE_BEFORE_FIRST_TOKEN:
                 self.provider.stats.job_failed()
                 return False
             # The request itself was refused: no other provider would do better.
-            assert isinstance(first, Failed)  # every other failure is the provider's
-            self._refusal = first
+            assert not isinstance(first, Ending)  # every other failure is the provider's
+            assert isinstance(first.event, Failed)
+            self._refusal = first.event
             raise errors.from_failure(failure)
         assert not isinstance(first, Ending)
         self.relay.ready(first)
@@ -168,13 +204,10 @@ class Job:
         self._is_closed = True
         await self.relay.abandon()
 
-    def events(self) -> AsyncIterator[OutputEvent]:
+    async def events(self) -> AsyncIterator[OutputEvent]:
         """What the provider generated — text (with `<think>` blocks split off as
-        reasoning), tool calls — then, once the job is closed, its receipt event and
-        exactly one terminal event."""
-        return split_reasoning(self._output(), starts_in_reasoning=self.starts_in_reasoning)
-
-    async def _output(self) -> AsyncIterator[OutputEvent]:
+        reasoning, once, by the job's channel), tool calls — then, once the job is closed,
+        its receipt event and exactly one terminal event."""
         async for event in self.relay.events():
             yield event
         await self._closed()

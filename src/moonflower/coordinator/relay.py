@@ -1,8 +1,9 @@
 """Relaying one job's events from its provider to the consumer, and ending the relay once.
 
-The channel counts and checks every frame as it arrives (`channel.py`, `tally.py`); the relay
-reads them, counts what the provider relayed and what reached the consumer's connection,
-grants the provider credit as the consumer reads, and holds the job to its deadline (wall
+The channel counts, checks and splits every frame as it arrives (`channel.py`, `tally.py`);
+the relay hands the consumer the pieces the channel split, notes how much of the tally's
+relayed count reached the consumer's connection (it keeps no count of its own), grants the
+provider credit as the consumer reads, and holds the job to its deadline (wall
 clock: it holds whether or not the consumer reads). However the relay ends — the provider
 finished or failed, its connection went, the coordinator timed it out or reached the
 deadline, the consumer hung up — it is wound down exactly once, in a task of its own that a
@@ -18,20 +19,15 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 from moonflower import wire
-from moonflower.coordinator.channel import BROKE_PROTOCOL, GONE, JobChannel
+from moonflower.coordinator.channel import BROKE_PROTOCOL, GONE, Arrival, JobChannel
 from moonflower.coordinator.receipt_check import check_receipt
 from moonflower.coordinator.session import ProviderSession
 from moonflower.coordinator.settlement import Ending, ReceiptCheck
-from moonflower.coordinator.tally import billable_tokens
 from moonflower.generation import (
     Failed,
     Finished,
     GeneratedEvent,
-    GenerationEvent,
     GenerationRequest,
-    Started,
-    TextDelta,
-    ToolCallDelta,
 )
 from moonflower.settings import CoordinatorSettings
 
@@ -67,9 +63,8 @@ class Relay:
         """A whole (non-streaming) answer: its output reaches the consumer only if the job
         completes, all at once."""
         self.delivered_tokens = 0
-        """Billable completion tokens handed to the consumer's connection."""
-        self.relayed_tokens = 0
-        """Billable completion tokens the provider relayed (delivered or not)."""
+        """Billable completion tokens handed to the consumer's connection: the tally's
+        relayed count through the last event the consumer read."""
         self.ending: Ending | None = None
         self.terminal: Finished | Failed | None = None
         """The provider's terminal event, once wound down, when it sent one."""
@@ -84,19 +79,27 @@ class Relay:
         self._is_reading = False
         self._winding: asyncio.Task[None] | None = None
         self._consumed = 0
-        self._held_back: GenerationEvent | None = None
+        self._held_back: Arrival | None = None
         """The first output, read before the job was handed to the consumer."""
+        self._last_read: Arrival | None = None
+        """The last event the consumer read."""
+
+    @property
+    def relayed_tokens(self) -> int:
+        """Billable completion tokens the provider relayed (delivered or not), as the
+        channel's tally counted them."""
+        return self._channel.tally.relayed_tokens
 
     @property
     def output_bytes(self) -> int:
-        """Bytes of output the provider sent, as the channel counted them."""
+        """Bytes of output the provider sent, as the channel's tally counted them."""
         return self._channel.tally.output_bytes
 
     @property
     def has_ended(self) -> bool:
         return self._winding is not None
 
-    async def next(self, wait_s: float) -> GenerationEvent | Ending:
+    async def next(self, wait_s: float) -> Arrival | Ending:
         """The provider's next event, or `TIMED_OUT` after `wait_s` of silence, or
         `DEADLINE` when the job has run its maximum duration."""
         left_s = self._deadline - time.monotonic()
@@ -112,11 +115,9 @@ class Relay:
                 return Ending.DEADLINE if wait_s >= left_s else Ending.TIMED_OUT
             finally:
                 self._is_reading = False
-        if isinstance(event, TextDelta | ToolCallDelta):
-            self.relayed_tokens += billable_tokens(event)
         return event
 
-    def ready(self, first: GenerationEvent) -> None:
+    def ready(self, first: Arrival) -> None:
         """The provider produced its first output: keep it for the consumer, and start the
         clock on the job's deadline."""
         self.first_token_ms = elapsed_ms(self.t0)
@@ -135,29 +136,39 @@ class Relay:
         self._provider.forget_job(self._job_id)
 
     async def events(self) -> AsyncIterator[GeneratedEvent]:
-        """The provider's output as the consumer reads it, until the relay ends (its
-        terminal event is the owner's to show, once the relay has wound down)."""
+        """The provider's output as the consumer reads it — each event as the channel split
+        it — until the relay ends (its terminal event is the owner's to show, once the relay
+        has wound down)."""
         while self._winding is None:
-            event: GenerationEvent | Ending
+            arrival: Arrival | Ending
             if self._held_back is not None:
-                event, self._held_back = self._held_back, None
+                arrival, self._held_back = self._held_back, None
             else:
-                event = await self.next(self._settings.idle_timeout_s)
-            if isinstance(event, Ending):
-                self.end(event)
+                arrival = await self.next(self._settings.idle_timeout_s)
+            if isinstance(arrival, Ending):
+                self.end(arrival)
                 break
+            event = arrival.event
             if isinstance(event, Finished | Failed):
                 self.end(self._ending_of(event), event)
+                for piece in arrival.shown:  # the text it held back until the end
+                    yield piece
                 break
-            if isinstance(event, Started):
-                continue
-            yield event
+            self._last_read = arrival
+            for piece in arrival.shown:
+                yield piece
             # Handed on: it reached the consumer's connection, which asks for the next.
-            if not self.is_whole and isinstance(event, TextDelta | ToolCallDelta):
-                self.delivered_tokens += billable_tokens(event)
+            if not self.is_whole:
+                self.delivered_tokens = arrival.relayed_tokens
             self._consumed += 1
             if self._consumed % CREDIT_BATCH_EVENTS == 0:
                 await self._provider.grant_credit(self._job_id, CREDIT_BATCH_EVENTS)
+        # Cut short without the provider's end (after it, nothing is held back): the text
+        # held back from what the consumer read is released to it, unless events it never
+        # read came after.
+        if self._channel.last is self._last_read:
+            for piece in self._channel.unreleased():
+                yield piece
 
     def _ending_of(self, event: Finished | Failed) -> Ending:
         if event is BROKE_PROTOCOL or self._channel.violation is not None:

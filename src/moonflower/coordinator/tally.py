@@ -1,5 +1,6 @@
 """What the coordinator counts of one job as its provider's frames arrive, and the rules the
-provider's counts must keep.
+provider's counts must keep. `JobTally` is the one accumulator of what a provider relayed:
+the relay, the close path and the receipt check read their counts from it.
 
 A provider says how many tokens each delta carries and how long its prompt was; nothing
 forces it to tell the truth. The coordinator keeps two counts. The *claimed* count is the
@@ -81,6 +82,8 @@ class JobTally:
     """Non-terminal events received."""
     claimed_prompt_tokens: int | None = None
     claimed_tokens: int = 0
+    relayed_tokens: int = 0
+    """Billable completion tokens relayed so far: each delta's `billable_tokens`."""
     output_bytes: int = 0
     terminal: Finished | Failed | None = None
 
@@ -92,11 +95,13 @@ class JobTally:
         if self.terminal is not None:
             return "an event after the job's terminal event"
         if isinstance(event, TextDelta):  # nearly every event: checked first
-            return self._count_output(event.tokens, text_bytes(event.text), event.kind)
+            size, billable = text_bytes(event.text), billable_tokens(event)
+            return self._count_output(event.tokens, size, billable, event.kind)
         if isinstance(event, ToolCallDelta):
-            return self._count_output(event.tokens, delta_bytes(event), event.kind)
+            size, billable = delta_bytes(event), billable_tokens(event)
+            return self._count_output(event.tokens, size, billable, event.kind)
         if isinstance(event, ReasoningDelta):
-            return self._count_output(0, text_bytes(event.text), event.kind)
+            return self._count_output(0, text_bytes(event.text), 0, event.kind)
         if isinstance(event, Finished | Failed):
             self.terminal = event
             return self._check_end(event) if isinstance(event, Finished) else None
@@ -110,7 +115,7 @@ class JobTally:
         self.claimed_prompt_tokens = event.prompt_tokens
         return None
 
-    def _count_output(self, tokens: int, size: int, kind: str) -> str | None:
+    def _count_output(self, tokens: int, size: int, billable: int, kind: str) -> str | None:
         events = self.events = self.events + 1
         if events > self.granted_events:
             return "more events than the flow-control window allows"
@@ -124,6 +129,7 @@ class JobTally:
             return "more output bytes than its tokens can carry"
         if events > EVENTS_PER_TOKEN * claimed + EVENT_ALLOWANCE:
             return "more events than its tokens can produce"
+        self.relayed_tokens += billable
         return None
 
     def _check_end(self, event: Finished) -> str | None:
