@@ -177,6 +177,23 @@ def start_coordinator(request: pytest.FixtureRequest, tmp_path: Path) -> Iterato
             network.stop()
 
 
+ONE_OR_TWO_REPLICAS = [
+    "sqlite",
+    pytest.param("replicas", marks=[pytest.mark.postgres, pytest.mark.redis]),
+]
+"""Parameters of a module's own `coordinator` fixture whose attacks must also hold against
+two replicas (see `one_or_two_replicas`)."""
+
+
+def one_or_two_replicas(
+    request: pytest.FixtureRequest, start_coordinator: StartCoordinator
+) -> RunningCoordinator:
+    """For a module's `coordinator` fixture parametrized with `ONE_OR_TWO_REPLICAS`: one
+    coordinator on SQLite, then two replicas on PostgreSQL and Redis with the attacker's
+    provider on one and the consumers on the other."""
+    return start_coordinator(request.param, **_settings_for(request))
+
+
 def _settings_for(request: pytest.FixtureRequest) -> dict[str, str]:
     settings: dict[str, str] = {}
     for marker in reversed(list(request.node.iter_markers("coordinator_settings"))):

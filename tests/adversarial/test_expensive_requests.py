@@ -26,11 +26,14 @@ from moonflower.coordinator.dialects.request_body import MAX_ANTHROPIC_STOPS
 from moonflower.coordinator.dialects.schema_bounds import MAX_SCHEMA_BYTES, MAX_SCHEMA_DEPTH
 from moonflower.provider.engines.grammar import COMPILE_DEADLINE_S
 from tests.adversarial.conftest import (
+    ONE_OR_TWO_REPLICAS,
     Books,
     Consumer,
     EnrolledProvider,
     Liveness,
     RunningCoordinator,
+    StartCoordinator,
+    one_or_two_replicas,
 )
 from tests.support.network import Process
 from tests.support.openapi import assert_valid_anthropic, assert_valid_openai
@@ -40,6 +43,14 @@ Enroll = Callable[[str], Awaitable[EnrolledProvider]]
 
 REAL_MODEL = "smollm2-135m-instruct"
 SEALED_REQUEST_BYTES = 11 * 1024 * 1024
+
+
+@pytest.fixture(params=ONE_OR_TWO_REPLICAS)
+def coordinator(
+    request: pytest.FixtureRequest, start_coordinator: StartCoordinator
+) -> RunningCoordinator:
+    """These attacks run against one coordinator and against two replicas."""
+    return one_or_two_replicas(request, start_coordinator)
 
 
 def nested_schema(depth: int) -> dict[str, Any]:

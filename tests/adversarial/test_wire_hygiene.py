@@ -28,12 +28,15 @@ from moonflower.crypto.signing import b64e
 from moonflower.crypto.statement import AttestedHardware
 from moonflower.generation import Failed, Finished, GenerationEvent, Started, TextDelta, Usage
 from tests.adversarial.conftest import (
+    ONE_OR_TWO_REPLICAS,
     PRICES,
     Books,
     Consumer,
     EnrolledProvider,
     Liveness,
     RunningCoordinator,
+    StartCoordinator,
+    one_or_two_replicas,
 )
 from tests.support.scripted_provider import (
     HARDWARE,
@@ -52,6 +55,14 @@ Enroll = Callable[[str], Awaitable[EnrolledProvider]]
 CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_UNSUPPORTED_DATA = 1003
 CLOSE_POLICY_VIOLATION = 1008
+
+
+@pytest.fixture(params=ONE_OR_TWO_REPLICAS)
+def coordinator(
+    request: pytest.FixtureRequest, start_coordinator: StartCoordinator
+) -> RunningCoordinator:
+    """These attacks run against one coordinator and against two replicas."""
+    return one_or_two_replicas(request, start_coordinator)
 
 
 # --- helpers ---------------------------------------------------------------------------------
