@@ -145,10 +145,25 @@ class Dispatcher:
 
         A model alias is resolved here: providers are asked for the served model, while the
         dialects keep answering with the name the caller used."""
+        served = self.settings.model_aliases.get(request.model, request.model)
+        try:
+            return await self._admit(request, served, caller, floor, is_billed=is_billed)
+        except BaseException:
+            self.queues.gave_up(served)  # a turn it had in the line is used up
+            raise
+
+    async def _admit(
+        self,
+        request: GenerationRequest,
+        served: str,
+        caller: Caller,
+        floor: TrustLevel | None,
+        *,
+        is_billed: bool,
+    ) -> Admission:
         if self.is_draining:
             raise errors.ShuttingDown("The coordinator is restarting; retry in a moment.")
         await self.limits.admit(caller.key_id)
-        served = self.settings.model_aliases.get(request.model, request.model)
         if served != request.model:
             request = dataclasses.replace(request, model=served)
         candidates = self.registry.serving(served, floor)
@@ -228,9 +243,13 @@ class Dispatcher:
             if abandoned is not None:  # recorded as failed, and its hold released whole
                 await self.closer.settle(abandoned, NOTHING_OWED)
         except BaseException:
+            if not tried:  # refused, or gone, before it took a slot
+                self.queues.gave_up(model)
             await self.holds.give_back(admission)
             raise
         await self.holds.give_back(admission)
+        if not tried:
+            self.queues.gave_up(model)
         if failure is not None and failure.code == "timeout":
             raise errors.UpstreamTimeout(
                 f"No provider produced a first token in time ({len(tried)} tried)."

@@ -108,7 +108,8 @@ class ModelQueues:
 
     def listen(self, *, freed: Callable[[str], None], taken: Callable[[str], None]) -> None:
         """Call `freed(model)` whenever a slot for `model` may have freed, and `taken(model)`
-        whenever a request took one (`turns` hands slots to the line across replicas)."""
+        whenever a request took one or was refused before it could (`gave_up`): `turns`
+        hands slots to the line across replicas, and keeps one promised until then."""
         self._on_notify.append(freed)
         self._on_taken.append(taken)
 
@@ -120,6 +121,10 @@ class ModelQueues:
         front = line.front() if line is not None else None
         if front is not None:
             front.is_woken.set()
+
+    def gave_up(self, model: str) -> None:
+        """A request for `model` was refused or failed before it took a slot."""
+        self._took(model)
 
     def _took(self, model: str) -> None:
         for on_taken in self._on_taken:
