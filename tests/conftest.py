@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 
 # llama.cpp's OpenMP threads spin while they wait. Tests often have two llama instances on
 # the machine at once (a provider process and a reference model in the test process); on
@@ -14,6 +15,11 @@ import pytest
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 pytest_plugins = ["tests.support.postgres", "tests.support.redis"]
+
+# Property tests judge what a function returns, never how long one example took: the
+# machines that run them are shared, and a per-example deadline is a timing guess.
+settings.register_profile("moonflower", deadline=None)
+settings.load_profile("moonflower")
 
 
 @pytest.fixture(autouse=True)
