@@ -18,6 +18,7 @@ from typing import Any
 
 from moonflower.coordinator import sse
 from moonflower.coordinator.dialects import openai_errors
+from moonflower.coordinator.dialects.openai_chunk_fold import RECEIPT_FIELD, ChunkFold
 from moonflower.generation import (
     Finished,
     OutputEvent,
@@ -136,35 +137,24 @@ class _CallParts:
     arguments: list[str] = field(default_factory=list)
 
 
-class ChatFold:
+class ChatFold(ChunkFold):
     """Gathers `chat.completion.chunk` objects into one `chat.completion`, as OpenAI's SDKs
     accumulate a stream: content, reasoning and log-probabilities concatenated, tool-call
     pieces joined by index, the finish reason and usage from the chunks that carry them.
     Receipt chunks are skipped: a whole answer carries its receipt in headers."""
 
     def __init__(self, *, has_logprobs: bool) -> None:
+        super().__init__()
         self.has_logprobs = has_logprobs
-        self.head: dict[str, Any] | None = None
         self.content: list[str] = []
         self.reasoning: list[str] = []
         self.logprobs: list[dict[str, Any]] = []
         self.calls: dict[int, _CallParts] = {}
-        self.finish: str | None = None
-        self.usage: dict[str, Any] | None = None
 
-    def add(self, item: sse.Event) -> None:
-        chunk = item.data
-        if RECEIPT_FIELD in chunk:
-            return
-        self.head = self.head or chunk
-        if chunk.get("usage") is not None:
-            self.usage = chunk["usage"]
-        for choice in chunk["choices"]:
-            self._add_delta(choice["delta"])
-            if choice["logprobs"] is not None:
-                self.logprobs.extend(choice["logprobs"]["content"])
-            if choice["finish_reason"] is not None:
-                self.finish = choice["finish_reason"]
+    def _add_choice(self, choice: dict[str, Any]) -> None:
+        self._add_delta(choice["delta"])
+        if choice["logprobs"] is not None:
+            self.logprobs.extend(choice["logprobs"]["content"])
 
     def _add_delta(self, delta: dict[str, Any]) -> None:
         if content := delta.get("content"):
@@ -178,9 +168,6 @@ class ChatFold:
             parts.arguments.append(piece["function"]["arguments"])
 
     def result(self) -> dict[str, Any]:
-        assert self.head is not None
-        assert self.finish is not None
-        assert self.usage is not None
         text = "".join(self.content)
         calls = [
             tool_call(ToolCall(id=p.id, name=p.name, arguments="".join(p.arguments)))
@@ -196,26 +183,10 @@ class ChatFold:
             message["reasoning_content"] = "".join(self.reasoning)
         if calls:
             message["tool_calls"] = calls
-        return {
-            "id": self.head["id"],
-            "object": "chat.completion",
-            "created": self.head["created"],
-            "model": self.head["model"],
-            "system_fingerprint": self.head["system_fingerprint"],
-            "choices": [
-                {
-                    "index": 0,
-                    "message": message,
-                    "logprobs": logprobs_object(self.logprobs) if self.has_logprobs else None,
-                    "finish_reason": self.finish,
-                }
-            ],
-            "usage": self.usage,
-        }
-
-
-RECEIPT_FIELD = "moonflower_receipt"
-"""The field of the chunk that carries the provider's signed receipt."""
+        logprobs = logprobs_object(self.logprobs) if self.has_logprobs else None
+        return self._whole(
+            "chat.completion", {"index": 0, "message": message, "logprobs": logprobs}
+        )
 
 
 def logprobs_object(content: list[dict[str, Any]]) -> dict[str, Any]:

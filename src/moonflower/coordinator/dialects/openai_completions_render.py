@@ -17,6 +17,7 @@ from typing import Any
 
 from moonflower.coordinator import sse
 from moonflower.coordinator.dialects import openai_errors
+from moonflower.coordinator.dialects.openai_chunk_fold import RECEIPT_FIELD, ChunkFold
 from moonflower.coordinator.dialects.openai_completions import CompletionCall
 from moonflower.generation import (
     Finished,
@@ -28,9 +29,6 @@ from moonflower.generation import (
     ToolCallDelta,
     Usage,
 )
-
-RECEIPT_FIELD = "moonflower_receipt"
-"""The field of the chunk that carries the provider's signed receipt."""
 
 
 class LegacyLogprobs:
@@ -121,55 +119,28 @@ class CompletionRenderer:
         }
 
 
-class CompletionFold:
+class CompletionFold(ChunkFold):
     """Gathers `text_completion` chunks into the whole `text_completion`: the texts and the
     legacy log-probability lists concatenated, the finish reason and usage from the chunks
     that carry them. Receipt chunks are skipped: a whole answer carries its receipt in
     headers."""
 
     def __init__(self) -> None:
-        self.head: dict[str, Any] | None = None
+        super().__init__()
         self.text: list[str] = []
         self.logprobs: dict[str, list[Any]] | None = None
-        self.finish: str | None = None
-        self.usage: dict[str, Any] | None = None
 
-    def add(self, item: sse.Event) -> None:
-        chunk = item.data
-        if RECEIPT_FIELD in chunk:
-            return
-        self.head = self.head or chunk
-        if chunk.get("usage") is not None:
-            self.usage = chunk["usage"]
-        for choice in chunk["choices"]:
-            self.text.append(choice["text"])
-            if choice["logprobs"] is not None:
-                gathered = self.logprobs or {key: [] for key in choice["logprobs"]}
-                for key, values in choice["logprobs"].items():
-                    gathered[key].extend(values)
-                self.logprobs = gathered
-            if choice["finish_reason"] is not None:
-                self.finish = choice["finish_reason"]
+    def _add_choice(self, choice: dict[str, Any]) -> None:
+        self.text.append(choice["text"])
+        if choice["logprobs"] is not None:
+            gathered = self.logprobs or {key: [] for key in choice["logprobs"]}
+            for key, values in choice["logprobs"].items():
+                gathered[key].extend(values)
+            self.logprobs = gathered
 
     def result(self) -> dict[str, Any]:
-        assert self.head is not None
-        assert self.finish is not None
-        assert self.usage is not None
-        choice = {
-            "text": "".join(self.text),
-            "index": 0,
-            "logprobs": self.logprobs,
-            "finish_reason": self.finish,
-        }
-        return {
-            "id": self.head["id"],
-            "object": "text_completion",
-            "created": self.head["created"],
-            "model": self.head["model"],
-            "system_fingerprint": self.head["system_fingerprint"],
-            "choices": [choice],
-            "usage": self.usage,
-        }
+        choice = {"text": "".join(self.text), "index": 0, "logprobs": self.logprobs}
+        return self._whole("text_completion", choice)
 
 
 def finish_reason(finished: Finished) -> str:
