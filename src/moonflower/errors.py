@@ -10,6 +10,7 @@ wire shapes: each dialect owns exactly one mapping from these to its own error b
     │   ├── ChatTemplateMissing   the model cannot format chat messages at all
     │   └── ChatTemplateRejected  the model's own template refused the conversation
     ├── AuthenticationFailed      missing, unknown or revoked API key
+    │   └── SignInRequired        no console session, or it expired or was closed
     ├── PermissionDenied          a valid key that may not do this (admin, provider-only)
     ├── InsufficientFunds         the account cannot cover the request's reservation
     ├── RouteNotFound             no such endpoint
@@ -20,7 +21,8 @@ wire shapes: each dialect owns exactly one mapping from these to its own error b
     │   │                         is full or timed out (`retry_after_s`)
     │   └── ProviderOverloaded    the provider running a job turned it away at capacity
     ├── RateLimited               the API key used up its requests or tokens per minute
-    │                             (`limit`, `retry_after_s`)
+    │   │                         (`limit`, `retry_after_s`)
+    │   └── SignInThrottled       too many wrong passwords for an email or from an address
     ├── StoreUnavailable          the ledger's database is locked, down or too slow
     │                             (`retry_after_s`)
     ├── ProviderFailed            the provider broke or went away mid-job
@@ -80,6 +82,10 @@ class BodyTooLarge(InvalidRequest):
 
 class AuthenticationFailed(MoonflowerError):
     code = "invalid_api_key"
+
+
+class SignInRequired(AuthenticationFailed):
+    code = "sign_in_required"
 
 
 class PermissionDenied(MoonflowerError):
@@ -169,6 +175,22 @@ class RateLimited(MoonflowerError):
         )
         self.retry_after_s = retry_after_s
         self.limit = limit
+
+
+class SignInThrottled(RateLimited):
+    """Sign-ins to an email, or from an address, failed too often lately; `retry_after_s`
+    says when the oldest failure that counts stops counting."""
+
+    code = "too_many_sign_ins"
+
+    def __init__(self, *, retry_after_s: int) -> None:
+        MoonflowerError.__init__(
+            self,
+            f"Too many failed sign-ins; try again in {retry_after_s} s, or reset your "
+            "password with the operator.",
+        )
+        self.retry_after_s = retry_after_s
+        self.limit: RateLimit = "requests"
 
 
 class StoreUnavailable(MoonflowerError):

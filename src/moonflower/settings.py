@@ -209,6 +209,25 @@ class CoordinatorSettings(BaseSettings):
     Comma-separated or a JSON list in MOONFLOWER_CORS_ALLOWED_ORIGINS. The public read-only
     routes answer every origin whatever this says, so `*` is refused here."""
     log_level: str = "info"
+    signup: Literal["open", "invite", "closed"] = "open"
+    """Who may sign up in the console: anyone (`open`), only with an invitation code from
+    `moonflower users invite` (`invite`), or nobody (`closed`; the operator makes users
+    with `moonflower users create`)."""
+    console_session_hours: float = Field(default=24 * 7, gt=0)
+    """How long a console sign-in lasts."""
+    secure_cookies: bool | None = None
+    """Mark the console's session cookie `Secure` (sent over HTTPS only). None: when the
+    request came over HTTPS (as the ASGI server saw it, or a trusted proxy said)."""
+    sign_in_failures_per_email: int = Field(default=5, gt=0)
+    """Wrong passwords for one email within `sign_in_failure_window_s` before sign-ins to
+    it are refused (429) until the oldest of them is that old."""
+    sign_in_failures_per_address: int = Field(default=30, gt=0)
+    """The same, for every email tried from one network address."""
+    sign_in_failure_window_s: float = Field(default=900.0, gt=0)
+    device_code_lifetime_s: int = Field(default=600, gt=0)
+    """How long a provider's device login (RFC 8628) may wait for someone to approve it."""
+    device_poll_interval_s: int = Field(default=5, ge=1)
+    """How often a provider waiting for approval may poll for its token."""
 
     @field_validator("cors_allowed_origins", mode="before")
     @classmethod

@@ -23,7 +23,7 @@ from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute, APIWebSocketRoute
 from starlette.routing import BaseRoute
 
-from moonflower.coordinator import deps, routes
+from moonflower.coordinator import console_session, deps, routes
 from moonflower.coordinator.app import create_app
 from moonflower.ledger.keys import create_key, revoke_key
 from moonflower.settings import CoordinatorSettings
@@ -36,6 +36,10 @@ PUBLIC = {
     ("GET", "/health"),
     ("GET", "/v1/pricing"),
     ("GET", "/v1/providers/attestation"),
+    ("POST", "/console/api/signup"),
+    ("POST", "/console/api/signin"),
+    ("POST", "/oauth/device/code"),
+    ("POST", "/oauth/token"),
 }
 """Routes anyone may call: no caller dependency, no security in OpenAPI."""
 
@@ -63,6 +67,7 @@ API_KEY_SCHEMES = [{"ApiKeyBearer": []}, {"ApiKeyHeader": []}]
 ADMIN_SCHEMES = [{"AdminKeyBearer": []}, {"AdminKeyHeader": []}]
 GUARDS = {deps.api_caller: API_KEY_SCHEMES, deps.account_caller: API_KEY_SCHEMES}
 GUARDS[deps.admin_key] = ADMIN_SCHEMES
+GUARDS[console_session.signed_in_session] = [{"ConsoleSession": []}]
 
 MISSING = "Missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'."
 INCORRECT = "Incorrect API key provided."

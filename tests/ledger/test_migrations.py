@@ -30,6 +30,11 @@ LEDGER_TABLES = {
     "pricing_policy",
     "provider_identities",
     "provider_account_verdicts",
+    "users",
+    "console_sessions",
+    "sign_in_failures",
+    "invites",
+    "device_logins",
 }
 
 

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import typer
 
-from moonflower.cli import accounts, chat, coordinator, keys, provider, providers, up, verify
+from moonflower.cli import (
+    accounts,
+    chat,
+    coordinator,
+    keys,
+    provider,
+    providers,
+    up,
+    users,
+    verify,
+)
 
 app = typer.Typer(
     name="moonflower",
@@ -17,6 +27,7 @@ app.add_typer(provider.app, name="provider")
 app.add_typer(keys.app, name="keys")
 app.add_typer(accounts.app, name="accounts")
 app.add_typer(providers.app, name="providers")
+app.add_typer(users.app, name="users")
 # So that `credit alice -5` is refused as a negative amount, not as an unknown option.
 app.command("credit", context_settings={"ignore_unknown_options": True})(accounts.credit)
 app.command("up")(up.up)

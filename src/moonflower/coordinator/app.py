@@ -27,6 +27,9 @@ from moonflower.coordinator.cors import Cors
 from moonflower.coordinator.error_response import render_error
 from moonflower.coordinator.routes import (
     attestation,
+    console_auth,
+    console_keys,
+    device,
     inference,
     messages,
     payments,
@@ -88,6 +91,9 @@ def create_app(
     app.include_router(receipts.router)
     app.include_router(payments.router)
     app.include_router(pricing.router)
+    app.include_router(console_auth.router)
+    app.include_router(console_keys.router)
+    app.include_router(device.router)
     install_error_handlers(app)
     # Consumers may seal requests to this key (`GET /v1/encryption-key`): the one in
     # `transport_key_file`, shared by every replica given that file, else one per process.

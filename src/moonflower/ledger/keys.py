@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal, get_args
 
 from sqlalchemy import func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from moonflower.errors import InvalidRequest
 from moonflower.ledger.accounts import AccountKind
@@ -106,6 +107,11 @@ def _check_name(value: str | None, param: str) -> None:
         raise InvalidRequest(f"'{param}' must be 1 to {MAX_NAME_LENGTH} characters", param=param)
 
 
+def check_key_name(name: str | None) -> None:
+    """`InvalidRequest` unless a key's name is None or 1 to 200 characters."""
+    _check_name(name, "name")
+
+
 def _check_holder(purpose: KeyPurpose, account_name: str, account_kind: str) -> None:
     """Provider tokens earn for provider accounts only; nobody holds keys to the system
     accounts, whose money moves only through the book."""
@@ -139,10 +145,6 @@ async def create_key(
     if account_name != account_name.strip():
         raise InvalidRequest("An account name has no surrounding spaces.", param="account_name")
     _check_name(name, "name")
-    prefix = _prefix(purpose)
-    raw_key = prefix + secrets.token_urlsafe(_TOKEN_BYTES)
-    key_id = uuid.uuid4().hex
-    display_prefix = raw_key[: len(prefix) + DISPLAY_TOKEN_CHARS] + ELLIPSIS
     new_account_kind: AccountKind = "provider" if purpose == "provider" else "consumer"
     now = datetime.now(UTC)
     async with db.sessions.begin() as session:
@@ -156,22 +158,40 @@ async def create_key(
             )
         ).one()
         _check_holder(purpose, account_name, account.kind)
-        session.add(
-            ApiKey(
-                id=key_id,
-                account_id=account.id,
-                key_hash=_hash(raw_key),
-                display_prefix=display_prefix,
-                purpose=purpose,
-                name=name,
-                created_at=now,
-            )
+        return add_key(session, account.id, purpose=purpose, name=name, now=now)
+
+
+def add_key(
+    session: AsyncSession,
+    account_id: str,
+    *,
+    purpose: KeyPurpose,
+    name: str | None,
+    now: datetime,
+) -> CreatedKey:
+    """Add a new key of `purpose` for the account to the session's transaction (the caller
+    has checked that the account may hold it) and return it, raw, once."""
+    _check_name(name, "name")
+    prefix = _prefix(purpose)
+    raw_key = prefix + secrets.token_urlsafe(_TOKEN_BYTES)
+    key_id = uuid.uuid4().hex
+    display_prefix = raw_key[: len(prefix) + DISPLAY_TOKEN_CHARS] + ELLIPSIS
+    session.add(
+        ApiKey(
+            id=key_id,
+            account_id=account_id,
+            key_hash=_hash(raw_key),
+            display_prefix=display_prefix,
+            purpose=purpose,
+            name=name,
+            created_at=now,
         )
+    )
     return CreatedKey(
         key=raw_key,
         key_id=key_id,
         display_prefix=display_prefix,
-        account_id=account.id,
+        account_id=account_id,
         purpose=purpose,
     )
 

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Dialect,
@@ -305,3 +306,85 @@ class ProviderAccountVerdict(Base):
     reason: Mapped[str] = mapped_column(String(200))
     untrusted_at: Mapped[datetime]
     cleared_at: Mapped[datetime | None]
+
+
+class User(Base):
+    """A person who signs in to the console: an email, an argon2 hash of their password
+    (never the password), and the two accounts they own: one that pays for their API keys,
+    one that their provider machines earn for."""
+
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    email: Mapped[str] = mapped_column(String(254), unique=True)
+    """Lowercased; how the person signs in."""
+    password_hash: Mapped[str] = mapped_column(String(200))
+    is_admin: Mapped[bool] = mapped_column(Boolean, server_default="0")
+    consumer_account_id: Mapped[str] = mapped_column(String(32), ForeignKey("accounts.id"))
+    provider_account_id: Mapped[str] = mapped_column(String(32), ForeignKey("accounts.id"))
+    created_at: Mapped[datetime]
+
+
+class ConsoleSession(Base):
+    """A signed-in browser, known by the SHA-256 of the token its cookie holds."""
+
+    __tablename__ = "console_sessions"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(32), ForeignKey("users.id"), index=True)
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime]
+
+
+class SignInFailure(Base):
+    """One failed sign-in, counted against the email (as its SHA-256) and the address it
+    came from, so guessing passwords slows down on every replica alike."""
+
+    __tablename__ = "sign_in_failures"
+    __table_args__ = (
+        Index("ix_sign_in_failures_email_hash_at", "email_hash", "at"),
+        Index("ix_sign_in_failures_address_at", "address", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    email_hash: Mapped[str] = mapped_column(String(64))
+    address: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime]
+
+
+class Invite(Base):
+    """A single-use invitation to sign up, known by the SHA-256 of its code."""
+
+    __tablename__ = "invites"
+
+    code_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]
+    used_by: Mapped[str | None] = mapped_column(String(32), ForeignKey("users.id"))
+
+
+class DeviceLogin(Base):
+    """A provider machine asking to be let in (RFC 8628): the machine holds the device code
+    (stored as its SHA-256), a person types the user code into the console and approves,
+    and the machine's next poll receives exactly one provider token."""
+
+    __tablename__ = "device_logins"
+    __table_args__ = (
+        CheckConstraint("status IN ('pending', 'approved', 'denied', 'issued')", name="status"),
+    )
+
+    device_code_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_code: Mapped[str] = mapped_column(String(16), unique=True)
+    machine_name: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    interval_s: Mapped[int]
+    last_polled_at: Mapped[datetime | None]
+    user_id: Mapped[str | None] = mapped_column(String(32), ForeignKey("users.id"), index=True)
+    """Who opened the code in the console, then approved or denied it."""
+    key_id: Mapped[str | None] = mapped_column(String(32), ForeignKey("api_keys.id"))
+    """The provider token the approval yielded, once the machine has collected it."""
