@@ -162,6 +162,9 @@ def print_ready(port: int, key: str, model: str) -> None:
         f"The key's account '{DEMO_ACCOUNT}' has ${DEMO_CREDIT_MICRO_USD / 1e6:.2f} of credit;"
         f" the local provider earns for '{PROVIDER_ACCOUNT}'.",
         "",
+        f"The console is at {base}/console/: sign up there, and make yourself its operator",
+        "with `moonflower users admin YOUR-EMAIL`.",
+        "",
         "Press Ctrl-C to stop.",
     ]
     print("\n".join(lines), flush=True)
