@@ -53,10 +53,16 @@ def is_csrf_token(session_token: str, presented: str | None) -> bool:
 
 
 async def open_session(db: Database, user_id: str, lifetime: timedelta) -> str:
-    """A new session for the user; returns its raw token, for the cookie."""
+    """A new session for the user; returns its raw token, for the cookie. The user's
+    expired sessions are deleted meanwhile."""
     token = secrets.token_urlsafe(TOKEN_BYTES)
     now = datetime.now(UTC)
     async with db.sessions.begin() as session:
+        await session.execute(
+            delete(ConsoleSession).where(
+                ConsoleSession.user_id == user_id, ConsoleSession.expires_at <= now
+            )
+        )
         session.add(
             ConsoleSession(
                 token_hash=_digest(token),

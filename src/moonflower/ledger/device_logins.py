@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from moonflower.ledger.database import Database
@@ -33,6 +33,8 @@ USER_CODE_LENGTH = 8
 SLOW_DOWN_STEP_S = 5
 """What a machine that polls too fast adds to its interval (RFC 8628 §3.5)."""
 MAX_MACHINE_NAME = 200
+KEPT_AFTER_EXPIRY = timedelta(days=7)
+"""How long an expired login stays listed before `start` deletes it."""
 
 Status = Literal["pending", "approved", "denied", "issued", "expired"]
 Refusal = Literal[
@@ -106,6 +108,12 @@ async def start(
         user_code = _new_user_code()
         try:
             async with db.sessions.begin() as session:
+                await session.execute(
+                    delete(DeviceLogin).where(
+                        DeviceLogin.expires_at < now - KEPT_AFTER_EXPIRY,
+                        DeviceLogin.status != "issued",
+                    )
+                )
                 session.add(
                     DeviceLogin(
                         device_code_hash=_digest(device_code),
