@@ -209,6 +209,10 @@ class CoordinatorSettings(BaseSettings):
     Comma-separated or a JSON list in MOONFLOWER_CORS_ALLOWED_ORIGINS. The public read-only
     routes answer every origin whatever this says, so `*` is refused here."""
     log_level: str = "info"
+    access_log: Literal["off", "text", "json"] = "text"
+    """One line per request when its answer ends (request id, method, route template,
+    status, duration, account, job; never content), at INFO on the `moonflower.access`
+    logger: as text, as one JSON object per line (`json`), or not at all."""
     signup: Literal["open", "invite", "closed"] = "open"
     """Who may sign up in the console: anyone (`open`), only with an invitation code from
     `moonflower users invite` (`invite`), or nobody (`closed`; the operator makes users

@@ -43,8 +43,9 @@ PUBLIC = {
 }
 """Routes anyone may call: no caller dependency, no security in OpenAPI."""
 
-NOT_IN_SCHEMA = {"/v1/{path:path}"}
-"""Routes left out of `/openapi.json` that need no caller (the unknown-route answer)."""
+NOT_IN_SCHEMA = {"/v1/{path:path}", "/metrics"}
+"""Routes left out of `/openapi.json` that need no caller (the unknown-route answer, and
+Prometheus's scrape)."""
 
 API_KEY_ROUTES = [
     ("POST", "/v1/chat/completions"),

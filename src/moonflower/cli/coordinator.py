@@ -181,7 +181,7 @@ def serve(
         cors_allowed_origins=cors_allowed_origin,
         redis_url=redis_url,
     )
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, access_log=settings.access_log)
     keys = serving_transport_keys(settings)  # made here, before any worker may race for it
     if workers > 1:
         if not settings.redis_url:

@@ -21,13 +21,20 @@ class _CurrentStderr(logging.StreamHandler[TextIO]):
         pass
 
 
-def configure(level: str) -> None:
+def configure(level: str, *, access_log: str = "text") -> None:
     logging.basicConfig(
         level=level.upper(),
         handlers=[_CurrentStderr()],
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         force=True,
     )
+    access = logging.getLogger("moonflower.access")
+    access.handlers.clear()
+    access.propagate = access_log != "json"
+    if access_log == "json":  # each line one JSON object, for log shippers
+        plain = _CurrentStderr()
+        plain.setFormatter(logging.Formatter("%(message)s"))
+        access.addHandler(plain)
     # Third-party loggers stay quieter than ours; access logs carry paths, never bodies.
     for name in ("websockets", "httpx", "httpcore", "aiosqlite", "asyncio"):
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))

@@ -21,10 +21,12 @@ from starlette.responses import Response
 
 from moonflower import __version__, errors
 from moonflower.coordinator import lost_jobs, openapi_bodies, transport_key
+from moonflower.coordinator.access import Access
 from moonflower.coordinator.assembly import build_services
 from moonflower.coordinator.auth import authenticate
 from moonflower.coordinator.cors import Cors
 from moonflower.coordinator.error_response import render_error
+from moonflower.coordinator.metrics import Metrics
 from moonflower.coordinator.routes import (
     attestation,
     console_auth,
@@ -37,6 +39,9 @@ from moonflower.coordinator.routes import (
     providers,
     public,
     receipts,
+)
+from moonflower.coordinator.routes import (
+    metrics as metrics_route,
 )
 from moonflower.coordinator.sealed_transport import SealedTransport
 from moonflower.coordinator.services import Services
@@ -59,9 +64,11 @@ def create_app(
     one in `settings.transport_key_file` (`TransportKeyError` if that file is unusable),
     else a fresh one for this process."""
 
+    metrics = services.metrics if services is not None else Metrics()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        built = services or await build_services(settings)
+        built = services or await build_services(settings, metrics)
         app.state.services = built
         leases = built.leases
         settle_lost = functools.partial(lost_jobs.settle_lost, built.settler)
@@ -94,6 +101,7 @@ def create_app(
     app.include_router(console_auth.router)
     app.include_router(console_keys.router)
     app.include_router(device.router)
+    app.include_router(metrics_route.router)
     install_error_handlers(app)
     # Consumers may seal requests to this key (`GET /v1/encryption-key`): the one in
     # `transport_key_file`, shared by every replica given that file, else one per process.
@@ -102,8 +110,10 @@ def create_app(
         keys=transport_keys or transport_key.transport_keys(settings.transport_key_file),
         admits=lambda request: authenticate(request, Services.of(request).callers),
     )
-    # Added last, so outermost: browsers' pre-flights are answered before anything else runs.
     app.add_middleware(Cors, allowed_origins=settings.cors_allowed_origins)
+    # Added last, so outermost: every answer, pre-flights and sealed ones included, carries
+    # the request id, is counted and is logged once.
+    app.add_middleware(Access, metrics=metrics, access_log=settings.access_log)
 
     @app.api_route(
         "/v1/{path:path}",

@@ -26,6 +26,7 @@ from moonflower.coordinator.forwarding import Forwarder
 from moonflower.coordinator.holds import Holds
 from moonflower.coordinator.leases import HoldLeases
 from moonflower.coordinator.limits import RateLimiter, RateLimits
+from moonflower.coordinator.metrics import Metrics
 from moonflower.coordinator.presence import LocalPresence, Presence, RedisPresence
 from moonflower.coordinator.prompt_count import PromptCounter
 from moonflower.coordinator.queueing import ModelQueues
@@ -42,9 +43,12 @@ from moonflower.ledger.database import Database, default_database_url
 from moonflower.settings import CoordinatorSettings
 
 
-async def build_services(settings: CoordinatorSettings) -> Services:
+async def build_services(settings: CoordinatorSettings, metrics: Metrics | None = None) -> Services:
+    """Every part, counting into `metrics` (a new registry if none is given)."""
+    metrics = metrics or Metrics()
     url = settings.database_url or default_database_url(settings.data_dir)
     db = await Database.open(url, timeout_s=settings.database_timeout_s)
+    metrics.watch_database(db)
     registry = Registry(
         default_floor=TrustLevel.parse(settings.min_trust),
         freshness_s=settings.challenge_interval_s + settings.challenge_slack_s,
@@ -63,8 +67,8 @@ async def build_services(settings: CoordinatorSettings) -> Services:
     )
     pricing = Pricing(db, settings)
     leases = HoldLeases(db, settings.hold_lease_s)
-    queues = ModelQueues(settings.queue_max_waiting, settings.queue_max_wait_s)
-    settler = Settler(db, pricing, leases, limits)
+    queues = ModelQueues(settings.queue_max_waiting, settings.queue_max_wait_s, metrics=metrics)
+    settler = Settler(db, pricing, leases, limits, metrics=metrics)
     dispatcher = Dispatcher(
         registry,
         db,
@@ -74,7 +78,7 @@ async def build_services(settings: CoordinatorSettings) -> Services:
         queues=queues,
         limits=limits,
         holds=Holds(db, leases),
-        closer=JobCloser(settler),
+        closer=JobCloser(settler, metrics),
         prompt_counter=prompts,
     )
     callers = CallerCache(db, settings.api_key_cache_s)
@@ -100,7 +104,11 @@ async def build_services(settings: CoordinatorSettings) -> Services:
         forwarder = Forwarder(
             presence, registry, turns, replica_id=replica_id, aliases=settings.model_aliases
         )
+    metrics.scraped.providers = registry.count_by_model_and_trust
+    metrics.scraped.queue_depths = queues.depths
+    metrics.scraped.open_holds = leases.__len__
     return Services(
+        metrics=metrics,
         settings=settings,
         db=db,
         registry=registry,

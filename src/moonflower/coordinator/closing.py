@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 
 from moonflower.coordinator.job import Job
+from moonflower.coordinator.metrics import Metrics
 from moonflower.coordinator.relay import elapsed_ms
 from moonflower.coordinator.settlement import Decision, Ending, Facts, Verdict, decide
 from moonflower.coordinator.settler import SettlementOrder, Settler
@@ -31,8 +32,9 @@ NOTHING_OWED = Decision(None, Verdict.NONE, "no provider answered: the hold goes
 class JobCloser:
     """Closes and settles the jobs of one dispatcher."""
 
-    def __init__(self, settler: Settler) -> None:
+    def __init__(self, settler: Settler, metrics: Metrics | None = None) -> None:
         self._settler = settler
+        self._metrics = metrics
 
     async def close(self, job: Job) -> None:
         """Wait for the job's relay to wind down, then decide, judge its provider and
@@ -64,6 +66,8 @@ class JobCloser:
             provider_account_id=job.provider.account_id,
             receipt=_receipt_record(job),
         )
+        if self._metrics is not None:
+            self._metrics.job_closed(order.record)
         return await self._settler.settle(order)
 
 

@@ -51,6 +51,7 @@ async def signed_in_session(
     found = None if not token else await console_sessions.signed_in(services.db, token)
     if found is None:
         raise errors.SignInRequired("Sign in to the console first.")
+    request.state.account_id = found.user.consumer_account_id  # for the access log
     if request.method not in SAFE_METHODS:
         check_same_origin(request)
         if not console_sessions.is_csrf_token(token or "", request.headers.get(CSRF_HEADER)):

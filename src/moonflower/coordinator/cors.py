@@ -68,6 +68,7 @@ ALLOWED_REQUEST_HEADERS = frozenset(
         "openai-project",
         # Moonflower's own.
         MIN_TRUST_HEADER,
+        "x-request-id",
     }
 )
 ALLOWED_REQUEST_HEADER_PREFIXES = ("x-stainless-",)
@@ -87,6 +88,7 @@ EXPOSED_RESPONSE_HEADERS = (
     KID_HEADER,
     ERROR_HEADER,
     "retry-after",
+    "x-request-id",
 )
 """What a web app may read of an answer, beyond what browsers always show (content-type, …)."""
 

@@ -62,23 +62,29 @@ def _token(credentials: HTTPAuthorizationCredentials | None) -> str | None:
 
 
 async def api_caller(
+    request: Request,
     services: ServicesDep,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_API_KEY_BEARER)],
     x_api_key: Annotated[str | None, Security(_API_KEY_HEADER)],
 ) -> keys.Caller:
     """Whose API key this is (an inference caller)."""
     raw = auth.presented_key(_token(bearer), x_api_key)
-    return await auth.api_key_caller(raw, services.callers)
+    caller = await auth.api_key_caller(raw, services.callers)
+    request.state.account_id = caller.account_id  # for the access log
+    return caller
 
 
 async def account_caller(
+    request: Request,
     services: ServicesDep,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_API_KEY_BEARER)],
     x_api_key: Annotated[str | None, Security(_API_KEY_HEADER)],
 ) -> keys.Caller:
     """Whose account this is: an API key, or a provider token reading its own account."""
     raw = auth.presented_key(_token(bearer), x_api_key)
-    return await auth.account_key_caller(raw, services.callers)
+    caller = await auth.account_key_caller(raw, services.callers)
+    request.state.account_id = caller.account_id  # for the access log
+    return caller
 
 
 async def admin_key(

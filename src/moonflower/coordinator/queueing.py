@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from moonflower import errors
+from moonflower.coordinator.metrics import Metrics
 
 T = TypeVar("T")
 
@@ -49,7 +50,10 @@ class _Line:
 
 
 class ModelQueues:
-    def __init__(self, max_waiting: int, max_wait_s: float) -> None:
+    def __init__(
+        self, max_waiting: int, max_wait_s: float, *, metrics: Metrics | None = None
+    ) -> None:
+        self._metrics = metrics
         self._max_waiting = max_waiting
         self._max_wait_s = max_wait_s
         self._lines: dict[str, _Line] = {}
@@ -76,6 +80,7 @@ class ModelQueues:
             line = self._lines[model] = _Line(turn_started=loop.time())
         waiter = _Waiter()
         line.waiters[waiter] = None
+        joined_at = loop.time()
         try:
             async with asyncio.timeout(self._max_wait_s):
                 while True:
@@ -84,9 +89,13 @@ class ModelQueues:
                     taken = try_take()
                     if taken is not None:
                         self._observe_turn(model, line, loop.time())
+                        if self._metrics is not None:
+                            self._metrics.waited(model, loop.time() - joined_at)
                         self._took(model)
                         return taken
         except TimeoutError:
+            if self._metrics is not None:
+                self._metrics.turned_away(model)
             retry_after_s = self.retry_after_s(model)
             raise errors.Overloaded(
                 f"Every provider serving '{model}' stayed busy for {self._max_wait_s:g} s; "
@@ -99,6 +108,8 @@ class ModelQueues:
     def check_room(self, model: str) -> None:
         """Raise `Overloaded` now if a newcomer for `model` could not even join its queue."""
         if self.waiting(model) >= self._max_waiting:
+            if self._metrics is not None:
+                self._metrics.turned_away(model)
             retry_after_s = self.retry_after_s(model)
             raise errors.Overloaded(
                 f"Every provider serving '{model}' is busy and {self._max_waiting} requests "
@@ -129,6 +140,10 @@ class ModelQueues:
     def _took(self, model: str) -> None:
         for on_taken in self._on_taken:
             on_taken(model)
+
+    def depths(self) -> dict[str, int]:
+        """How many wait, for each model someone waits for."""
+        return {model: len(line.waiters) for model, line in self._lines.items()}
 
     def waiting(self, model: str) -> int:
         line = self._lines.get(model)

@@ -85,6 +85,16 @@ class Registry:
     def __len__(self) -> int:
         return len(self._sessions)
 
+    def count_by_model_and_trust(self) -> dict[tuple[str, str], int]:
+        """Connected providers by (model, trust level label), untrusted ones as `untrusted`."""
+        counts: dict[tuple[str, str], int] = {}
+        for session in self._sessions.values():
+            trust = session.trust
+            label = "untrusted" if trust.untrusted_reason is not None else trust.level.label
+            for card in session.registration.models:
+                counts[card.id, label] = counts.get((card.id, label), 0) + 1
+        return counts
+
     def serving(self, model: str, floor: TrustLevel | None = None) -> list[ProviderSession]:
         """Sessions that may take a job for `model` now, at trust `floor` or above."""
         level = max(floor or self.default_floor, self.default_floor)

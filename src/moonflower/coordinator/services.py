@@ -18,6 +18,7 @@ from moonflower.coordinator.broadcast import Broadcast
 from moonflower.coordinator.dispatch import Dispatcher
 from moonflower.coordinator.forwarding import Forwarder
 from moonflower.coordinator.leases import HoldLeases
+from moonflower.coordinator.metrics import Metrics
 from moonflower.coordinator.presence import LocalPresence, Presence
 from moonflower.coordinator.prompt_count import PromptCounter
 from moonflower.coordinator.queueing import ModelQueues
@@ -52,6 +53,8 @@ class Services:
     """Counts prompt tokens with the model's own tokenizer, where it knows the weights."""
     broadcast: Broadcast
     """Tells every replica's caches that a key was revoked or the prices changed."""
+    metrics: Metrics = field(default_factory=Metrics)
+    """What this replica counts for Prometheus (`GET /metrics`)."""
     redis: RedisStore | None = None
     """The Redis client the replicas share live state through; None keeps it all in memory."""
     presence: Presence = field(default_factory=LocalPresence)

@@ -22,12 +22,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from moonflower import errors
 from moonflower.coordinator.billing import Pricing
 from moonflower.coordinator.leases import HoldLeases
 from moonflower.coordinator.limits import RateLimiter
+from moonflower.coordinator.metrics import Metrics
 from moonflower.coordinator.settlement import Decision
 from moonflower.ledger import billing
 from moonflower.ledger.database import Database
@@ -76,6 +78,7 @@ class Settler:
         *,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         max_batch: int = MAX_BATCH,
+        metrics: Metrics | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError("a batch holds at least one order")
@@ -85,6 +88,7 @@ class Settler:
         self._limits = limits
         self._sleep = sleep
         self._max_batch = max_batch
+        self._metrics = metrics
         self._pending: dict[str, _Pending] = {}
         """Every order not yet written down, by job id."""
         self._queue: list[_Pending] = []
@@ -173,21 +177,30 @@ class Settler:
 
     async def _attempt(self, batch: Sequence[_Pending]) -> Exception | None:
         """Write `batch` in one transaction; the failure, or None once it has landed."""
+        started = time.perf_counter()
         try:
             settlements = await self._write([pending.order for pending in batch])
         except errors.StoreUnavailable as error:
             log.warning("settling %d jobs: the database is unavailable; retrying", len(batch))
+            self._failed()
             return error
         except Exception as error:
             jobs = ", ".join(pending.order.record.id for pending in batch)
             log.exception("could not settle jobs %s; retrying", jobs)
+            self._failed()
             return error
+        if self._metrics is not None:
+            self._metrics.settled(len(batch), time.perf_counter() - started)
         for pending, settlement in zip(batch, settlements, strict=True):
             job_id = pending.order.record.id
             self._leases.drop(job_id)
             del self._pending[job_id]
             pending.landed.set_result(settlement)
         return None
+
+    def _failed(self) -> None:
+        if self._metrics is not None:
+            self._metrics.settlement_failed()
 
     async def _write(self, orders: Sequence[SettlementOrder]) -> list[billing.Settlement]:
         prices = await self._pricing.current()

@@ -334,6 +334,10 @@ class Database:
     def dialect_name(self) -> str:
         return self.engine.dialect.name
 
+    def engines(self) -> list[AsyncEngine]:
+        """The engine that writes, and the one that only reads if it is another."""
+        return [self.engine] if self.read_engine is self.engine else [self.engine, self.read_engine]
+
     def insert_on_conflict(self, entity: type[Base]) -> postgresql.Insert | sqlite.Insert:
         """An INSERT for this backend that supports `on_conflict_do_nothing/_update`."""
         if self.dialect_name == "postgresql":
