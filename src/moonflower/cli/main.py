@@ -10,6 +10,7 @@ from moonflower.cli import (
     coordinator,
     keys,
     provider,
+    provider_login,
     providers,
     up,
     users,
@@ -23,6 +24,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(coordinator.app, name="coordinator")
+provider.app.command("login")(provider_login.login)
 app.add_typer(provider.app, name="provider")
 app.add_typer(keys.app, name="keys")
 app.add_typer(accounts.app, name="accounts")

@@ -2,13 +2,15 @@
 
 The provider token is a secret: besides `--token` it comes from `MOONFLOWER_PROVIDER_TOKEN`
 or from a file (`--token-file`, `MOONFLOWER_PROVIDER_TOKEN_FILE`), so it need never be on a
-command line, where every local user can read it.
+command line, where every local user can read it. Given none of these, `serve` uses the
+token (and the coordinator) that `moonflower provider login` saved in the data directory.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import time
 from pathlib import Path
@@ -21,6 +23,7 @@ from moonflower.cli import logs
 from moonflower.cli.secret_flags import build_settings, secret_overrides
 from moonflower.crypto.signing import load_signer
 from moonflower.model_files import resolve_model, with_weight_hash
+from moonflower.provider import device_login
 from moonflower.provider.agent import ProviderAgent
 from moonflower.provider.engines import load_engine
 from moonflower.provider.engines.base import Engine
@@ -102,6 +105,7 @@ def serve(
     }
     given = {k: v for k, v in overrides.items() if v is not None}
     given.update(secret_overrides("token", token, token_file))
+    given.update(saved_login_overrides(given))
     settings = build_settings(ProviderSettings, given)
     logs.configure(settings.log_level)
     loaded = load(settings)
@@ -115,6 +119,31 @@ def serve(
         pass
     finally:
         loaded.close()
+
+
+def saved_login_overrides(given: dict[str, Any]) -> dict[str, Any]:
+    """What `provider login` saved, for whatever neither a flag nor the environment gave:
+    the token file (refused, exit 2, if others can read it) and the coordinator."""
+    data_dir = given.get("data_dir") or build_settings(ProviderSettings, {}).data_dir
+    saved = device_login.saved_login(Path(data_dir))
+    if saved is None:
+        return {}
+    overrides: dict[str, Any] = {}
+    environment = os.environ
+    if not ({"token", "token_file"} & given.keys()) and not (
+        {"MOONFLOWER_PROVIDER_TOKEN", "MOONFLOWER_PROVIDER_TOKEN_FILE"} & environment.keys()
+    ):
+        problem = device_login.loose_permissions(saved.token_file)
+        if problem is not None:
+            typer.echo(f"error: {problem}", err=True)
+            raise typer.Exit(2)
+        overrides["token_file"] = saved.token_file
+    is_coordinator_given = "coordinator" in given or (
+        "MOONFLOWER_PROVIDER_COORDINATOR" in environment
+    )
+    if saved.coordinators and not is_coordinator_given:
+        overrides["coordinator"] = saved.coordinators
+    return overrides
 
 
 async def serve_until_stopped(agent: ProviderAgent, drain_timeout_s: float) -> None:
