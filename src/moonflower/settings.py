@@ -230,6 +230,8 @@ class CoordinatorSettings(BaseSettings):
     sign_in_failure_window_s: float = Field(default=900.0, gt=0)
     device_code_lifetime_s: int = Field(default=600, gt=0)
     """How long a provider's device login (RFC 8628) may wait for someone to approve it."""
+    stats_cache_s: float = Field(default=5.0, ge=0)
+    """How long a replica reuses the public stats it computed (`GET /v1/stats`)."""
     device_poll_interval_s: int = Field(default=5, ge=1)
     """How often a provider waiting for approval may poll for its token."""
 

@@ -40,12 +40,20 @@ PUBLIC = {
     ("POST", "/console/api/signin"),
     ("POST", "/oauth/device/code"),
     ("POST", "/oauth/token"),
+    ("GET", "/v1/stats"),
 }
 """Routes anyone may call: no caller dependency, no security in OpenAPI."""
 
-NOT_IN_SCHEMA = {"/v1/{path:path}", "/metrics"}
-"""Routes left out of `/openapi.json` that need no caller (the unknown-route answer, and
-Prometheus's scrape)."""
+NOT_IN_SCHEMA = {
+    "/v1/{path:path}",
+    "/metrics",
+    "/console",
+    "/console/",
+    "/console/device",
+    "/status",
+}
+"""Routes left out of `/openapi.json` that need no caller (the unknown-route answer,
+Prometheus's scrape, and the console's static pages)."""
 
 API_KEY_ROUTES = [
     ("POST", "/v1/chat/completions"),

@@ -8,9 +8,7 @@ balance except through `book.deposit`.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
 from typing import Annotated
 
 import typer
@@ -23,34 +21,12 @@ from moonflower.cli.keys import (
     with_database,
 )
 from moonflower.ledger import accounts, book, keys
-from moonflower.ledger.book import format_usd
+from moonflower.ledger.book import format_usd, parse_usd
 from moonflower.ledger.database import Database
 
 app = typer.Typer(help="Create and list accounts.", no_args_is_help=True)
 
-MICRO_USD_PER_USD = 1_000_000
-_PLAIN_DECIMAL = re.compile(r"[0-9]+(\.[0-9]*)?|\.[0-9]+")
 MAX_MEMO_LENGTH = 200
-
-
-def parse_usd(text: str) -> int:
-    """A positive amount of dollars written like `12.50`, as exact micro-USD. Raises
-    ValueError saying what is wrong: not a number, not positive, finer than a micro-dollar."""
-    try:
-        amount = Decimal(text.strip())
-    except InvalidOperation:
-        raise ValueError(f"{text!r} is not an amount of dollars (write it like 12.50)") from None
-    if not amount.is_finite():
-        raise ValueError(f"{text!r} is not an amount of dollars (write it like 12.50)")
-    if amount <= 0:
-        raise ValueError(f"the amount must be more than $0, not {text!r}")
-    # Exponents and digit separators are legal Decimal syntax but easy typos with money.
-    if not _PLAIN_DECIMAL.fullmatch(text.strip()):
-        raise ValueError(f"write the amount as plain dollars like 12.50, not {text!r}")
-    micro_usd = amount * MICRO_USD_PER_USD
-    if micro_usd != micro_usd.to_integral_value():
-        raise ValueError(f"{text!r} has more than 6 decimals; the smallest amount is $0.000001")
-    return int(micro_usd)
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,8 +29,11 @@ from moonflower.coordinator.error_response import render_error
 from moonflower.coordinator.metrics import Metrics
 from moonflower.coordinator.routes import (
     attestation,
+    console_admin,
     console_auth,
+    console_data,
     console_keys,
+    console_pages,
     device,
     inference,
     messages,
@@ -39,6 +42,7 @@ from moonflower.coordinator.routes import (
     providers,
     public,
     receipts,
+    stats,
 )
 from moonflower.coordinator.routes import (
     metrics as metrics_route,
@@ -102,6 +106,11 @@ def create_app(
     app.include_router(console_keys.router)
     app.include_router(device.router)
     app.include_router(metrics_route.router)
+    app.include_router(console_data.router)
+    app.include_router(console_admin.router)
+    app.include_router(console_pages.router)
+    app.include_router(stats.router)
+    app.mount("/console/static", console_pages.static_files(), name="console-static")
     install_error_handlers(app)
     # Consumers may seal requests to this key (`GET /v1/encryption-key`): the one in
     # `transport_key_file`, shared by every replica given that file, else one per process.

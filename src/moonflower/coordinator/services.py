@@ -30,6 +30,14 @@ from moonflower.ledger.database import Database
 from moonflower.settings import CoordinatorSettings
 
 
+@dataclass(slots=True)
+class StatsCache:
+    """The public stats as last computed (`routes/stats.py`), and when (monotonic s)."""
+
+    body: dict[str, Any] | None = None
+    at: float = 0.0
+
+
 @dataclass(frozen=True, slots=True)
 class Services:
     settings: CoordinatorSettings
@@ -55,6 +63,7 @@ class Services:
     """Tells every replica's caches that a key was revoked or the prices changed."""
     metrics: Metrics = field(default_factory=Metrics)
     """What this replica counts for Prometheus (`GET /metrics`)."""
+    stats_cache: StatsCache = field(default_factory=StatsCache)
     redis: RedisStore | None = None
     """The Redis client the replicas share live state through; None keeps it all in memory."""
     presence: Presence = field(default_factory=LocalPresence)

@@ -9,10 +9,12 @@ cannot deadlock on PostgreSQL.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
 from typing import Literal, cast
 
 from sqlalchemy import Table, bindparam, insert, select, update
@@ -64,6 +66,31 @@ def format_usd(micro_usd: int) -> str:
     sign = "-" if micro_usd < 0 else ""
     whole, part = divmod(abs(micro_usd), 1_000_000)
     return f"{sign}{whole}.{part:06d}"
+
+
+MICRO_USD_PER_USD = 1_000_000
+_PLAIN_DECIMAL = re.compile(r"[0-9]+(\.[0-9]*)?|\.[0-9]+")
+
+
+def parse_usd(text: str) -> int:
+    """A positive amount of dollars written like `12.50`, as exact micro-USD (never through
+    a float). Raises ValueError saying what is wrong: not a number, not positive, finer than
+    a micro-dollar."""
+    try:
+        amount = Decimal(text.strip())
+    except InvalidOperation:
+        raise ValueError(f"{text!r} is not an amount of dollars (write it like 12.50)") from None
+    if not amount.is_finite():
+        raise ValueError(f"{text!r} is not an amount of dollars (write it like 12.50)")
+    if amount <= 0:
+        raise ValueError(f"the amount must be more than $0, not {text!r}")
+    # Exponents and digit separators are legal Decimal syntax but easy typos with money.
+    if not _PLAIN_DECIMAL.fullmatch(text.strip()):
+        raise ValueError(f"write the amount as plain dollars like 12.50, not {text!r}")
+    micro_usd = amount * MICRO_USD_PER_USD
+    if micro_usd != micro_usd.to_integral_value():
+        raise ValueError(f"{text!r} has more than 6 decimals; the smallest amount is $0.000001")
+    return int(micro_usd)
 
 
 class UnbalancedTransaction(ValueError):

@@ -58,25 +58,23 @@ async def usage(request: Request, services: ServicesDep, caller: AccountCaller) 
         after=request.query_params.get("after"),
     )
     return json_response(
-        page_body(
-            [
-                {
-                    "object": "usage",
-                    "id": line.job_id,
-                    "created": int(line.created_at.timestamp()),
-                    "model": line.model,
-                    "provider_id": line.provider_id,
-                    "status": line.status,
-                    "prompt_tokens": line.prompt_tokens,
-                    "completion_tokens": line.completion_tokens,
-                    **money("cost", line.cost_micro_usd),
-                    "receipt_hash": line.receipt_hash,
-                }
-                for line in page.lines
-            ],
-            has_more=page.has_more,
-        )
+        page_body([usage_body(line) for line in page.lines], has_more=page.has_more)
     )
+
+
+def usage_body(line: statements.UsageLine) -> dict[str, Any]:
+    return {
+        "object": "usage",
+        "id": line.job_id,
+        "created": int(line.created_at.timestamp()),
+        "model": line.model,
+        "provider_id": line.provider_id,
+        "status": line.status,
+        "prompt_tokens": line.prompt_tokens,
+        "completion_tokens": line.completion_tokens,
+        **money("cost", line.cost_micro_usd),
+        "receipt_hash": line.receipt_hash,
+    }
 
 
 @router.get("/v1/provider/earnings")
