@@ -402,3 +402,50 @@ def test_closed_sign_up_refuses_everyone(tmp_path: Path) -> None:
         assert "set-cookie" not in refused.headers
     finally:
         net.stop()
+
+
+def test_another_users_usage_machines_and_device_logins_are_invisible(
+    network: LocalNetwork,
+) -> None:
+    alice, mallory = Browser(network), Browser(network)
+    assert alice.sign_up(_email("alice-owner")).status_code == 201
+    assert mallory.sign_up(_email("mallory-peer")).status_code == 201
+    started = _start_device_login(network, "alice's rig")
+    approved = alice.send(
+        "POST", "/console/api/device/approve", json={"user_code": started["user_code"]}
+    )
+    assert approved.status_code == 200
+    alice_me = alice.http.get("/console/api/me").json()["user"]
+    mallory_me = mallory.http.get("/console/api/me").json()["user"]
+    assert mallory.http.get("/console/api/device").json()["data"] == []
+    assert mallory.http.get("/console/api/machines").json()["data"] == []
+    assert mallory.http.get("/console/api/usage").json()["data"] == []
+    balance = mallory.http.get("/console/api/balance").json()
+    assert balance["account_id"] == mallory_me["consumer_account_id"]
+    assert balance["provider"]["account_id"] == mallory_me["provider_account_id"]
+    assert alice_me["consumer_account_id"] not in str(balance)
+    # The operator's routes are the operator's alone.
+    for method, path, body in [
+        ("GET", "/console/api/admin/providers", None),
+        ("GET", "/console/api/admin/accounts", None),
+        (
+            "POST",
+            "/console/api/admin/credit",
+            {"account_id": mallory_me["consumer_account_id"], "usd": "100"},
+        ),
+        ("POST", "/console/api/admin/prices", {"model": "*", "input_price": 0, "output_price": 0}),
+    ]:
+        refused = mallory.send(method, path, json=body)
+        assert refused.status_code == 403, (path, refused.text)
+    assert mallory.http.get("/console/api/balance").json()["balance_micro_usd"] == 0
+
+
+def test_console_pages_forbid_framing_and_foreign_scripts(network: LocalNetwork) -> None:
+    for path in ("/console/", "/console/device", "/status"):
+        page = httpx.get(f"{network.base_url}{path}")
+        assert page.status_code == 200
+        policy = page.headers["content-security-policy"]
+        assert "script-src 'self'" in policy
+        assert "frame-ancestors 'none'" in policy
+        assert page.headers["referrer-policy"] == "no-referrer"
+        assert "<script>" not in page.text  # no inline script for the policy to allow

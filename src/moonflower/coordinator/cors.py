@@ -1,7 +1,7 @@
 """Cross-origin requests from browsers (CORS), as a pure ASGI middleware around the app.
 
 Two tiers. The public read-only routes — `GET` (and `HEAD`) of the model list and each
-model, `/health`, `/v1/pricing`, the attestation feed, the encryption key and the OpenAPI
+model, `/health`, `/v1/pricing`, `/v1/stats`, the attestation feed, the encryption key and the OpenAPI
 document — answer every origin with `Access-Control-Allow-Origin: *`. The models answer
 anyone who holds a key, and what they list is public through the pricing and attestation
 routes anyway; since an API key travels in a header the calling page itself sets, never in
@@ -44,7 +44,15 @@ from moonflower.coordinator.error_response import render_error
 from moonflower.coordinator.request_reading import MIN_TRUST_HEADER
 
 PUBLIC_PATHS = frozenset(
-    {"/health", "/openapi.json", "/v1/models", "/v1/pricing", "/v1/providers/attestation", KEY_PATH}
+    {
+        "/health",
+        "/openapi.json",
+        "/v1/models",
+        "/v1/pricing",
+        "/v1/providers/attestation",
+        "/v1/stats",
+        KEY_PATH,
+    }
 )
 PUBLIC_PREFIXES = ("/v1/models/",)
 PUBLIC_METHODS = frozenset({"GET", "HEAD"})
