@@ -209,6 +209,9 @@ class Registered(_Frame):
     type: Literal["registered"] = "registered"
     provider_id: str
     heartbeat_interval_s: float
+    trust_level: str | None = None
+    """The trust level the coordinator gave this connection (`none`, `self_signed`,
+    `hardware`), for the operator's `provider status`; absent from older coordinators."""
 
 
 class Rejected(_Frame):

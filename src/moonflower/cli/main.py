@@ -10,7 +10,9 @@ from moonflower.cli import (
     coordinator,
     keys,
     provider,
+    provider_doctor,
     provider_login,
+    provider_status,
     providers,
     up,
     users,
@@ -25,6 +27,9 @@ app = typer.Typer(
 )
 app.add_typer(coordinator.app, name="coordinator")
 provider.app.command("login")(provider_login.login)
+provider.app.command("status")(provider_status.status)
+provider.app.command("earnings")(provider_status.earnings)
+provider.app.command("doctor")(provider_doctor.doctor)
 app.add_typer(provider.app, name="provider")
 app.add_typer(keys.app, name="keys")
 app.add_typer(accounts.app, name="accounts")

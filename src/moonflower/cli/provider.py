@@ -23,7 +23,7 @@ from moonflower.cli import logs
 from moonflower.cli.secret_flags import build_settings, secret_overrides
 from moonflower.crypto.signing import load_signer
 from moonflower.model_files import resolve_model, with_weight_hash
-from moonflower.provider import device_login
+from moonflower.provider import device_login, status_file
 from moonflower.provider.agent import ProviderAgent
 from moonflower.provider.engines import load_engine
 from moonflower.provider.engines.base import Engine
@@ -114,16 +114,17 @@ def serve(
         settings, loaded, detect_hardware(signing_key=signer.public_key()), signer
     )
     try:
-        eventloop.run(serve_until_stopped(agent, settings.drain_timeout_s))
+        eventloop.run(serve_until_stopped(agent, settings.drain_timeout_s, settings.data_dir))
     except KeyboardInterrupt:
         pass
     finally:
         loaded.close()
 
 
-def saved_login_overrides(given: dict[str, Any]) -> dict[str, Any]:
+def saved_login_overrides(given: dict[str, Any], *, is_strict: bool = True) -> dict[str, Any]:
     """What `provider login` saved, for whatever neither a flag nor the environment gave:
-    the token file (refused, exit 2, if others can read it) and the coordinator."""
+    the token file (refused, exit 2, if others can read it, unless not `is_strict`) and the
+    coordinator."""
     data_dir = given.get("data_dir") or build_settings(ProviderSettings, {}).data_dir
     saved = device_login.saved_login(Path(data_dir))
     if saved is None:
@@ -134,7 +135,7 @@ def saved_login_overrides(given: dict[str, Any]) -> dict[str, Any]:
         {"MOONFLOWER_PROVIDER_TOKEN", "MOONFLOWER_PROVIDER_TOKEN_FILE"} & environment.keys()
     ):
         problem = device_login.loose_permissions(saved.token_file)
-        if problem is not None:
+        if problem is not None and is_strict:
             typer.echo(f"error: {problem}", err=True)
             raise typer.Exit(2)
         overrides["token_file"] = saved.token_file
@@ -146,8 +147,9 @@ def saved_login_overrides(given: dict[str, Any]) -> dict[str, Any]:
     return overrides
 
 
-async def serve_until_stopped(agent: ProviderAgent, drain_timeout_s: float) -> None:
-    """Run the agent; SIGTERM drains it (its jobs finish, no new ones), a second stops it."""
+async def serve_until_stopped(agent: ProviderAgent, drain_timeout_s: float, data_dir: Path) -> None:
+    """Run the agent; SIGTERM drains it (its jobs finish, no new ones), a second stops it.
+    Meanwhile `provider status` can read what it does in `data_dir`."""
     loop = asyncio.get_running_loop()
     running = asyncio.current_task()
     assert running is not None
@@ -160,5 +162,10 @@ async def serve_until_stopped(agent: ProviderAgent, drain_timeout_s: float) -> N
             stopping.append(loop.create_task(agent.stop_gracefully(drain_timeout_s)))
 
     loop.add_signal_handler(signal.SIGTERM, on_sigterm)
-    with contextlib.suppress(asyncio.CancelledError):
-        await agent.run()
+    reporting = asyncio.create_task(status_file.keep_written(agent, data_dir))
+    try:
+        with contextlib.suppress(asyncio.CancelledError):
+            await agent.run()
+    finally:
+        reporting.cancel()
+        await asyncio.gather(reporting, return_exceptions=True)

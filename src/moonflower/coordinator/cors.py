@@ -1,8 +1,8 @@
 """Cross-origin requests from browsers (CORS), as a pure ASGI middleware around the app.
 
 Two tiers. The public read-only routes — `GET` (and `HEAD`) of the model list and each
-model, `/health`, `/v1/pricing`, `/v1/stats`, the attestation feed, the encryption key and the OpenAPI
-document — answer every origin with `Access-Control-Allow-Origin: *`. The models answer
+model, `/health`, `/v1/pricing`, `/v1/stats`, the attestation feed, the encryption key and
+the OpenAPI document — answer every origin with `Access-Control-Allow-Origin: *`. The models answer
 anyone who holds a key, and what they list is public through the pricing and attestation
 routes anyway; since an API key travels in a header the calling page itself sets, never in
 a cookie, `*` lends a page nothing it did not already have. Every other route (inference,

@@ -60,6 +60,7 @@ class ProviderAgent:
     ) -> None:
         self.settings = settings
         self.urls = tuple(websocket_url(coordinator) for coordinator in settings.coordinator)
+        self._base_urls = dict(zip(self.urls, settings.coordinator, strict=True))
         self._next_url = 0
         self.engine = engine
         self.hardware = hardware
@@ -68,6 +69,10 @@ class ProviderAgent:
         self.encryption = EncryptionKeyPair.generate()
         self.identity = ProviderIdentity(signer, self.encryption, (engine.card,), hardware)
         self.provider_id: str | None = None
+        self.coordinator_url: str | None = None
+        """The coordinator this agent is registered with now, if any."""
+        self.trust_level: str | None = None
+        """What that coordinator said this connection's trust level is."""
         self._tasks: set[asyncio.Task[None]] = set()
         self.is_connected = asyncio.Event()
         self.is_draining = False
@@ -135,6 +140,7 @@ class ProviderAgent:
         finally:
             registered = self.is_connected.is_set()
             self.is_connected.clear()
+            self.coordinator_url = None
             self.runner.cancel_all()
         return registered
 
@@ -156,6 +162,8 @@ class ProviderAgent:
         if not isinstance(reply, wire.Registered):
             raise errors.ProtocolError(f"expected registered, got {reply.type}")
         self.provider_id = reply.provider_id
+        self.trust_level = reply.trust_level
+        self.coordinator_url = self._base_urls.get(url, url)
         self._socket, self._send = socket, send
         self.is_connected.set()
         log.info("registered with %s as %s", url, reply.provider_id)

@@ -116,7 +116,9 @@ async def provider_socket(websocket: WebSocket) -> None:
         await send_frame(
             wire.encode(
                 wire.Registered(
-                    provider_id=session.id, heartbeat_interval_s=wire.HEARTBEAT_INTERVAL_S
+                    provider_id=session.id,
+                    heartbeat_interval_s=wire.HEARTBEAT_INTERVAL_S,
+                    trust_level=session.trust.level.label,
                 )
             )
         )

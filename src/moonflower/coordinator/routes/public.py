@@ -11,7 +11,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from moonflower import errors
+from moonflower import errors, wire
 from moonflower.coordinator.deps import ApiCaller, ServicesDep
 from moonflower.coordinator.dialects import anthropic_models, openai_models
 from moonflower.coordinator.dialects.caller_dialect import speaks_anthropic
@@ -66,6 +66,7 @@ async def health(services: ServicesDep) -> Response:
     return json_response(
         {
             "status": "ok",
+            "protocol_version": wire.PROTOCOL_VERSION,
             "providers": len(services.registry),
             "models": len(services.registry.models()),
             "routing": services.registry.routing_stats(),
