@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from fastapi import Depends, Security
 from fastapi.security import APIKeyCookie
@@ -63,12 +64,14 @@ async def signed_in_session(
 
 def check_same_origin(request: Request) -> None:
     """`PermissionDenied` if the browser says the request comes from a page of another
-    origin than the one it was sent to."""
+    host than the one it was sent to. Hosts, not schemes, are compared: behind a proxy
+    that ends TLS the app may see `http` for a page the browser loaded over `https`, and a
+    page of the same host is ours whatever its scheme."""
     origin = request.headers.get("origin")
     if origin is None:
         return
-    own = f"{request.url.scheme}://{request.headers.get('host', request.url.netloc)}"
-    if origin.rstrip("/").lower() != own.lower():
+    host = request.headers.get("host", request.url.netloc).lower()
+    if urlsplit(origin).netloc.lower() != host:
         raise errors.PermissionDenied("Console requests come from the console's own pages.")
 
 
