@@ -27,9 +27,12 @@ async def test_approval_yields_one_provider_token_for_the_approvers_account(
     assert set(started.user_code.replace("-", "")) <= set(device_logins.USER_CODE_ALPHABET)
     assert await device_logins.poll(ledger_db, started.device_code) == "authorization_pending"
 
-    looked = await device_logins.look(ledger_db, started.user_code.lower().replace("-", " "))
+    looked = await device_logins.look(
+        ledger_db, started.user_code.lower().replace("-", " "), viewer=user
+    )
     assert looked is not None
     assert (looked.machine_name, looked.status) == ("studio mac", "pending")
+    assert [login.status for login in await device_logins.for_user(ledger_db, user)] == ["pending"]
     decided = await device_logins.decide(ledger_db, started.user_code, user, approve=True)
     assert decided is not None
     assert decided.status == "approved"

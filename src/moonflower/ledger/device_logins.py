@@ -131,12 +131,23 @@ async def start(
     raise RuntimeError("could not find a free user code")
 
 
-async def look(db: Database, user_code: str) -> LoginInfo | None:
-    """The login a user code names, or None."""
+async def look(db: Database, user_code: str, viewer: User | None = None) -> LoginInfo | None:
+    """The login a user code names, or None. A pending login nobody opened yet is noted as
+    opened by `viewer`, so it is listed among their pending logins (`for_user`)."""
+    code = normalize_user_code(user_code)
+    if viewer is not None:
+        async with db.sessions.begin() as session:
+            await session.execute(
+                update(DeviceLogin)
+                .where(
+                    DeviceLogin.user_code == code,
+                    DeviceLogin.status == "pending",
+                    DeviceLogin.user_id.is_(None),
+                )
+                .values(user_id=viewer.id)
+            )
     async with db.reads() as session:
-        row = await session.scalar(
-            select(DeviceLogin).where(DeviceLogin.user_code == normalize_user_code(user_code))
-        )
+        row = await session.scalar(select(DeviceLogin).where(DeviceLogin.user_code == code))
     return None if row is None else _info(row, datetime.now(UTC))
 
 
@@ -209,7 +220,7 @@ def _pending(row: DeviceLogin, now: datetime) -> Refusal:
 
 
 async def for_user(db: Database, user: User, *, limit: int = 20) -> list[LoginInfo]:
-    """The logins this user opened (approved, denied or issued), newest first."""
+    """The logins this user opened (pending ones included) or decided, newest first."""
     query = (
         select(DeviceLogin)
         .where(DeviceLogin.user_id == user.id)

@@ -151,7 +151,7 @@ async def my_device_logins(user: SignedInUser, services: ServicesDep) -> Respons
 
 @router.get("/console/api/device/{user_code}", tags=["console"])
 async def look_up(user_code: str, user: SignedInUser, services: ServicesDep) -> Response:
-    login = await device_logins.look(services.db, user_code[:32])
+    login = await device_logins.look(services.db, user_code[:32], viewer=user)
     if login is None:
         raise _no_such_code()
     return json_response(login_body(login))
