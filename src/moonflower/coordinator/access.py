@@ -83,7 +83,7 @@ class Access:
             if not is_done and status < 500:
                 status = 499  # the consumer left before the answer ended
             self.metrics.request_done(route, method, status, seconds)
-            if self.access_log != "off":
+            if self.access_log != "off" and log.isEnabledFor(logging.INFO):
                 self._log(
                     {
                         "request_id": request_id,
