@@ -219,7 +219,9 @@ def test_a_first_day_in_the_console(
     # Ada's machine is listed, and it earned from her own job.
     visit(page, base, "machines")
     expect(page.locator("tbody tr", has_text="online")).to_have_count(1)
-    expect(page.locator("tbody tr", has_text="self_signed")).to_have_count(1)
+    machine = page.locator("tbody tr", has_text="self_signed")
+    expect(machine).to_have_count(1)
+    assert machine.locator("td").nth(5).inner_text() == "1"  # the job it served for Ada
     assert dollars(page.locator("#earned-total").inner_text()) > 0
     chart_has_data(page, "[data-chart='Earnings per day']")
     screenshots.take(page, "machines")

@@ -61,8 +61,9 @@ async def fleet(admin: AdminUser, services: ServicesDep) -> Response:
                 "account_id": session.account_id,
                 "account_name": identity.account_name if identity else None,
                 "reputation": {
-                    "jobs": identity.jobs if identity else 0,
-                    "failures": identity.failures if identity else 0,
+                    "jobs": (identity.jobs if identity else 0) + session.stats.jobs_ended,
+                    "failures": (identity.failures if identity else 0)
+                    + getattr(session.stats, "jobs_failed", 0),
                     "reliability": round(session.stats.reliability, 3),
                 },
             }

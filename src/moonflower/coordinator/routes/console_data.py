@@ -119,6 +119,8 @@ def live_body(session: ProviderSession) -> dict[str, Any]:
         if session.stats.decode_tps is None
         else round(session.stats.decode_tps, 1),
         "jobs_served": session.jobs_served,
+        "jobs_this_connection": session.stats.jobs_ended,
+        "failures_this_connection": getattr(session.stats, "jobs_failed", 0),
         "connected_s": round(time.monotonic() - session.connected_at),
         "is_draining": session.is_draining,
     }
@@ -152,11 +154,18 @@ async def machines(user: SignedInUser, services: ServicesDep) -> Response:
             "first_seen": int(identity.first_seen_at.timestamp()),
             "last_seen": int(identity.last_seen_at.timestamp()),
             "online": identity.fingerprint in live or now - identity.last_seen_at < ONLINE_WITHIN,
-            "jobs": identity.jobs,
-            "failures": identity.failures,
+            # The record gains a connection's jobs when it ends; add the live one's.
+            "jobs": identity.jobs + _live(live, identity.fingerprint, "jobs_this_connection"),
+            "failures": identity.failures
+            + _live(live, identity.fingerprint, "failures_this_connection"),
             "untrusted_reason": identity.untrusted_reason,
             "live": live.get(identity.fingerprint),
         }
         for identity in identities
     ]
     return json_response({"object": "list", "data": data})
+
+
+def _live(live: dict[str, dict[str, Any]], fingerprint: str, field: str) -> int:
+    connection = live.get(fingerprint)
+    return int(connection[field]) if connection else 0
