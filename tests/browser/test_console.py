@@ -59,10 +59,12 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
         net.stop()
 
 
-def sign_up(page: Page, base: str, email: str) -> None:
+def sign_up(page: Page, base: str, email: str, screenshots: Screenshots) -> None:
     page.goto(f"{base}/console/#/signup")
     page.get_by_label("Email").fill(email)
     page.get_by_label("Password").fill(PASSWORD)
+    expect(page.locator("#nav")).to_be_hidden()  # nothing to navigate before signing in
+    screenshots.take(page, "signup")
     page.get_by_role("button", name="Create account").click()
     expect(page.locator("main[data-page=overview]")).to_be_visible(timeout=WAIT_MS)
 
@@ -138,7 +140,9 @@ def test_a_first_day_in_the_console(
 ) -> None:
     base = network.base_url
     page = browser.new_page(viewport={"width": 1280, "height": 800})
-    sign_up(page, base, USER)
+    sign_up(page, base, USER, screenshots)
+    expect(page.locator("#nav")).to_be_visible()
+    expect(page.locator("#nav-admin")).to_be_hidden()  # Ada is no operator
 
     # A machine of Ada's joins through device login, and serves with the issued token.
     data_dir = let_a_machine_in(network, page, screenshots)
@@ -154,6 +158,7 @@ def test_a_first_day_in_the_console(
     # The operator sees it, with its trust level, and grants Ada credit.
     operator = browser.new_page(viewport={"width": 1280, "height": 800})
     sign_in(operator, base, ADMIN)
+    expect(operator.locator("#nav-admin")).to_be_visible()
     visit(operator, base, "admin")
     row = operator.locator("tr", has=operator.locator("[data-trust]"), has_text=USER)
     expect(row).to_have_count(1)
