@@ -226,7 +226,8 @@ class CoordinatorSettings(BaseSettings):
     """Wrong passwords for one email within `sign_in_failure_window_s` before sign-ins to
     it are refused (429) until the oldest of them is that old."""
     sign_in_failures_per_address: int = Field(default=30, gt=0)
-    """The same, for every email tried from one network address."""
+    """The same, for every email tried from one network address; each sign-up from the
+    address counts too (it costs a password hash as a failure does)."""
     sign_in_failure_window_s: float = Field(default=900.0, gt=0)
     device_code_lifetime_s: int = Field(default=600, gt=0)
     """How long a provider's device login (RFC 8628) may wait for someone to approve it."""

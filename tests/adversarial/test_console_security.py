@@ -449,3 +449,19 @@ def test_console_pages_forbid_framing_and_foreign_scripts(network: LocalNetwork)
         assert "frame-ancestors 'none'" in policy
         assert page.headers["referrer-policy"] == "no-referrer"
         assert "<script>" not in page.text  # no inline script for the policy to allow
+
+
+def test_sign_ups_from_one_address_are_bounded(tmp_path: Path) -> None:
+    net = LocalNetwork(tmp_path, settings={"SIGN_IN_FAILURES_PER_ADDRESS": "2"})
+    try:
+        net.start_coordinator()
+        made = [Browser(net).sign_up(f"bulk-{n}@example.org").status_code for n in range(3)]
+        assert made == [201, 201, 429]
+        refused = httpx.post(
+            f"{net.base_url}/console/api/signup",
+            json={"email": "bulk-9@example.org", "password": PASSWORD},
+        )
+        assert refused.json()["error"]["code"] == "too_many_sign_ins"
+        assert int(refused.headers["Retry-After"]) >= 1
+    finally:
+        net.stop()

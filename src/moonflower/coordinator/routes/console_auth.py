@@ -78,6 +78,15 @@ async def sign_up(request: Request, services: ServicesDep) -> Response:
             param="invite_code",
             code="invite_required",
         )
+    settings = services.settings
+    window = timedelta(seconds=settings.sign_in_failure_window_s)
+    address = _address(request)
+    # Each sign-up costs a password hash: it counts against its address like a failed
+    # sign-in, so one address cannot make accounts (or burn CPU) without bound.
+    attempts = await console_sessions.recent_failures(services.db, SIGN_UP, address, window)
+    if attempts.from_address >= settings.sign_in_failures_per_address:
+        raise errors.SignInThrottled(retry_after_s=int(window.total_seconds()))
+    await console_sessions.note_failure(services.db, SIGN_UP, address, window)
     user = await users.create_user(
         services.db,
         body.email,
@@ -87,6 +96,14 @@ async def sign_up(request: Request, services: ServicesDep) -> Response:
     return await _start_session(request, services, user, status_code=201)
 
 
+SIGN_UP = "sign-up"
+"""What a sign-up is counted under, in place of an email's hash."""
+
+
+def _address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
 @router.post("/signin")
 async def sign_in(request: Request, services: ServicesDep) -> Response:
     check_same_origin(request)
@@ -94,7 +111,7 @@ async def sign_in(request: Request, services: ServicesDep) -> Response:
     settings = services.settings
     window = timedelta(seconds=settings.sign_in_failure_window_s)
     email_hash = users.email_digest(body.email)
-    address = request.client.host if request.client else "unknown"
+    address = _address(request)
     failures = await console_sessions.recent_failures(services.db, email_hash, address, window)
     if (
         failures.for_email >= settings.sign_in_failures_per_email
