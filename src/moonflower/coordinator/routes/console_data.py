@@ -22,13 +22,7 @@ from moonflower import errors
 from moonflower.coordinator.console_session import SignedInUser
 from moonflower.coordinator.deps import ServicesDep
 from moonflower.coordinator.registry import Registry
-from moonflower.coordinator.routes.payments import (
-    balance_body,
-    money,
-    page_body,
-    page_limit,
-    usage_body,
-)
+from moonflower.coordinator.routes.payments import balance_body, money, usage_page
 from moonflower.coordinator.services import json_response
 from moonflower.coordinator.session import ProviderSession
 from moonflower.crypto.signing import key_fingerprint
@@ -68,15 +62,7 @@ async def balance(user: SignedInUser, services: ServicesDep) -> Response:
 
 @router.get("/usage")
 async def usage(request: Request, user: SignedInUser, services: ServicesDep) -> Response:
-    page = await statements.usage(
-        services.db,
-        user.consumer_account_id,
-        limit=page_limit(request),
-        after=request.query_params.get("after"),
-    )
-    return json_response(
-        page_body([usage_body(line) for line in page.lines], has_more=page.has_more)
-    )
+    return await usage_page(request, services.db, user.consumer_account_id)
 
 
 @router.get("/spending")

@@ -20,6 +20,7 @@ from moonflower.coordinator.services import json_response
 from moonflower.ledger import statements
 from moonflower.ledger.accounts import AccountInfo, get_account
 from moonflower.ledger.book import format_usd
+from moonflower.ledger.database import Database
 
 router = APIRouter()
 
@@ -51,11 +52,13 @@ async def balance(services: ServicesDep, caller: AccountCaller) -> Response:
 
 @router.get("/v1/payments/usage")
 async def usage(request: Request, services: ServicesDep, caller: AccountCaller) -> Response:
+    return await usage_page(request, services.db, caller.account_id)
+
+
+async def usage_page(request: Request, db: Database, account_id: str) -> Response:
+    """A page of the account's usage, as the request's `limit` and `after` ask."""
     page = await statements.usage(
-        services.db,
-        caller.account_id,
-        limit=page_limit(request),
-        after=request.query_params.get("after"),
+        db, account_id, limit=page_limit(request), after=request.query_params.get("after")
     )
     return json_response(
         page_body([usage_body(line) for line in page.lines], has_more=page.has_more)
