@@ -17,14 +17,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.device_login import CLIENT_FORM, DEVICE_GRANT
 from tests.support.network import LocalNetwork, wait_until
 
 pytestmark = pytest.mark.slow
 
 PASSWORD = "correct horse battery staple"
 MAX_FAILURES = 3
-FORM = {"client_id": "moonflower-provider"}
-DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 
 
 @pytest.fixture(scope="module")
@@ -261,7 +260,7 @@ def test_password_guessing_is_slowed_for_the_email(network: LocalNetwork) -> Non
 
 def _start_device_login(network: LocalNetwork, machine: str) -> dict[str, object]:
     started = httpx.post(
-        f"{network.base_url}/oauth/device/code", data={**FORM, "machine_name": machine}
+        f"{network.base_url}/oauth/device/code", data={**CLIENT_FORM, "machine_name": machine}
     )
     assert started.status_code == 200, started.text
     return started.json()  # type: ignore[no-any-return]
@@ -270,7 +269,7 @@ def _start_device_login(network: LocalNetwork, machine: str) -> dict[str, object
 def _poll(network: LocalNetwork, device_code: object) -> httpx.Response:
     return httpx.post(
         f"{network.base_url}/oauth/token",
-        data={**FORM, "grant_type": DEVICE_GRANT, "device_code": str(device_code)},
+        data={**CLIENT_FORM, "grant_type": DEVICE_GRANT, "device_code": str(device_code)},
     )
 
 
@@ -332,9 +331,12 @@ def test_device_endpoints_refuse_what_is_not_the_device_flow(network: LocalNetwo
     assert httpx.post(f"{base}/oauth/device/code", data={"client_id": "x"}).json()["error"] == (
         "invalid_client"
     )
-    assert httpx.post(f"{base}/oauth/device/code", json=FORM).json()["error"] == "invalid_request"
+    assert (
+        httpx.post(f"{base}/oauth/device/code", json=CLIENT_FORM).json()["error"]
+        == "invalid_request"
+    )
     wrong_grant = httpx.post(
-        f"{base}/oauth/token", data={**FORM, "grant_type": "password", "device_code": "x"}
+        f"{base}/oauth/token", data={**CLIENT_FORM, "grant_type": "password", "device_code": "x"}
     )
     assert wrong_grant.json()["error"] == "unsupported_grant_type"
     unknown = _poll(network, "no-such-device-code")

@@ -18,6 +18,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from tests.browser.conftest import Screenshots
+from tests.support.device_login import read_until, start_login
 from tests.support.network import STARTUP_TIMEOUT_S, LocalNetwork, wait_until
 
 pytestmark = pytest.mark.slow
@@ -99,31 +100,8 @@ def chart_has_data(page: Page, selector: str) -> None:
 def let_a_machine_in(network: LocalNetwork, page: Page, screenshots: Screenshots) -> str:
     """`provider login` on a new machine, approved in this page; returns its data dir."""
     data_dir = network.root / "ada-machine"
-    login = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "moonflower",
-            "provider",
-            "login",
-            "--coordinator",
-            network.base_url,
-            "--data-dir",
-            str(data_dir),
-            "--name",
-            "ada-mac",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=network.env(),
-    )
-    assert login.stdout is not None
-    shown = ""
-    while (found := re.search(r"open (\S+/console/device\?code=[A-Z-]+)", shown)) is None:
-        line = login.stdout.readline()
-        assert line, shown
-        shown += line
+    login = start_login(network, data_dir, "ada-mac")
+    found, _shown = read_until(login, r"open (\S+/console/device\?code=[A-Z-]+)")
     page.goto(found.group(1))
     expect(page.locator(".code-box")).to_have_text(re.compile(r"[A-Z]{4}-[A-Z]{4}"))
     expect(page.get_by_text("ada-mac")).to_be_visible()

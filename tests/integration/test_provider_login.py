@@ -6,7 +6,6 @@ read is refused."""
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.device_login import read_until, start_login
 from tests.support.network import STARTUP_TIMEOUT_S, LocalNetwork, wait_until
 
 PASSWORD = "correct horse battery staple"
@@ -47,31 +47,8 @@ def approve_in_console(network: LocalNetwork, email: str, user_code: str) -> Non
 
 def log_in(network: LocalNetwork, data_dir: Path, email: str) -> tuple[str, str]:
     """Run `provider login`, approve its code; its stdout and stderr."""
-    login = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "moonflower",
-            "provider",
-            "login",
-            "--coordinator",
-            network.base_url,
-            "--data-dir",
-            str(data_dir),
-            "--name",
-            "bench-1",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=network.env(),
-        text=True,
-    )
-    assert login.stdout is not None
-    shown = ""
-    while (match := re.search(r"enter the code ([A-Z]{4}-[A-Z]{4})", shown)) is None:
-        line = login.stdout.readline()
-        assert line, f"login ended without a code: {shown}"
-        shown += line
+    login = start_login(network, data_dir, "bench-1")
+    match, shown = read_until(login, r"enter the code ([A-Z]{4}-[A-Z]{4})")
     approve_in_console(network, email, match.group(1))
     out, err = login.communicate(timeout=60)
     assert login.returncode == 0, out + err

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from tests.support.cluster import Cluster
+from tests.support.device_login import CLIENT_FORM, DEVICE_GRANT
 from tests.support.network import wait_until
 from tests.support.postgres import PostgresServer
 from tests.support.redis import RedisServer
@@ -22,8 +23,6 @@ from tests.support.redis import RedisServer
 pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.postgres]
 
 PASSWORD = "correct horse battery staple"
-FORM = {"client_id": "moonflower-provider"}
-DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 MAX_FAILURES = 4
 
 
@@ -89,14 +88,16 @@ def test_a_session_and_its_keys_hold_on_every_replica(cluster: Cluster) -> None:
 def test_one_device_login_yields_one_token_across_replicas(cluster: Cluster) -> None:
     a, b = urls(cluster)
     browser, csrf = signed_up(b, "fleet@example.org")
-    started = httpx.post(f"{a}/oauth/device/code", data={**FORM, "machine_name": "m1"}).json()
+    started = httpx.post(
+        f"{a}/oauth/device/code", data={**CLIENT_FORM, "machine_name": "m1"}
+    ).json()
     approved = browser.post(
         f"{b}/console/api/device/approve",
         json={"user_code": started["user_code"]},
         headers={"X-CSRF-Token": csrf},
     )
     assert approved.status_code == 200, approved.text
-    poll = {**FORM, "grant_type": DEVICE_GRANT, "device_code": started["device_code"]}
+    poll = {**CLIENT_FORM, "grant_type": DEVICE_GRANT, "device_code": started["device_code"]}
 
     def one_poll(base: str) -> httpx.Response:
         return httpx.post(f"{base}/oauth/token", data=poll, timeout=30)

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import MetaData, make_url, select, update
+from sqlalchemy import make_url, update
 
 from moonflower.errors import InvalidRequest
 from moonflower.ledger.accounts import create_account, find_account, list_accounts
@@ -26,18 +26,7 @@ from moonflower.ledger.keys import (
     revoke_key,
 )
 from moonflower.ledger.tables import ApiKey
-
-
-async def _all_rows_as_text(db: Database) -> str:
-    async with db.engine.connect() as connection:
-        metadata = MetaData()
-        await connection.run_sync(metadata.reflect)
-        rows = [
-            row
-            for table in metadata.sorted_tables
-            for row in (await connection.execute(select(table))).all()
-        ]
-    return repr(rows)
+from tests.support.ledger_rows import all_rows_as_text
 
 
 async def test_created_key_authenticates_as_its_account(ledger_db: Database) -> None:
@@ -337,7 +326,7 @@ async def test_raw_key_is_never_stored_or_logged(
     secret_part = created.key.split("-", 1)[1]
     assert len(secret_part) == 43
 
-    rows = await _all_rows_as_text(ledger_db)
+    rows = await all_rows_as_text(ledger_db)
     assert created.key_id in rows  # we are looking at the right data
     assert secret_part not in rows
     assert secret_part not in caplog.text

@@ -7,26 +7,14 @@ import asyncio
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import MetaData, select
 
 from moonflower.errors import InvalidRequest
 from moonflower.ledger import console_sessions, users
 from moonflower.ledger.accounts import get_account
 from moonflower.ledger.database import Database
+from tests.support.ledger_rows import all_rows_as_text
 
 PASSWORD = "correct horse battery staple"
-
-
-async def _all_rows_as_text(db: Database) -> str:
-    async with db.engine.connect() as connection:
-        metadata = MetaData()
-        await connection.run_sync(metadata.reflect)
-        rows = [
-            row
-            for table in metadata.sorted_tables
-            for row in (await connection.execute(select(table))).all()
-        ]
-    return repr(rows)
 
 
 async def test_a_user_owns_a_consumer_and_a_provider_account(ledger_db: Database) -> None:
@@ -40,7 +28,7 @@ async def test_a_user_owns_a_consumer_and_a_provider_account(ledger_db: Database
 
 async def test_the_password_is_stored_only_as_an_argon2id_hash(ledger_db: Database) -> None:
     await users.create_user(ledger_db, "ada@example.org", PASSWORD)
-    everything = await _all_rows_as_text(ledger_db)
+    everything = await all_rows_as_text(ledger_db)
     assert PASSWORD not in everything
     assert "$argon2id$" in everything
 
@@ -92,7 +80,7 @@ async def test_an_invitation_is_used_once(ledger_db: Database) -> None:
         await users.create_user(ledger_db, "bob@example.org", PASSWORD, invite_code=code)
     assert refused.value.code == "invalid_invite"
     assert await users.find_user(ledger_db, "bob@example.org") is None  # nothing half-made
-    assert code not in await _all_rows_as_text(ledger_db)
+    assert code not in await all_rows_as_text(ledger_db)
 
 
 async def test_only_tokens_this_ledger_made_name_a_session(ledger_db: Database) -> None:
@@ -101,7 +89,7 @@ async def test_only_tokens_this_ledger_made_name_a_session(ledger_db: Database) 
     found = await console_sessions.signed_in(ledger_db, token)
     assert found is not None
     assert found.user.id == user.id
-    assert token not in await _all_rows_as_text(ledger_db)
+    assert token not in await all_rows_as_text(ledger_db)
     altered = token[:-1] + ("A" if token[-1] != "A" else "B")
     assert await console_sessions.signed_in(ledger_db, altered) is None
     await console_sessions.close_session(ledger_db, token)
